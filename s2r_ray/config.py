@@ -1,0 +1,278 @@
+"""Study configuration: the typed schema, YAML loading, dotted overrides and readable errors.
+
+Everything a study does is decided here, before any Ray work starts, so a typo costs seconds,
+not a cluster allocation.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config problem, worded for the person who wrote the file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticData(_Strict):
+    """A simulated property = the real one + a smooth systematic bias + noise (the demo pair)."""
+
+    n_source: int = Field(4000, ge=10)
+    n_target: int = Field(300, ge=10)
+    n_features: int = Field(12, ge=2)
+    bias: float = Field(0.5, ge=0, description="size of the systematic sim-vs-real difference")
+    source_noise: float = Field(0.05, ge=0)
+    target_noise: float = Field(0.05, ge=0)
+    seed: int = 0
+
+
+class TableSpec(_Strict):
+    """One input table: where it is, what identifies a row, what is predicted, how to featurize."""
+
+    path: str
+    id_columns: list[str] = Field(min_length=1)
+    value_column: str
+    featurizer: str = "columns"
+    featurizer_options: dict[str, Any] = Field(default_factory=dict)
+    condition_columns: list[str] = Field(default_factory=list)
+    reduce: Literal["min", "max", "mean", "median", "first"] = "mean"
+    query: str | None = None
+    valid_range: tuple[float, float] | None = None
+    units: str = ""
+
+    def resolved_path(self) -> Path:
+        """The path with ${VARS} expanded; a variable that is unset is an error, not ''."""
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(3)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"data path {self.path!r} uses ${{{name}}}, which is not set")
+
+        return Path(re.sub(r"\$\{(\w+)(:-([^}]*))?\}", sub, self.path)).expanduser()
+
+
+class DataConfig(_Strict):
+    kind: Literal["synthetic", "tables"] = "synthetic"
+    synthetic: SyntheticData = Field(default_factory=SyntheticData)
+    source: TableSpec | None = None
+    target: TableSpec | None = None
+    property: str = "y"
+    units: str = ""
+    cache_dir: str = ".s2r_cache"
+
+    @model_validator(mode="after")
+    def _tables_named(self) -> DataConfig:
+        if self.kind == "tables" and (self.source is None or self.target is None):
+            raise ValueError("kind 'tables' needs both data.source and data.target")
+        return self
+
+
+class SplitConfig(_Strict):
+    test: float = Field(0.2, gt=0, lt=1, description="share of target rows held out for test")
+    val: float = Field(0.15, gt=0, lt=1, description="share of the rest used for validation")
+    source_holdout: float = Field(
+        0.1, gt=0, lt=1, description="share of the source pool kept for pretraining early stopping"
+    )
+    source_holdout_max: int = Field(5000, ge=10)
+    allow_test_ids_in_source: bool = False
+
+
+class ModelConfig(_Strict):
+    hidden: list[int] = Field(default_factory=lambda: [128, 64, 32], min_length=1)
+    activation: Literal["silu", "relu", "gelu"] = "silu"
+    clip: float = Field(10.0, gt=0, description="standardised inputs are clipped to +-clip")
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(h < 1 for h in v):
+            raise ValueError("every hidden width must be >= 1")
+        return v
+
+
+class PretrainConfig(_Strict):
+    """Fixed pretraining recipe; training runs to convergence on the source hold-out."""
+
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    batch_size: int = Field(128, ge=1)
+    patience: int = Field(8, ge=1, description="evaluations without improvement before stopping")
+    min_steps_per_eval: int = Field(50, ge=1)
+    max_steps: int = Field(20000, ge=1, description="cap; a size that hits it is flagged")
+
+
+class FinetuneSpace(_Strict):
+    """Search space per (n, r) cell; a [lo, hi] pair is a range, a scalar is fixed."""
+
+    lr: tuple[float, float] | float = (3e-4, 3e-2)
+    weight_decay: tuple[float, float] | float = (1e-6, 1e-2)
+    epochs: tuple[int, int] | int = (20, 80)
+    batch_size: list[int] | int = Field(default_factory=lambda: [16, 32, 64])
+    freeze: list[int] | int = Field(default_factory=lambda: [0, 1])
+    dropout: tuple[float, float] | float = (0.0, 0.2)
+    ensemble: int = Field(1, ge=1, description="seeds of the best configuration averaged per cell")
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> FinetuneSpace:
+        for name in ("lr", "weight_decay", "epochs", "dropout"):
+            v = getattr(self, name)
+            if isinstance(v, tuple) and v[0] > v[1]:
+                raise ValueError(f"{name}: low {v[0]} is above high {v[1]}")
+        for name in ("lr", "weight_decay"):
+            v = getattr(self, name)
+            if isinstance(v, tuple) and v[0] <= 0:
+                raise ValueError(f"{name}: a log range needs a positive low end")
+        return self
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("GPU amounts above 1 must be whole numbers")
+        return v
+
+
+class TuneConfig(_Strict):
+    trials_per_cell: int = Field(4, ge=1)
+    startup_trials: int = Field(2, ge=1, description="random trials before TPE takes over")
+    grace_period: int = Field(5, ge=1, description="ASHA: epochs before a trial can be stopped")
+    reduction_factor: int = Field(3, ge=2)
+    resources: Resources = Field(default_factory=Resources)
+    pretrain_resources: Resources = Field(default_factory=Resources)
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db")
+    experiment: str = "s2r-ray"
+
+
+class ReportConfig(_Strict):
+    extrapolate_factors: list[float] = Field(default_factory=lambda: [10.0, 100.0])
+    n_boot: int = Field(1000, ge=10)
+    reference_mae: dict[str, float] = Field(
+        default_factory=dict, description="named literature MAEs drawn as reference lines"
+    )
+
+
+class StudyConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    sizes: list[int] = Field(min_length=1)
+    repetitions: int = Field(3, ge=1)
+    target_sizes: list[int] | None = Field(
+        None, description="grid of experimental training-set sizes m (default: all train rows)"
+    )
+    target_mae: float | None = Field(None, gt=0)
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    finetune: FinetuneSpace = Field(default_factory=FinetuneSpace)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    quick: dict[str, Any] = Field(
+        default_factory=dict, description="dotted overrides applied by `s2r run --quick`"
+    )
+
+    @field_validator("sizes", "target_sizes")
+    @classmethod
+    def _sorted_positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if any(n < 1 for n in v):
+            raise ValueError("every size must be a positive number of rows")
+        if len(set(v)) != len(v):
+            raise ValueError("sizes must not repeat")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _split_leaves_rows(self) -> StudyConfig:
+        if self.split.test + self.split.val * (1 - self.split.test) >= 0.95:
+            raise ValueError("split.test and split.val leave under 5% of target rows to train on")
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {k!r} is not a section")
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'tune.trials_per_cell=8' -> ('tune.trials_per_cell', 8); values are read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. repetitions=2")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*", key):
+        raise ConfigError(f"--set {text!r}: {key!r} is not a dotted field name")
+    try:
+        return key, yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({e})") from e
+
+
+def _format(err: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid study config"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling; see configs/demo.yaml)"
+        lines.append(f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def build_config(
+    raw: dict[str, Any], overrides: list[str] | None = None, quick: bool = False, origin: str = "config"
+) -> StudyConfig:
+    """Validate a raw mapping after applying --quick and --set overrides (in that order)."""
+    tree = copy.deepcopy(raw)
+    if quick:
+        quick_set = tree.get("quick") or {}
+        if not quick_set:
+            raise ConfigError(f"{origin}: --quick given but the config has no 'quick' section")
+        for k, v in quick_set.items():
+            _set_dotted(tree, k, v)
+    for text in overrides or []:
+        _set_dotted(tree, *parse_override(text))
+    try:
+        return StudyConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format(e, origin)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, quick: bool = False) -> StudyConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of fields at the top level")
+    return build_config(raw, overrides, quick, origin=str(path))

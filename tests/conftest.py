@@ -1,0 +1,44 @@
+"""Shared fixtures: one local Ray per session, real data located or skipped, telemetry off."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """$S2R_DATA_DIR, else ../shared/data beside the checkout."""
+    path = Path(os.environ.get("S2R_DATA_DIR", REPO.parent / "shared" / "data"))
+    return path if (path / "PROVENANCE.md").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real-data folder; skips without it, fails when S2R_REQUIRE_DATA=1."""
+    path = shared_data_dir()
+    if path is None:
+        reason = "real data not found: set S2R_DATA_DIR or place shared/data beside the repo"
+        if os.environ.get("S2R_REQUIRE_DATA") == "1":
+            pytest.fail(reason + " (S2R_REQUIRE_DATA=1)")
+        pytest.skip(reason)
+    os.environ["S2R_DATA_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session: ray.init per test costs seconds and mixes badly."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
