@@ -160,7 +160,9 @@ class TuneConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db")
+    uri: str | None = Field(
+        None, description="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db"
+    )
     experiment: str = "s2r-ray"
 
 
@@ -247,7 +249,10 @@ def _format(err: ValidationError, origin: str) -> str:
 
 
 def build_config(
-    raw: dict[str, Any], overrides: list[str] | None = None, quick: bool = False, origin: str = "config"
+    raw: dict[str, Any],
+    overrides: list[str] | None = None,
+    quick: bool = False,
+    origin: str = "config",
 ) -> StudyConfig:
     """Validate a raw mapping after applying --quick and --set overrides (in that order)."""
     tree = copy.deepcopy(raw)
@@ -265,7 +270,9 @@ def build_config(
         raise ConfigError(_format(e, origin)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, quick: bool = False) -> StudyConfig:
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, quick: bool = False
+) -> StudyConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")

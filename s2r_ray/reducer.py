@@ -1,0 +1,199 @@
+"""The reducer actor: collects finished cells, refits the scaling law as sizes complete, and keeps
+report.json, the plots, the cell ledger and MLflow up to date while the study runs."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import ray
+
+from s2r_ray import tracking
+from s2r_ray.config import StudyConfig
+from s2r_ray.protocol import Cell
+from s2r_ray.report import build_report, write_report
+from s2r_ray.tracking import TrackingContext, size_key
+
+LEDGER = "cells.jsonl"
+
+
+def read_ledger(out: Path) -> list[dict]:
+    path = out / LEDGER
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def report_from_records(cfg: StudyConfig, records: list[dict], status: str, extra: dict) -> dict:
+    """The one way a report is made from cell records: by the live reducer and by `s2r report`."""
+    ok = pd.DataFrame([r for r in records if r.get("status") == "ok"])
+    if ok.empty:
+        ok = pd.DataFrame(columns=["n", "repetition", "mae"])
+    if cfg.target_sizes is None and "m" in ok:
+        ok = ok.drop(columns="m")
+    references = dict(cfg.report.reference_mae)
+    return build_report(
+        ok,
+        study=cfg.name,
+        status=status,
+        planned_repetitions=cfg.repetitions,
+        target_mae=cfg.target_mae,
+        extrapolate_factors=tuple(cfg.report.extrapolate_factors),
+        n_boot=cfg.report.n_boot,
+        seed=cfg.seed,
+        property_name=cfg.data.property,
+        units=cfg.data.units,
+        references=references,
+        extra=extra,
+    )
+
+
+def fit_line(report: dict) -> str:
+    fit = report.get("fit") or {}
+    if fit.get("alpha") is None:
+        codes = [d.get("code") for d in report.get("diagnostics", [])]
+        return "fit: waiting for 3 sizes" if "too_few_sizes" in codes else "fit: none"
+    lo, hi = fit.get("alpha_ci90") or (None, None)
+    ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
+    ext = report.get("extrapolation") or []
+    at = (
+        f", MAE@{ext[0]['factor']:g}x={ext[0]['mae']:.3f}"
+        if ext and ext[0].get("mae") is not None
+        else ""
+    )
+    return f"fit: alpha={fit['alpha']:.2f}{ci} C={fit['C']:.3f}{at}"
+
+
+@ray.remote(num_cpus=0)
+class Reducer:
+    """One per study, pinned to the driver's node so <out> is a local directory.
+
+    Async so that cells arrive in whatever order they finish: each `add_cell` awaits its own
+    scoring task. Every record is appended to the ledger and fsynced before anything else, so a
+    crash later in the study loses no finished cell.
+    """
+
+    def __init__(
+        self, cfg: StudyConfig, out: str, ctx: TrackingContext, planned: dict[int, int], extra: dict
+    ):
+        self._cfg, self._out, self._ctx = cfg, Path(out), ctx
+        self._planned = planned
+        self._extra = extra
+        self._records: list[dict] = []
+        self._arrived: Counter[int] = Counter()
+        self._complete: list[int] = []
+        self._report: dict = {}
+
+    async def add_cell(self, cell: dict, result: list[ray.ObjectRef]) -> str:
+        try:
+            record = await result[0]
+        except Exception as e:  # a failed scoring task is a failed cell, not a failed study
+            record = {"cell": Cell(**cell).id, **cell, "status": "failed", "error": str(e)[-500:]}
+        self._append(record)
+        n = record["n"]
+        self._arrived[n] += 1
+        if record["status"] == "ok":
+            tracking.log(
+                self._ctx,
+                self._ctx.size_run(n),
+                {"test_mae": record["mae"]},
+                step=record["repetition"],
+            )
+        done = sum(self._arrived.values())
+        total = sum(self._planned.values())
+        line = f"[{done}/{total} cells] {size_key(n)} r{record['repetition']}: " + (
+            f"test MAE {record['mae']:.4g}"
+            if record["status"] == "ok"
+            else f"FAILED ({record['error']})"
+        )
+        if self._arrived[n] == self._planned[n]:
+            self._complete.append(n)
+            self._refresh("running")
+            self._close_size(n)
+            line += f" | {size_key(n)} complete: {self._size_line(n)} | {fit_line(self._report)}"
+        return line
+
+    def finish(self, status: str, extra: dict) -> dict:
+        """Final report and artifacts; the driver ends the MLflow runs."""
+        self._extra |= extra
+        paths = self._refresh(status)
+        tracking.log_artifacts(
+            self._ctx,
+            self._ctx.study_run_id,
+            [
+                *paths,
+                *(
+                    p
+                    for p in (
+                        self._out / LEDGER,
+                        self._out / "config.yaml",
+                        self._out / "rejected_rows.csv",
+                    )
+                    if p.exists()
+                ),
+            ],
+        )
+        return self._report
+
+    def _append(self, record: dict) -> None:
+        self._records.append(record)
+        with open(self._out / LEDGER, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _refresh(self, status: str) -> list[Path]:
+        fitted_sizes = len([n for n in self._complete if n > 0])
+        extra = self._extra | {
+            "progress": {
+                "cells_done": sum(self._arrived.values()),
+                "cells_planned": sum(self._planned.values()),
+                "sizes_complete": sorted(self._complete),
+            }
+        }
+        self._report = report_from_records(self._cfg, self._records, status, extra)
+        paths = write_report(self._report, self._out)
+        fit = self._report.get("fit") or {}
+        metrics = {k: fit.get(k) for k in ("D", "alpha", "C")}
+        for k in ("alpha", "C"):
+            lo_hi = fit.get(f"{k}_ci90") or (None, None)
+            metrics |= {f"{k}_ci90_lo": lo_hi[0], f"{k}_ci90_hi": lo_hi[1]}
+        for e in self._report.get("extrapolation") or []:
+            metrics[f"mae_at_{e['factor']:g}x"] = e.get("mae")
+        if fitted_sizes:
+            tracking.log(self._ctx, self._ctx.study_run_id, metrics, step=fitted_sizes)
+        return paths
+
+    def _size_summary(self, n: int) -> dict:
+        if n == 0:
+            return self._report.get("baseline") or {}
+        return next((s for s in self._report.get("sizes", []) if s["n"] == n), {})
+
+    def _size_line(self, n: int) -> str:
+        s = self._size_summary(n)
+        if s.get("test_mae_mean") is None:
+            return "no finished repetition"
+        lo, hi = s.get("test_mae_ci90") or (float("nan"), float("nan"))
+        return f"MAE {s['test_mae_mean']:.4g} [{lo:.4g}, {hi:.4g}]"
+
+    def _close_size(self, n: int) -> None:
+        s = self._size_summary(n)
+        gain = s.get("paired_gain") or {}
+        ci = s.get("test_mae_ci90") or (None, None)
+        tracking.log(
+            self._ctx,
+            self._ctx.size_run(n),
+            {
+                "test_mae_mean": s.get("test_mae_mean"),
+                "test_mae_ci90_lo": ci[0],
+                "test_mae_ci90_hi": ci[1],
+                "test_rmse_mean": s.get("test_rmse_mean"),
+                "paired_gain_mean": gain.get("mean"),
+                "source_val_mae": s.get("source_val_mae"),
+                "zero_shot_mae": s.get("zero_shot_mae"),
+            },
+        )
+        tracking.end(self._ctx, self._ctx.size_run(n))

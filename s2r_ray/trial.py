@@ -1,0 +1,63 @@
+"""The Ray Tune trainable: one fine-tuning trial of one cell, logged from inside the trial."""
+
+from __future__ import annotations
+
+import time
+
+import ray
+from ray import tune
+
+from s2r_ray import tracking
+from s2r_ray.config import StudyConfig
+from s2r_ray.model import finetune
+from s2r_ray.protocol import Cell, Plan
+from s2r_ray.search import METRIC
+from s2r_ray.tracking import TrackingContext
+from s2r_ray.workers import fetch_pretrained, setup_worker
+
+
+def finetune_trial(
+    config: dict,
+    *,
+    plan: Plan,
+    pretrained: dict[str, ray.ObjectRef],
+    cfg: StudyConfig,
+    ctx: TrackingContext,
+) -> None:
+    """Train on the cell's target train rows, report validation MAE each epoch for ASHA.
+
+    The trial never sees the test split: the scorer rebuilds the selected trial's model and
+    evaluates it once. `train_seconds` excludes logging, so the study can tell how much of its
+    wall time went into training versus orchestration.
+    """
+    device = setup_worker(cfg.tune.resources.cpu)
+    cell = Cell(**config["cell"])
+    ds, rep = plan.dataset, plan.repetitions[cell.repetition]
+    state = None
+    if not cell.is_baseline:
+        state = fetch_pretrained(cell.pretrain_id, pretrained[cell.pretrain_id]).state
+    train = rep.target_train(cell.m)
+    params = {**config["hp"], "seed": config["seed"], "trial_key": config["trial_key"]}
+    with tracking.nested_run(ctx, cell, "trial", config["trial_key"], params) as run:
+        start, overhead = time.perf_counter(), 0.0
+
+        def on_epoch(epoch: int, val_mae: float, best: float) -> None:
+            nonlocal overhead
+            t = time.perf_counter()
+            tracking.log(ctx, run, {"val_mae": val_mae, "best_val_mae": best}, step=epoch)
+            trained = t - start - overhead
+            overhead += time.perf_counter() - t
+            tune.report({METRIC: best, "val_mae": val_mae, "train_seconds": trained})
+
+        finetune(
+            ds.target_X[train],
+            ds.target_y[train],
+            ds.target_X[rep.val],
+            ds.target_y[rep.val],
+            model_cfg=cfg.model,
+            hp=config["hp"],
+            seed=config["seed"],
+            pretrained=state,
+            device=device,
+            on_epoch=on_epoch,
+        )

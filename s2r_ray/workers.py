@@ -1,0 +1,29 @@
+"""What every Ray worker does first: size torch's thread pool to its CPUs and pick its device."""
+
+from __future__ import annotations
+
+import math
+
+import ray
+import torch
+
+from s2r_ray.model import Pretrained
+
+_PRETRAINED: dict[str, Pretrained] = {}
+_KEEP = 4
+
+
+def setup_worker(cpus: float) -> str:
+    """One thread per reserved CPU (trials share nodes); CUDA only when Ray granted a GPU."""
+    torch.set_num_threads(max(1, math.floor(cpus)))
+    return "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+
+
+def fetch_pretrained(key: str, ref: ray.ObjectRef) -> Pretrained:
+    """The pretrained network of a cell, kept per process: a reused trial actor usually runs
+    several trials of the same cell in a row."""
+    if key not in _PRETRAINED:
+        if len(_PRETRAINED) >= _KEEP:
+            _PRETRAINED.pop(next(iter(_PRETRAINED)))
+        _PRETRAINED[key] = ray.get(ref)
+    return _PRETRAINED[key]

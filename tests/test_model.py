@@ -1,0 +1,119 @@
+"""The pure training functions, on the synthetic pair: no Ray, no MLflow."""
+
+import numpy as np
+import pytest
+import torch
+
+from s2r_ray.config import ModelConfig, PretrainConfig, StudyConfig, SyntheticData
+from s2r_ray.data.synthetic import make_synthetic
+from s2r_ray.model import Network, Scaler, finetune, mae, pretrain
+from s2r_ray.protocol import make_plan
+
+HP = {"lr": 3e-3, "weight_decay": 1e-4, "epochs": 40, "batch_size": 32, "freeze": 0, "dropout": 0.0}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    cfg = StudyConfig(name="t", sizes=[2000], repetitions=1)
+    ds = make_synthetic(SyntheticData(n_source=3000, n_target=300))
+    return cfg, ds, make_plan(cfg, ds).repetitions[0]
+
+
+def _pretrain(cfg, ds, rep, n):
+    rows = rep.source_subset(n)
+    return pretrain(
+        ds.source_X[rows],
+        ds.source_y[rows],
+        ds.source_X[rep.holdout],
+        ds.source_y[rep.holdout],
+        model_cfg=cfg.model,
+        hp=cfg.pretrain,
+        seed=0,
+    )
+
+
+def _finetune(ds, rep, cfg, state, seed=0, hp=HP):
+    return finetune(
+        ds.target_X[rep.train],
+        ds.target_y[rep.train],
+        ds.target_X[rep.val],
+        ds.target_y[rep.val],
+        model_cfg=cfg.model,
+        hp=hp,
+        seed=seed,
+        pretrained=state,
+    )
+
+
+def test_pretraining_lowers_the_source_error_and_converges(setup):
+    cfg, ds, rep = setup
+    p = _pretrain(cfg, ds, rep, 2000)
+    y_hold = ds.source_y[rep.holdout]
+    predict_mean = mae(y_hold, np.full_like(y_hold, ds.source_y[rep.source_subset(2000)].mean()))
+    assert p.curve[0][1] > p.source_val_mae
+    assert p.source_val_mae < 0.4 * predict_mean
+    assert p.converged and p.steps < cfg.pretrain.max_steps
+
+
+def test_pretraining_on_the_step_cap_is_flagged(setup):
+    cfg, ds, rep = setup
+    rows = rep.source_subset(500)
+    p = pretrain(
+        ds.source_X[rows],
+        ds.source_y[rows],
+        ds.source_X[rep.holdout],
+        ds.source_y[rep.holdout],
+        model_cfg=cfg.model,
+        hp=PretrainConfig(max_steps=60, min_steps_per_eval=20),
+        seed=0,
+    )
+    assert not p.converged and p.steps == 60
+
+
+def test_transfer_beats_no_pretraining_on_a_pair_built_for_it(setup):
+    cfg, ds, rep = setup
+    test = rep.test
+    base = _finetune(ds, rep, cfg, None)
+    tuned = _finetune(ds, rep, cfg, _pretrain(cfg, ds, rep, 2000).state)
+    base_mae = mae(ds.target_y[test], base.network.predict(ds.target_X[test]))
+    transfer_mae = mae(ds.target_y[test], tuned.network.predict(ds.target_X[test]))
+    assert transfer_mae < 0.8 * base_mae
+
+
+def test_finetuning_is_deterministic_for_a_seed(setup):
+    """The scorer rebuilds the selected trial's model from its seed: this must hold exactly."""
+    cfg, ds, rep = setup
+    state = _pretrain(cfg, ds, rep, 300).state
+    a, b, c = (_finetune(ds, rep, cfg, state, seed=s) for s in (7, 7, 8))
+    assert a.curve == b.curve
+    np.testing.assert_array_equal(a.network.predict(ds.target_X), b.network.predict(ds.target_X))
+    assert a.curve != c.curve
+
+
+def test_frozen_blocks_do_not_move(setup):
+    cfg, ds, rep = setup
+    state = _pretrain(cfg, ds, rep, 300).state
+    ft = _finetune(ds, rep, cfg, state, hp={**HP, "freeze": 1, "epochs": 3})
+    after = ft.network.state()["weights"]
+    np.testing.assert_array_equal(after["body.0.0.weight"], state["weights"]["body.0.0.weight"])
+    assert not np.array_equal(after["body.1.0.weight"], state["weights"]["body.1.0.weight"])
+
+
+def test_scaler_survives_a_feature_absent_from_the_fitting_rows():
+    """The Xe lesson: a feature constant in the source must not explode on a target row."""
+    X = np.zeros((50, 2))
+    X[:, 0] = np.arange(50)
+    s = Scaler.fit(X, clip=10.0)
+    Z = s.transform(np.array([[25.0, 1.0], [25.0, 1e6]]))
+    assert np.all(np.abs(Z) <= 10.0)
+    assert Z[1, 1] == 10.0
+
+
+def test_network_state_round_trips():
+    cfg = ModelConfig(hidden=[8, 4])
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 3)), rng.normal(size=64)
+    ft = finetune(X, y, X, y, model_cfg=cfg, hp={**HP, "epochs": 2}, seed=0)
+    rebuilt = Network.from_state(ft.network.state(), cfg)
+    np.testing.assert_allclose(rebuilt.predict(X), ft.network.predict(X), rtol=1e-6)
