@@ -40,10 +40,11 @@ def summary_text(report: dict) -> str:
     for name, value in (report.get("references") or {}).items():
         lines.append(f"  reference {name}: {_fmt(value)}")
     fit = report.get("fit") or {}
-    if fit.get("alpha") is not None:
+    if fit.get("C") is not None:
         a, c = fit.get("alpha_ci90") or [None, None], fit.get("C_ci90") or [None, None]
+        alpha = _fmt(fit.get("alpha"), 3) if fit.get("alpha") is not None else "(not identified)"
         lines.append(
-            f"  fit E(n) = {_fmt(fit['D'])} n^-{_fmt(fit['alpha'], 3)} + {_fmt(fit['C'])}"
+            f"  fit E(n) = {_fmt(fit['D'])} n^-{alpha} + {_fmt(fit['C'])}"
             f"   alpha 90% CI [{_fmt(a[0], 3)}, {_fmt(a[1], 3)}],"
             f" C 90% CI [{_fmt(c[0])}, {_fmt(c[1])}]"
         )
@@ -82,9 +83,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     previous = (
         json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
     )
-    status = previous.get("status", "running")
+    records = read_ledger(out)
+    planned = (len(cfg.sizes) + 1) * len(cfg.target_sizes or [None]) * cfg.repetitions
+    status = "complete" if len(records) >= planned else previous.get("status", "running")
     keep = {k: previous[k] for k in ("counts", "mlflow", "timing", "progress") if k in previous}
-    report = report_from_records(cfg, read_ledger(out), status, keep)
+    report = report_from_records(cfg, records, status, keep)
     write_report(report, out)
     print(summary_text(report))
     return 0

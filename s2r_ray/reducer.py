@@ -53,7 +53,7 @@ def report_from_records(cfg: StudyConfig, records: list[dict], status: str, extr
 
 def fit_line(report: dict) -> str:
     fit = report.get("fit") or {}
-    if fit.get("alpha") is None:
+    if fit.get("C") is None:
         codes = [d.get("code") for d in report.get("diagnostics", [])]
         return "fit: waiting for 3 sizes" if "too_few_sizes" in codes else "fit: none"
     lo, hi = fit.get("alpha_ci90") or (None, None)
@@ -64,7 +64,8 @@ def fit_line(report: dict) -> str:
         if ext and ext[0].get("mae") is not None
         else ""
     )
-    return f"fit: alpha={fit['alpha']:.2f}{ci} C={fit['C']:.3f}{at}"
+    alpha = f"{fit['alpha']:.2f}" if fit.get("alpha") is not None else "n/a (flat)"
+    return f"fit: alpha={alpha}{ci} C={fit['C']:.3f}{at}"
 
 
 @ray.remote(num_cpus=0)
@@ -104,8 +105,10 @@ class Reducer:
             )
         done = sum(self._arrived.values())
         total = sum(self._planned.values())
+        maes = [(r["mae"], r["n"]) for r in self._records if r["status"] == "ok"]
+        best = f" (best so far {min(maes)[0]:.4g} at {size_key(min(maes)[1])})" if maes else ""
         line = f"[{done}/{total} cells] {size_key(n)} r{record['repetition']}: " + (
-            f"test MAE {record['mae']:.4g}"
+            f"test MAE {record['mae']:.4g}{best}"
             if record["status"] == "ok"
             else f"FAILED ({record['error']})"
         )

@@ -149,6 +149,7 @@ def run_study(
             ready, _ = ray.wait([pretrained[cell.pretrain_id]], timeout=0)
             if ready:
                 done_pretraining.add(cell.pretrain_id)
+                echo(_pretraining_line(cell, ready[0]))
             return bool(ready)
 
         pending: list[ray.ObjectRef] = []
@@ -221,6 +222,18 @@ def run_study(
         if started_ray:
             ray.shutdown()
     return report
+
+
+def _pretraining_line(cell: Cell, ref: ray.ObjectRef) -> str:
+    try:
+        p = ray.get(ref)
+    except Exception as e:  # its trials fail too, and the cell is recorded as failed
+        return f"pretraining {cell.pretrain_id} FAILED: {str(e)[-300:]}"
+    how = "converged" if p.converged else "stopped on the step cap (pretrain.max_steps)"
+    return (
+        f"pretraining {cell.pretrain_id}: source hold-out MAE {p.source_val_mae:.4g} after "
+        f"{p.steps} steps, {how} ({p.seconds:.0f} s)"
+    )
 
 
 def searcher_epochs(cfg: StudyConfig) -> tuple[int, ...]:

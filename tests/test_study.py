@@ -84,7 +84,9 @@ def test_mlflow_holds_the_run_hierarchy(study):
     assert sorted(r.data.tags["s2r.cell"] for r in pretrains) == sorted(
         f"n{n}-mall-r{r}" for n in cfg.sizes for r in range(cfg.repetitions)
     )
-    assert "alpha" in study_run.data.metrics
+    # the fit is logged at each completed size, stepped by the number of sizes so far
+    history = client.get_metric_history(study_run.info.run_id, "C")
+    assert history and max(m.step for m in history) == len(cfg.sizes)
     artifacts = {a.path for a in client.list_artifacts(study_run.info.run_id)}
     assert {"report.json", "scaling.png", "cells.jsonl"} <= artifacts
 
@@ -101,7 +103,10 @@ def test_ledger_has_one_record_per_cell_with_the_selected_model(study):
         assert r["trials"] == cfg.tune.trials_per_cell
         if r["n"]:
             assert r["zero_shot_mae"] > 0 and r["source_val_mae"] > 0
-    assert len(lines) == len(records) and "cells]" in lines[-1]
+    cell_lines = [ln for ln in lines if "cells]" in ln]
+    pretraining_lines = [ln for ln in lines if ln.startswith("pretraining ")]
+    assert len(cell_lines) == len(records)
+    assert len(pretraining_lines) == len(cfg.sizes) * cfg.repetitions
 
 
 def test_report_command_rebuilds_the_report_from_the_ledger(study, capsys):
@@ -109,5 +114,7 @@ def test_report_command_rebuilds_the_report_from_the_ledger(study, capsys):
     (out / "report.json").unlink()
     assert main(["report", str(out)]) == 0
     rebuilt = json.loads((out / "report.json").read_text())
-    assert rebuilt["fit"]["alpha"] == pytest.approx(report["fit"]["alpha"])
+    assert rebuilt["status"] == "complete"
+    assert rebuilt["fit"]["C"] == pytest.approx(report["fit"]["C"])
+    assert rebuilt["sizes"] == report["sizes"]
     assert "fit E(n)" in capsys.readouterr().out
