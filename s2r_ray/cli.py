@@ -70,7 +70,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     report = run_study(cfg, out, address=args.address, echo=lambda line: print(line, flush=True))
     print(summary_text(report))
     print(f"report: {out / 'report.json'}  plot: {out / 'scaling.png'}")
-    print(f"review trials: mlflow ui --backend-store-uri {report['mlflow']['tracking_uri']}")
+    uri = report["mlflow"]["tracking_uri"]
+    hint = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
+    print(f"review trials: {hint}")
     return 0
 
 

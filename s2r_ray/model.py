@@ -187,6 +187,11 @@ def pretrain(
         device
     )
     opt = torch.optim.AdamW(net.module.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    # Halve the rate after every patience/2 stale evaluations: training stops on a plateau the
+    # decayed rate could not leave, not on the first noisy one.
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=0.5, patience=max(0, hp.patience // 2 - 1), threshold=1e-6
+    )
     bs = min(hp.batch_size, len(X))
     steps_per_eval = max(math.ceil(len(X) / bs), hp.min_steps_per_eval)
 
@@ -203,6 +208,7 @@ def pretrain(
             opt.step()
             step += 1
         val = _val_mae(net, X_val, y_val, device)
+        plateau.step(val)
         curve.append((step, val))
         if val < best * (1 - 1e-6):
             best, best_state, stale = val, _snapshot(net.module), 0
@@ -234,12 +240,14 @@ def finetune(
     pretrained: dict | None = None,
     device: str = "cpu",
     on_epoch: Callable[[int, float, float], None] | None = None,
+    stop_epoch: int | None = None,
 ) -> FineTuned:
     """Train on the experimental split from a pretrained body (or from scratch when None).
 
     hp: lr, weight_decay, epochs, batch_size, freeze, dropout. The head is always new, outputs
-    are standardised on the target train values, and the epoch with the best validation MAE is
-    kept. `on_epoch(epoch, val_mae, best_val_mae)` lets a caller report progress (or stop).
+    are standardised on the target train values, the rate follows a cosine over `epochs`, and
+    the epoch with the best validation MAE is kept. `on_epoch(epoch, val_mae, best_val_mae)`
+    lets a caller report progress (or stop); `stop_epoch` replays a trial stopped early.
     """
     start = time.perf_counter()
     torch.manual_seed(seed)
@@ -265,10 +273,12 @@ def finetune(
     params = [p for p in net.module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
     bs = min(int(hp["batch_size"]), len(X))
+    epochs = int(hp["epochs"])
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(X) / bs))
 
     best, best_state, best_epoch = math.inf, _snapshot(net.module), 0
     curve: list[float] = []
-    for epoch in range(1, int(hp["epochs"]) + 1):
+    for epoch in range(1, min(epochs, stop_epoch or epochs) + 1):
         net.module.train()
         for idx in torch.randperm(len(X), generator=gen).split(bs):
             idx = idx.to(device)
@@ -276,6 +286,7 @@ def finetune(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            cosine.step()
         val = _val_mae(net, X_val, y_val, device)
         curve.append(val)
         if val < best:

@@ -45,6 +45,7 @@ def score_cell(
             model_cfg=cfg.model,
             hp=best["hp"],
             seed=best["seed"] + i,
+            stop_epoch=best["stop_epoch"],
             pretrained=state,
             device=device,
         )

@@ -145,9 +145,9 @@ class CellSearcher(Searcher):
             out.trial_seconds += float(result.get("train_seconds", 0.0))
             if out.best_value is None or value < out.best_value:
                 # Rebuild exactly the model this trial scored: same seed, epochs it completed.
-                epochs = int(result.get("training_iteration", config["hp"]["epochs"]))
+                done = int(result.get("training_iteration", config["hp"]["epochs"]))
                 out.best_value = value
-                out.best_config = {**config, "hp": {**config["hp"], "epochs": epochs}}
+                out.best_config = {**config, "stop_epoch": done}
         if out.trials == self._per_cell:
             self._on_cell_done(out)
 

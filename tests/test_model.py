@@ -117,3 +117,40 @@ def test_network_state_round_trips():
     ft = finetune(X, y, X, y, model_cfg=cfg, hp={**HP, "epochs": 2}, seed=0)
     rebuilt = Network.from_state(ft.network.state(), cfg)
     np.testing.assert_allclose(rebuilt.predict(X), ft.network.predict(X), rtol=1e-6)
+
+
+def test_a_trial_stopped_early_is_replayed_exactly(setup):
+    """ASHA stops a trial mid-schedule; the scorer replays it with stop_epoch, same cosine."""
+    cfg, ds, rep = setup
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(epoch, val, best):
+        if epoch == 4:
+            raise Stop
+
+    seen = []
+    with pytest.raises(Stop):
+        finetune(
+            ds.target_X[rep.train],
+            ds.target_y[rep.train],
+            ds.target_X[rep.val],
+            ds.target_y[rep.val],
+            model_cfg=cfg.model,
+            hp={**HP, "epochs": 10},
+            seed=3,
+            on_epoch=lambda e, v, b: (seen.append(v), stop_at_4(e, v, b)),
+        )
+    replay = finetune(
+        ds.target_X[rep.train],
+        ds.target_y[rep.train],
+        ds.target_X[rep.val],
+        ds.target_y[rep.val],
+        model_cfg=cfg.model,
+        hp={**HP, "epochs": 10},
+        seed=3,
+        stop_epoch=4,
+    )
+    assert replay.curve == seen
+    assert replay.best_val_mae == min(seen)

@@ -46,7 +46,8 @@ def test_searcher_waits_for_pretraining_and_reports_each_cell_once():
     (out,) = done
     assert out.cell == Cell(0, 0) and out.trials == 2 and out.best_value == 0.3
     assert out.best_config["trial_key"] == b["trial_key"]
-    assert out.best_config["hp"]["epochs"] == 4  # the epochs it completed, to rebuild it exactly
+    assert out.best_config["stop_epoch"] == 4  # the epochs it completed, to rebuild it exactly
+    assert out.best_config["hp"] == b["hp"]
     assert out.trial_seconds == 3.0
 
     s.on_trial_complete("c", None, error=True)
