@@ -1,0 +1,121 @@
+"""On-disk cache of canonical keys and features, so a second study on the same file starts fast.
+
+One entry per (input file content, featurizer name, options, featurizer and library versions):
+`<file>.<featurizer>.<digest>.keys.parquet` maps raw identifier tuples to canonical keys (or the
+rejection reason) and `...features.parquet` maps keys to feature rows. An entry grows on demand:
+a query that selects new rows of the same file adds their keys instead of starting over. Writes
+go through a temporary file and a rename, so concurrent studies never read a half-written entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter
+from concurrent.futures import Executor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s2r_ray.data.featurizers import Featurizer, Rejection, map_chunks
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of the file's bytes: an edited file misses the cache, a touched or copied one not."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    df.to_parquet(tmp)
+    os.replace(tmp, path)
+
+
+class FeatureStore:
+    """Keys and features of one input file under one featurizer; computes only what it lacks.
+
+    `stats` counts the work done: ids_canonicalised and keys_featurized (computed now, in the
+    pool's processes for large inputs) and keys_cached (read from disk).
+    """
+
+    def __init__(
+        self, cache_dir: Path, data_file: Path, featurizer: Featurizer, pool: Executor | None
+    ) -> None:
+        self.featurizer = featurizer
+        self.pool = pool
+        token = f"{file_digest(data_file)}\n{featurizer.cache_token()}"
+        digest = hashlib.sha256(token.encode()).hexdigest()[:24]
+        stem = f"{data_file.name}.{featurizer.name}.{digest}"
+        self.keys_path = cache_dir / f"{stem}.keys.parquet"
+        self.features_path = cache_dir / f"{stem}.features.parquet"
+        self.stats: Counter[str] = Counter()
+
+    def canonical(self, ids: list[tuple[str, ...]]) -> list[str | Rejection]:
+        """Canonical key or rejection per distinct identifier tuple."""
+        known = self._read_keys()
+        missing = [t for t in ids if t not in known]
+        if missing:
+            chunks = map_chunks(
+                self.featurizer.canonical, missing, self.featurizer.chunk_size, self.pool
+            )
+            known.update(zip(missing, (r for chunk in chunks for r in chunk), strict=True))
+            self._write_keys(known)
+        self.stats["ids_canonicalised"] += len(missing)
+        return [known[t] for t in ids]
+
+    def features(self, keys: list[str]) -> np.ndarray:
+        """float32 features per distinct key, in order; NaN rows where featurization failed."""
+        names = self.featurizer.feature_names
+        table = self._read_features(names)
+        missing = [k for k, at in zip(keys, table.index.get_indexer(keys), strict=True) if at < 0]
+        if missing:
+            chunks = map_chunks(
+                self.featurizer.featurize, missing, self.featurizer.chunk_size, self.pool
+            )
+            new = pd.DataFrame(
+                np.vstack(chunks), index=pd.Index(missing, name="key"), columns=names
+            )
+            table = pd.concat([table, new]) if len(table) else new
+            _write_atomic(table, self.features_path)
+        self.stats["keys_featurized"] += len(missing)
+        self.stats["keys_cached"] += len(keys) - len(missing)
+        return table.to_numpy(np.float32)[table.index.get_indexer(keys)]
+
+    def _read_keys(self) -> dict[tuple[str, ...], str | Rejection]:
+        if not self.keys_path.is_file():
+            return {}
+        df = pd.read_parquet(self.keys_path)
+        # object arrays: iterating pandas' Arrow-backed strings directly is ~10x slower
+        columns = {c: df[c].to_numpy(dtype=object) for c in df.columns}
+        ids = zip(*(v for c, v in columns.items() if c.startswith("id_")), strict=True)
+        results = (
+            Rejection(reason, int(part)) if isinstance(reason, str) else key
+            for key, reason, part in zip(
+                columns["key"], columns["reason"], columns["part"], strict=True
+            )
+        )
+        return dict(zip(ids, results, strict=True))
+
+    def _write_keys(self, known: dict[tuple[str, ...], str | Rejection]) -> None:
+        ids = list(known)
+        results = list(known.values())
+        columns: dict[str, list[object]] = {
+            f"id_{j}": [t[j] for t in ids] for j in range(len(ids[0]))
+        }
+        columns["key"] = [None if isinstance(r, Rejection) else r for r in results]
+        columns["reason"] = [r.reason if isinstance(r, Rejection) else None for r in results]
+        columns["part"] = [r.part if isinstance(r, Rejection) else 0 for r in results]
+        _write_atomic(pd.DataFrame(columns), self.keys_path)
+
+    def _read_features(self, names: list[str]) -> pd.DataFrame:
+        empty = pd.DataFrame(columns=names, index=pd.Index([], name="key"), dtype=np.float32)
+        if not self.features_path.is_file():
+            return empty
+        table = pd.read_parquet(self.features_path)
+        return table if list(table.columns) == names else empty  # stale: code changed unversioned

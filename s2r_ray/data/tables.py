@@ -1,0 +1,328 @@
+"""From two tables (computed source, experimental target) to one cleaned, featurized `Dataset`.
+
+Per side: read (CSV, CSV.gz or Parquet; `keep_default_na=False`, so the formula "NaN", sodium
+nitride, stays a formula), select rows with the optional query, reject bad rows with a reason,
+turn identifiers into canonical keys, featurize each distinct key once (cached), and reduce the
+rows of one key by the side's rule. Then join: the target's computed reference value, and the
+features that are constant over both sides dropped.
+
+Bad rows never crash a study and never vanish silently: each is counted by reason in
+`Dataset.counts` and listed in `<out_dir>/rejected_rows.csv`. A missing file, a missing column
+or a side left empty is a `DataError` naming the file, raised before any training.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s2r_ray.config import ConfigError, DataConfig, TableSpec
+from s2r_ray.data.cache import FeatureStore
+from s2r_ray.data.dataset import Dataset
+from s2r_ray.data.featurizers import Featurizer, make_featurizer, process_pool
+from s2r_ray.data.synthetic import make_synthetic
+
+log = logging.getLogger(__name__)
+
+REJECTED_COLUMNS = ["file", "row", "side", "column", "value", "reason"]
+# cell texts that mean "no value" in a numeric column (id columns keep them: "NaN" is a formula)
+MISSING_TEXT = frozenset({"", "nan", "-nan", "na", "n/a", "null", "none"})
+KEY_SEPARATOR = "|"
+
+
+class DataError(ValueError):
+    """A problem with an input table, naming file and column, so it is fixed before training."""
+
+
+@dataclass
+class Side:
+    """One table after cleaning and reduction: a row per canonical key."""
+
+    keys: np.ndarray
+    y: np.ndarray
+    X: np.ndarray
+    feature_names: list[str]
+    rejected: pd.DataFrame
+    counts: dict[str, int]
+
+
+class _Rejections:
+    """The first reason each row of a table is rejected for; later checks skip rejected rows."""
+
+    def __init__(self, index: pd.Index, path: Path, side: str) -> None:
+        self.path, self.side = path, side
+        self.reason = pd.Series(None, index=index, dtype=object)
+        self.column = pd.Series(None, index=index, dtype=object)
+        self.value = pd.Series(None, index=index, dtype=object)
+
+    @property
+    def alive(self) -> pd.Series:
+        return self.reason.isna()
+
+    def add(self, mask: pd.Series, reason: str, column: str, raw: pd.Series) -> None:
+        """Reject the rows where mask (indexed by any subset of rows) is True, unless already."""
+        new = mask.reindex(self.reason.index, fill_value=False).astype(bool) & self.alive
+        self.reason[new] = reason
+        self.column[new] = column
+        self.value[new] = ["" if pd.isna(v) else str(v) for v in raw[new]]  # empty cell: ""
+
+    def frame(self) -> pd.DataFrame:
+        bad = ~self.alive
+        return pd.DataFrame(
+            {
+                "file": str(self.path),
+                "row": self.reason.index[bad] + 1,  # the index is the 0-based data row as read
+                "side": self.side,
+                "column": self.column[bad].to_numpy(),
+                "value": self.value[bad].to_numpy(),
+                "reason": self.reason[bad].to_numpy(),
+            },
+            columns=REJECTED_COLUMNS,
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {f"{self.side}_rejected_{r}": int(n) for r, n in self.reason.value_counts().items()}
+
+
+def read_table(path: Path, id_columns: list[str]) -> pd.DataFrame:
+    """The table as written: id columns as text, empty cells as NaN, no other text taken as NaN."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    if path.suffix in (".parquet", ".pq"):
+        table = pd.read_parquet(path).reset_index(drop=True)
+        for c in set(id_columns) & set(table.columns):
+            table[c] = table[c].map(lambda v: v if pd.isna(v) else str(v))
+        return table
+    header = pd.read_csv(path, nrows=0).columns
+    return pd.read_csv(
+        path,
+        keep_default_na=False,
+        na_values=[""],
+        dtype={c: str for c in id_columns if c in header},
+        low_memory=False,
+    )
+
+
+def _numeric(raw: pd.Series) -> tuple[pd.Series, dict[str, pd.Series]]:
+    """Parsed floats and the masks of the three ways a cell fails to be a finite number."""
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        parsed = raw.astype(float)
+        missing = raw.isna()
+    else:
+        text = raw.astype(str).str.strip()
+        parsed = pd.to_numeric(text.where(raw.notna()), errors="coerce").astype(float)
+        missing = raw.isna() | text.str.lower().isin(MISSING_TEXT)
+    return parsed, {
+        "missing": missing,
+        "non_numeric": parsed.isna() & ~missing,
+        "non_finite": pd.Series(np.isinf(parsed), index=raw.index),
+    }
+
+
+def _format_condition(v: float) -> str:
+    """Shortest round-trip text of a condition value, no exponent: 25.0 -> '25', 0.49 -> '0.49'."""
+    return np.format_float_positional(v, trim="-")
+
+
+def _read_selected(
+    spec: TableSpec, side: str, featurizer: Featurizer
+) -> tuple[Path, pd.DataFrame, list[str], dict[str, int]]:
+    """The file's rows chosen by the query, after checking every named column is there."""
+    path = spec.resolved_path()
+    table = read_table(path, spec.id_columns)
+    row_columns = featurizer.row_columns(list(table.columns))
+    roles = dict.fromkeys(spec.id_columns, "id") | {spec.value_column: "value"}
+    roles |= dict.fromkeys(spec.condition_columns, "condition")
+    roles |= dict.fromkeys(row_columns, "feature")
+    for column, role in roles.items():
+        if column not in table.columns:
+            raise DataError(
+                f"{path}: no column {column!r} (data.{side} {role} column); "
+                f"the file has: {', '.join(map(str, table.columns))}"
+            )
+    counts = {f"{side}_rows_read": len(table)}
+    if spec.query:
+        try:
+            table = table.query(spec.query)
+        except (KeyError, NameError, SyntaxError, TypeError, ValueError) as e:
+            raise DataError(f"{path}: data.{side}.query {spec.query!r} failed: {e}") from None
+        counts[f"{side}_rows_not_selected"] = counts[f"{side}_rows_read"] - len(table)
+    return path, table, row_columns, counts
+
+
+def _validate_cells(
+    spec: TableSpec, table: pd.DataFrame, row_columns: list[str], rejections: _Rejections
+) -> pd.DataFrame:
+    """Reject rows with an empty id or a value/condition/feature cell that is no finite number
+    (or a value outside valid_range); return those numeric columns parsed."""
+    for c in spec.id_columns:
+        empty = table[c].isna() | (table[c].astype(str).str.strip() == "")
+        rejections.add(empty, "missing_id", c, table[c])
+    numbers = pd.DataFrame(index=table.index)
+    checks = [(spec.value_column, "value")]
+    checks += [(c, "condition") for c in spec.condition_columns]
+    checks += [(c, "feature") for c in row_columns]
+    for c, what in checks:
+        numbers[c], failures = _numeric(table[c])
+        for kind, mask in failures.items():
+            rejections.add(mask, f"{kind}_{what}", c, table[c])
+    if spec.valid_range is not None:
+        y, raw = numbers[spec.value_column], table[spec.value_column]
+        rejections.add(~y.between(*spec.valid_range) & y.notna(), "out_of_range", y.name, raw)
+    return numbers
+
+
+def _canonical_keys(
+    spec: TableSpec, table: pd.DataFrame, store: FeatureStore, rejections: _Rejections
+) -> pd.Series:
+    """Canonical key per surviving row (each distinct identifier canonicalised once)."""
+    alive = rejections.alive
+    parts = [table.loc[alive, c].astype(str).str.strip().to_numpy(object) for c in spec.id_columns]
+    ids = pd.Series(list(zip(*parts, strict=True)), index=table.index[alive], dtype=object)
+    distinct = list(dict.fromkeys(ids))
+    results = dict(zip(distinct, store.canonical(distinct), strict=True))
+    outcome = ids.map(results.__getitem__)
+    is_key = outcome.map(lambda r: isinstance(r, str)).astype(bool)
+    for rejection in set(outcome[~is_key]):
+        column = spec.id_columns[rejection.part]
+        hit = outcome.map(lambda r, rej=rejection: r == rej).astype(bool)
+        rejections.add(hit, rejection.reason, column, table[column])
+    return outcome[is_key].astype(str)
+
+
+def load_side(
+    spec: TableSpec, side: str, featurizer: Featurizer, cache_dir: Path, pool: Executor | None
+) -> Side:
+    """Read, select, clean, key, featurize and reduce one table (see the module docstring)."""
+    if featurizer.n_ids is not None and len(spec.id_columns) != featurizer.n_ids:
+        raise ConfigError(
+            f"data.{side}.id_columns: featurizer {featurizer.name!r} takes {featurizer.n_ids} "
+            f"id column(s), got {spec.id_columns}"
+        )
+    path, table, row_columns, counts = _read_selected(spec, side, featurizer)
+    rejections = _Rejections(table.index, path, side)
+    numbers = _validate_cells(spec, table, row_columns, rejections)
+    store = FeatureStore(cache_dir, path, featurizer, pool)
+    entity = _canonical_keys(spec, table, store, rejections)
+    first_id, first_column = table[spec.id_columns[0]], spec.id_columns[0]
+
+    distinct = list(dict.fromkeys(entity))
+    X_distinct = store.features(distinct)
+    failed = entity.isin(
+        [k for k, bad in zip(distinct, np.isnan(X_distinct).any(axis=1), strict=True) if bad]
+    )
+    rejections.add(failed, "featurization_failed", first_column, first_id)
+    entity = entity[~failed]
+
+    X_rows, row_names = featurizer.row_features(numbers.loc[entity.index], spec.condition_columns)
+    finite = np.isfinite(X_rows).all(axis=1)
+    bad = pd.Series(~finite, index=entity.index)
+    rejections.add(bad, "non_finite_feature", first_column, first_id)
+    entity, X_rows = entity[finite], X_rows[finite]
+
+    counts |= {f"{side}_{k}": v for k, v in store.stats.items()} | rejections.counts()
+    if entity.empty:
+        summary = ", ".join(f"{k}={v}" for k, v in counts.items())
+        raise DataError(f"{path}: no {side} rows left after selection and cleaning ({summary})")
+    keys, y, row_means, entity_of_key = _reduce(spec, entity, numbers.loc[entity.index], X_rows)
+    counts[f"{side}_duplicates_reduced"] = len(entity) - len(keys)
+    counts[f"{side}_rows"] = len(keys)
+    X_keys = X_distinct[pd.Index(distinct).get_indexer(entity_of_key)]
+    return Side(
+        keys=keys,
+        y=y,
+        X=np.hstack([X_keys, row_means.astype(np.float32)]),
+        feature_names=featurizer.feature_names + row_names,
+        rejected=rejections.frame(),
+        counts=counts,
+    )
+
+
+def _reduce(
+    spec: TableSpec, entity: pd.Series, numbers: pd.DataFrame, X_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One row per key (entity + condition values): the value reduced by the side's rule, the
+    per-row features averaged; keys in order of first appearance in the file.
+
+    Returns the keys, their values, their per-row features and their entity keys.
+    """
+    key = entity
+    for c in spec.condition_columns:
+        key = key + KEY_SEPARATOR + numbers[c].map(_format_condition)
+    codes, keys = pd.factorize(key)
+    y = numbers[spec.value_column].groupby(codes).agg(spec.reduce).to_numpy()
+    row_means = pd.DataFrame(X_rows).groupby(codes).mean().to_numpy()
+    entity_of_key = entity.groupby(codes).first().to_numpy()
+    return np.asarray(keys, dtype=str), y, row_means, entity_of_key
+
+
+def load_dataset(
+    cfg: DataConfig, out_dir: Path | None = None, workers: int | None = None
+) -> Dataset:
+    """The study's `Dataset`: synthetic, or the source and target tables cleaned, keyed, joined.
+
+    `workers` bounds the featurization processes (default: all CPUs). They are spawned, so a
+    script calling this with workers > 1 needs the usual `if __name__ == "__main__":` guard.
+    `out_dir` receives rejected_rows.csv.
+    """
+    if cfg.kind == "synthetic":
+        return make_synthetic(cfg.synthetic)
+    src, tgt = cfg.source, cfg.target
+    assert src is not None and tgt is not None  # DataConfig guarantees both for kind 'tables'
+    if (src.featurizer, src.featurizer_options) != (tgt.featurizer, tgt.featurizer_options):
+        raise ConfigError(
+            "data.source and data.target must use the same featurizer and featurizer_options: "
+            f"got {src.featurizer} {src.featurizer_options} "
+            f"and {tgt.featurizer} {tgt.featurizer_options}"
+        )
+    featurizer = make_featurizer(src.featurizer, src.featurizer_options)
+    cache_dir = Path(cfg.cache_dir).expanduser()
+    workers = workers or len(os.sched_getaffinity(0))  # the CPUs a container really grants
+    with process_pool(workers) as pool:  # processes start only if a side needs them
+        source = load_side(src, "source", featurizer, cache_dir, pool)
+        target = load_side(tgt, "target", featurizer, cache_dir, pool)
+    if source.feature_names != target.feature_names:
+        raise DataError(
+            f"{tgt.resolved_path()}: target features differ from the source's "
+            f"({sorted(set(source.feature_names) ^ set(target.feature_names))[:10]}); "
+            "condition and feature columns must have the same names on both sides"
+        )
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rejected = pd.concat([source.rejected, target.rejected], ignore_index=True)
+        rejected.to_csv(out_dir / "rejected_rows.csv", index=False)
+
+    reference = pd.Series(source.y, index=source.keys).reindex(target.keys).to_numpy()
+    high = np.maximum(source.X.max(axis=0), target.X.max(axis=0))
+    varies = high > np.minimum(source.X.min(axis=0), target.X.min(axis=0))
+    if not varies.any():
+        raise DataError(
+            f"{src.resolved_path()}, {tgt.resolved_path()}: every feature is constant over "
+            "both tables, nothing to learn from"
+        )
+    counts = source.counts | target.counts
+    counts |= {
+        "joined_overlap": int(np.isfinite(reference).sum()),
+        "features": int(varies.sum()),
+        "dropped_constant_features": int((~varies).sum()),
+    }
+    log.info("data: %s", ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return Dataset(
+        source_X=source.X[:, varies],
+        source_y=source.y,
+        source_ids=source.keys,
+        target_X=target.X[:, varies],
+        target_y=target.y,
+        target_ids=target.keys,
+        feature_names=[n for n, v in zip(source.feature_names, varies, strict=True) if v],
+        property_name=cfg.property,
+        units=cfg.units or tgt.units or src.units,
+        target_reference=reference,
+        counts=counts,
+    )

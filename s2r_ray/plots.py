@@ -1,0 +1,218 @@
+"""Plots drawn from the report dict alone, so `s2r report` can re-render them from report.json.
+
+Figures are built with matplotlib's object API and the Agg canvas (no pyplot state), so they
+are safe inside a long-running actor. Every panel copes with missing pieces (no sizes, no fit,
+no baseline) by drawing what there is and saying what is not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from s2r_ray.scaling import ci_key
+
+
+def _ci(report: dict) -> float:
+    return (report.get("fit") or {}).get("ci") or 0.9
+
+
+def _errorbar(ax: Axes, x: list, y: list, ci: list, **kw) -> None:
+    """Points with asymmetric error bars; entries without an interval get none."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    lo = np.array([y_ - c[0] if c else 0.0 for y_, c in zip(y, ci, strict=True)])
+    hi = np.array([c[1] - y_ if c else 0.0 for y_, c in zip(y, ci, strict=True)])
+    ax.errorbar(x, y, yerr=[lo, hi], fmt="o", capsize=3, **kw)
+
+
+def _size_points(ax: Axes, sizes: list[dict], x_key: str = "n", **kw) -> None:
+    """Size entries of the report: mean test MAE with its interval, against n or m."""
+    means = [s["test_mae_mean"] for s in sizes]
+    _errorbar(ax, [s[x_key] for s in sizes], means, [s["test_mae_ci90"] for s in sizes], **kw)
+
+
+def _legend(ax: Axes) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+
+
+def _empty(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_yticks([])
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def _headline_sizes(report: dict) -> list[dict]:
+    m = (report.get("fit") or {}).get("m")
+    return [s for s in report.get("sizes", []) if m is None or s.get("m") == m]
+
+
+def _title(report: dict) -> str:
+    fit, ci = report.get("fit") or {}, _ci(report)
+    if fit.get("C") is None:
+        return f"{report.get('study', '')}: no fit yet"
+
+    def part(name: str, label: str) -> str:
+        bounds = fit.get(ci_key(name, ci))
+        value = "undetermined" if fit[name] is None else f"{fit[name]:.3g}"
+        text = f"{label} = {value}"
+        return text + (f" [{bounds[0]:.3g}, {bounds[1]:.3g}]" if bounds else "")
+
+    title = f"{report.get('study', '')}: {part('alpha', 'α')},  {part('C', 'C')}"
+    codes = {d["code"] for d in report.get("diagnostics", [])}
+    return title + ("  (α not identified)" if "alpha_not_identified" in codes else "")
+
+
+def _scaling_panel(ax: Axes, report: dict) -> None:
+    ci, sizes = _ci(report), _headline_sizes(report)
+    curve = report.get("curve")
+    if curve:
+        ax.plot(curve["n"], curve["mae"], color="C0", label="D·n^-α + C")
+        if curve.get("lo"):
+            ax.fill_between(
+                curve["n"], curve["lo"], curve["hi"], color="C0", alpha=0.2, label=f"{ci:.0%} band"
+            )
+    if sizes:
+        _size_points(ax, sizes, color="k", label="pretrained + fine-tuned")
+        ax.axvline(sizes[-1]["n"], color="0.6", lw=0.8, ls=":")
+    for e in report.get("extrapolation", []):
+        _errorbar(ax, [e["n"]], [e["mae"]], [e.get(ci_key("mae", ci))], color="C0", mfc="white")
+    base = report.get("baseline")
+    if base and base.get("test_mae_mean") is not None:
+        ax.axhline(base["test_mae_mean"], color="C3", label="no pretraining")
+        if base.get("test_mae_ci90"):
+            ax.axhspan(*base["test_mae_ci90"], color="C3", alpha=0.12)
+    for i, (name, mae) in enumerate(sorted((report.get("references") or {}).items())):
+        if mae is not None:
+            ax.axhline(mae, color=f"C{4 + i % 5}", ls="--", lw=1, label=name)
+    target = (report.get("n_for_target") or {}).get("target")
+    if target is not None:
+        ax.axhline(target, color="C2", ls=":", lw=1.5, label="target MAE")
+    if not (sizes or curve):
+        _empty(ax, "no finished sizes yet")
+        return
+    ax.set_xscale("log")
+    units = f" ({report['units']})" if report.get("units") else ""
+    ax.set_ylabel(f"test MAE{units}")
+    _legend(ax)
+
+
+def _gain_panel(ax: Axes, report: dict) -> None:
+    rows = [s for s in _headline_sizes(report) if s.get("paired_gain")]
+    ax.axhline(0, color="0.5", lw=0.8)
+    if not rows:
+        _empty(ax, "no paired gain (needs baseline cells on the same repetitions)")
+        return
+    gains = [s["paired_gain"] for s in rows]
+    _errorbar(
+        ax,
+        [s["n"] for s in rows],
+        [g["mean"] for g in gains],
+        [g.get(ci_key("", _ci(report))) for g in gains],
+        color="C1",
+    )
+    ax.set_xscale("log")
+    ax.set_ylabel("paired gain\n(baseline − transfer)")
+
+
+def plot_scaling(report: dict, path: Path) -> Path:
+    """MAE against n with the fit and its band, baseline, references, target; gains below."""
+    fig = Figure(figsize=(7, 6.5))
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.3])
+    _scaling_panel(top, report)
+    _gain_panel(bottom, report)
+    bottom.set_xlabel("simulated rows used for pretraining, n")
+    top.set_title(_title(report), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_backtest(report: dict, path: Path) -> Path:
+    """Relative error of the extrapolated MAE at each held-out size, one line per k."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.axhline(0, color="0.5", lw=0.8)
+    entries = report.get("backtest") or []
+    for e in entries:
+        pts = e["points"]
+        ax.plot(
+            [p["n"] for p in pts],
+            [100 * p["rel_error"] for p in pts],
+            "o-",
+            label=f"fit on {e['k']} sizes (n ≤ {e['n_fit_max']})",
+        )
+    if entries:
+        ax.set_xscale("log")
+        _legend(ax)
+    else:
+        _empty(ax, "backtest needs at least 4 sizes")
+    ax.set_xlabel("held-out n")
+    ax.set_ylabel("extrapolated − observed MAE (%)")
+    ax.set_title(f"{report.get('study', '')}: backtest of D·n^-α + C", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _curve_from(fit: dict, x: np.ndarray) -> np.ndarray | None:
+    """A nested fit's curve; a flat fit (α undetermined) is the constant C."""
+    if fit.get("C") is None:
+        return None
+    if fit.get("alpha") is None:
+        return np.full_like(x, fit["C"])
+    return fit["D"] * x ** (-fit["alpha"]) + fit["C"]
+
+
+def plot_target_axis(report: dict, path: Path) -> Path:
+    """E(n) at each m, and E(m) at each n with (n > 0) and without (n = 0) pretraining."""
+    axis, ci = report["target_axis"], _ci(report)
+    rows = report.get("sizes", []) + (report.get("baseline_by_m") or [])
+    fig = Figure(figsize=(11, 4.5))
+    left, right = fig.subplots(1, 2)
+    for i, entry in enumerate(axis["scaling_in_n"]):
+        pts = [s for s in rows if s["m"] == entry["m"] and s["n"] > 0]
+        if pts:
+            _size_points(left, pts, color=f"C{i}", label=f"m = {entry['m']:g}")
+            x = np.geomspace(pts[0]["n"], pts[-1]["n"], 50)
+            y = _curve_from(entry, x)
+            if y is not None:
+                left.plot(x, y, color=f"C{i}")
+    for i, entry in enumerate(axis["learning_curves"]):
+        pts = sorted((s for s in rows if s["n"] == entry["n"]), key=lambda s: s["m"])
+        color = "k" if entry["n"] == 0 else f"C{i}"
+        label = "no pretraining" if entry["n"] == 0 else f"n = {entry['n']:g}"
+        if pts:
+            _size_points(right, pts, "m", color=color, label=label)
+            x = np.geomspace(pts[0]["m"], pts[-1]["m"], 50)
+            y = _curve_from(entry, x)
+            if y is not None:
+                right.plot(x, y, color=color, ls="--" if entry["n"] == 0 else "-")
+    for ax, xlabel in ((left, "simulated rows n"), (right, "experimental training rows m")):
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test MAE")
+        _legend(ax)
+    left.set_title(f"scaling in n at each m ({ci:.0%} intervals)", fontsize=9)
+    right.set_title("error against m, with and without pretraining", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def render_all(report: dict, out_dir: Path) -> list[Path]:
+    """scaling.png, backtest.png, and target_axis.png when the study varies m."""
+    out_dir = Path(out_dir)
+    paths = [
+        plot_scaling(report, out_dir / "scaling.png"),
+        plot_backtest(report, out_dir / "backtest.png"),
+    ]
+    if report.get("target_axis"):
+        paths.append(plot_target_axis(report, out_dir / "target_axis.png"))
+    return paths

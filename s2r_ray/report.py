@@ -1,0 +1,218 @@
+"""The study report: report.json and its plots, built from one row per finished cell.
+
+report.json keys (stable; every number JSON-safe, None where unknown):
+
+- ``study``, ``status``, ``property``, ``units``: as passed in.
+- ``sizes``: one entry per pretraining size n > 0 (per (n, m) when the study varies m):
+  ``n``, ``m`` (when the cells have an m column), ``repetitions`` (finished),
+  ``planned_repetitions``, ``test_mae_mean``, ``test_mae_ci90`` [lo, hi] (90% interval of the
+  mean over repetitions: expanded-percentile bootstrap, see ``s2r_ray.stats``),
+  ``test_rmse_mean``, ``trials`` (mean tuning trials per cell), ``paired_gain``
+  {``mean``, ``ci90``, ``wins``, ``repetitions``, ``detectable``} (baseline MAE − transfer MAE on
+  the same repetition and m; detectable: the interval excludes 0; None without a baseline),
+  ``source_val_mae`` (mean pretraining error on the source hold-out), ``pretrain_converged``
+  (False when any repetition stopped on the step cap), ``zero_shot_mae`` (pretrained model on
+  the target test set before fine-tuning), ``single_mae_mean`` (one model's MAE when ``mae`` is
+  an ensemble's). A column the cells lack gives None.
+- ``baseline``: the same keys for n = 0 (no pretraining) at the largest m; None without one.
+- ``baseline_by_m``: the baseline at every m (only when m varies).
+- ``references``: {name: MAE} — the references passed in, plus ``simulation_alone`` (the
+  computed value used directly as the prediction) when the cells carry ``reference_mae``.
+- ``fit``, ``extrapolation``, ``n_for_target``, ``backtest``, ``diagnostics``,
+  ``alternatives``, ``curve``: ``PowerLawFit.to_dict()`` of the transfer sizes at the largest
+  m (see ``s2r_ray.scaling.estimator``); ``diagnostics`` also carries the report's own
+  findings (dropped rows, missing baseline, unconverged pretraining, undetectable gains, no m
+  axis).
+- ``target_axis``, ``equivalent_samples``: only when the study varies m
+  (``s2r_ray.scaling.target_axis``, ``s2r_ray.scaling.equivalent``); the latter is None when
+  the baseline has fewer than 3 target sizes.
+- anything in ``extra`` (timings, counts), merged last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s2r_ray.scaling import PowerLawFit, json_safe, m_axis
+from s2r_ray.scaling import diagnostics as dg
+from s2r_ray.stats import mean_ci, paired_gain
+
+REQUIRED = ("n", "repetition", "mae")
+MEANS = {  # optional column -> size key; each reported as its mean over repetitions
+    "rmse": "test_rmse_mean",
+    "trials": "trials",
+    "source_val_mae": "source_val_mae",
+    "zero_shot_mae": "zero_shot_mae",
+    "single_mae": "single_mae_mean",
+}
+CI = 0.9
+
+
+def _clean(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[dg.Diagnostic]]:
+    """Required columns present; rows with a non-finite n, m or mae dropped, and said so."""
+    missing = [c for c in REQUIRED if c not in cells.columns]
+    if missing:
+        raise ValueError(f"cells lack column(s) {missing}; need one row per cell with {REQUIRED}")
+    cells = cells.copy()
+    if "m" in cells.columns and cells["m"].isna().all():
+        cells = cells.drop(columns="m")  # a study without a target-size axis
+    keys = ["n", "mae"] + (["m"] if "m" in cells.columns else [])
+    for c in keys:
+        cells[c] = pd.to_numeric(cells[c], errors="coerce")
+    finite = np.isfinite(cells[keys].to_numpy(float)).all(axis=1)
+    notes = (
+        []
+        if finite.all()
+        else [dg.dropped_rows(int((~finite).sum()), f"non-finite {' or '.join(keys)}")]
+    )
+    return cells[finite], notes
+
+
+def _size_entry(
+    rows: pd.DataFrame, baseline: pd.DataFrame | None, planned: int | None, n_boot: int, seed: int
+) -> dict:
+    """Summary of one (n, m) cell group; paired against the baseline rows of the same m."""
+    mean, ci = mean_ci(rows["mae"].to_numpy(), CI, n_boot, seed)
+    entry = {"n": int(rows["n"].iloc[0])}
+    if "m" in rows.columns:
+        entry["m"] = float(rows["m"].iloc[0])
+    entry |= {
+        "repetitions": int(rows["repetition"].nunique()),
+        "planned_repetitions": planned,
+        "test_mae_mean": mean,
+        "test_mae_ci90": ci,
+    }
+    for col, key in MEANS.items():
+        entry[key] = float(rows[col].mean()) if col in rows.columns else None
+    entry["pretrain_converged"] = (
+        bool(rows["pretrain_converged"].astype(bool).all())
+        if "pretrain_converged" in rows.columns
+        else None
+    )
+    by_rep = rows.groupby("repetition")["mae"].mean()
+    entry["paired_gain"] = (
+        None
+        if baseline is None or entry["n"] == 0
+        else paired_gain(baseline.groupby("repetition")["mae"].mean(), by_rep, CI, n_boot, seed)
+    )
+    return entry
+
+
+def _references(cells: pd.DataFrame, given: dict[str, float] | None) -> dict[str, float]:
+    refs = dict(given or {})
+    if "reference_mae" in cells.columns:
+        # one value per test split: average within a repetition first, then across them
+        per_rep = cells.groupby("repetition")["reference_mae"].mean().dropna()
+        if not per_rep.empty:
+            refs["simulation_alone"] = float(per_rep.mean())
+    return refs
+
+
+def _report_diagnostics(sizes: list[dict], baseline: dict | None) -> list[dg.Diagnostic]:
+    """Findings about the cells themselves: convergence, baseline, gains."""
+    out = []
+    capped = [s["n"] for s in sizes if s["pretrain_converged"] is False]
+    if capped:
+        out.append(dg.pretrain_not_converged(capped))
+    if baseline is None:
+        return [*out, dg.no_baseline()]
+    gains = [(s["n"], s["paired_gain"]) for s in sizes if s["paired_gain"] is not None]
+    if gains and not any(g["detectable"] for _, g in gains):
+        out.append(dg.gain_not_detectable())
+    losses = [n for n, g in gains if g["detectable"] and g["mean"] < 0]
+    if losses:
+        out.append(dg.negative_transfer(losses))
+    return out
+
+
+def build_report(
+    cells: pd.DataFrame,
+    *,
+    study: str,
+    status: str,
+    planned_repetitions: int | None = None,
+    target_mae: float | None = None,
+    extrapolate_factors: tuple[float, ...] = (10, 100),
+    n_boot: int = 1000,
+    seed: int = 0,
+    property_name: str = "",
+    units: str = "",
+    references: dict[str, float] | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """The report dict (keys in the module docstring) from one row per finished cell."""
+    cells, notes = _clean(cells)
+    has_m = "m" in cells.columns and not cells.empty
+    m_ref = float(cells["m"].max()) if has_m else None
+    groups = ["n", "m"] if has_m else ["n"]
+
+    def baseline_at(m: float | None) -> pd.DataFrame | None:
+        rows = cells[(cells["n"] == 0) & ((cells["m"] == m) if has_m else True)]
+        return None if rows.empty else rows
+
+    def entry(rows: pd.DataFrame) -> dict:
+        m = float(rows["m"].iloc[0]) if has_m else None
+        return _size_entry(rows, baseline_at(m), planned_repetitions, n_boot, seed)
+
+    transfer = cells[cells["n"] > 0]
+    sizes = [entry(rows) for _, rows in transfer.groupby(groups, sort=True)]
+    base_rows = baseline_at(m_ref)
+    baseline = None if base_rows is None else entry(base_rows)
+    report: dict = {
+        "study": study,
+        "status": status,
+        "property": property_name,
+        "units": units,
+        "sizes": sizes,
+        "baseline": baseline,
+    }
+    m_varies = has_m and cells["m"].nunique() > 1
+    if m_varies:
+        report["baseline_by_m"] = [
+            entry(rows) for _, rows in cells[cells["n"] == 0].groupby("m", sort=True)
+        ]
+    report["references"] = _references(cells, references)
+
+    est = PowerLawFit(
+        n_boot=n_boot,
+        ci=CI,
+        seed=seed,
+        extrapolate_factors=tuple(extrapolate_factors),
+        target_mae=target_mae,
+        planned_repetitions=planned_repetitions,
+    ).fit(transfer[["n", "repetition", "mae"] + (["m"] if has_m else [])], m=m_ref)
+    report |= est.to_dict()
+    axis, equivalent, axis_notes = m_axis(cells, n_boot=n_boot, ci=CI, seed=seed)
+    if m_varies:
+        report["target_axis"], report["equivalent_samples"] = axis, equivalent
+    headline_sizes = [s for s in sizes if not has_m or s["m"] == m_ref]
+    report["diagnostics"] = (
+        notes + report["diagnostics"] + _report_diagnostics(headline_sizes, baseline) + axis_notes
+    )
+    report |= extra or {}
+    return json_safe(report)
+
+
+def write_report(report: dict, out_dir: Path) -> list[Path]:
+    """report.json (atomically: a temporary file, then os.replace) and the plots; paths written."""
+    from s2r_ray.plots import render_all  # matplotlib only when writing
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.json"
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".report.", suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(json_safe(report), fh, indent=2, allow_nan=False)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the report is for everyone
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return [path, *render_all(report, out_dir)]
