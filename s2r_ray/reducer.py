@@ -186,6 +186,8 @@ class Reducer:
         s = self._size_summary(n)
         gain = s.get("paired_gain") or {}
         ci = s.get("test_mae_ci90") or (None, None)
+        gain_ci = gain.get("ci90") or (None, None)
+        converged = s.get("pretrain_converged")
         tracking.log(
             self._ctx,
             self._ctx.size_run(n),
@@ -194,8 +196,13 @@ class Reducer:
                 "test_mae_ci90_lo": ci[0],
                 "test_mae_ci90_hi": ci[1],
                 "test_rmse_mean": s.get("test_rmse_mean"),
+                "single_model_mae_mean": s.get("single_mae_mean"),
                 "paired_gain_mean": gain.get("mean"),
+                "paired_gain_ci90_lo": gain_ci[0],
+                "paired_gain_ci90_hi": gain_ci[1],
+                "paired_gain_wins": gain.get("wins"),
                 "source_val_mae": s.get("source_val_mae"),
+                "pretrain_converged": None if converged is None else float(converged),
                 "zero_shot_mae": s.get("zero_shot_mae"),
             },
         )
