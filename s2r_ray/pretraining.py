@@ -18,7 +18,6 @@ def pretrain_cell(plan: Plan, cell: Cell, cfg: StudyConfig, ctx: TrackingContext
     repetition's source hold-out (disjoint from every subset)."""
     device = setup_worker(cfg.tune.pretrain_resources.cpu)
     ds, rep = plan.dataset, plan.repetitions[cell.repetition]
-    rows = rep.source_subset(cell.n)
     params = {
         "n": cell.n,
         "repetition": cell.repetition,
@@ -28,10 +27,7 @@ def pretrain_cell(plan: Plan, cell: Cell, cfg: StudyConfig, ctx: TrackingContext
     }
     with tracking.nested_run(ctx, cell, "pretrain", f"pretrain {cell.pretrain_id}", params) as run:
         result = pretrain(
-            ds.source_X[rows],
-            ds.source_y[rows],
-            ds.source_X[rep.holdout],
-            ds.source_y[rep.holdout],
+            *plan.source_split(cell),
             model_cfg=cfg.model,
             hp=cfg.pretrain,
             seed=rep.seed,

@@ -68,6 +68,23 @@ class Plan:
     repetitions: list[Repetition]
     cells: list[Cell]
 
+    def source_split(self, cell: Cell) -> tuple[np.ndarray, ...]:
+        """Pretraining arrays: the n source rows and the repetition's source hold-out."""
+        ds, rep = self.dataset, self.repetitions[cell.repetition]
+        rows = rep.source_subset(cell.n)
+        return (
+            ds.source_X[rows],
+            ds.source_y[rows],
+            ds.source_X[rep.holdout],
+            ds.source_y[rep.holdout],
+        )
+
+    def target_split(self, cell: Cell) -> tuple[np.ndarray, ...]:
+        """Fine-tuning arrays: the cell's m target train rows and the validation rows."""
+        ds, rep = self.dataset, self.repetitions[cell.repetition]
+        train = rep.target_train(cell.m)
+        return ds.target_X[train], ds.target_y[train], ds.target_X[rep.val], ds.target_y[rep.val]
+
 
 def repetition_seed(study_seed: int, r: int) -> int:
     return study_seed * 1009 + r

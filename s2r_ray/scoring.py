@@ -33,15 +33,12 @@ def score_cell(
     start = time.perf_counter()
     device = setup_worker(cfg.tune.resources.cpu)
     ds, rep = plan.dataset, plan.repetitions[cell.repetition]
-    train, X_test, y_test = rep.target_train(cell.m), ds.target_X[rep.test], ds.target_y[rep.test]
+    X_test, y_test = ds.target_X[rep.test], ds.target_y[rep.test]
     state = pretrained.state if pretrained is not None else None
     preds, val = [], None
     for i in range(cfg.finetune.ensemble):
         ft = finetune(
-            ds.target_X[train],
-            ds.target_y[train],
-            ds.target_X[rep.val],
-            ds.target_y[rep.val],
+            *plan.target_split(cell),
             model_cfg=cfg.model,
             hp=best["hp"],
             seed=best["seed"] + i,
@@ -65,7 +62,7 @@ def score_cell(
         "best_trial": best["trial_key"],
         "best_hp": best["hp"],
         "test_rows": len(rep.test),
-        "train_rows": len(train),
+        "train_rows": len(rep.target_train(cell.m)),
         "trial_seconds": trial_seconds,
     }
     ref = ds.target_reference[rep.test] if ds.target_reference is not None else np.array([np.nan])

@@ -32,11 +32,9 @@ def finetune_trial(
     """
     device = setup_worker(cfg.tune.resources.cpu)
     cell = Cell(**config["cell"])
-    ds, rep = plan.dataset, plan.repetitions[cell.repetition]
     state = None
     if not cell.is_baseline:
         state = fetch_pretrained(cell.pretrain_id, pretrained[cell.pretrain_id]).state
-    train = rep.target_train(cell.m)
     params = {**config["hp"], "seed": config["seed"], "trial_key": config["trial_key"]}
     with tracking.nested_run(ctx, cell, "trial", config["trial_key"], params) as run:
         start, overhead = time.perf_counter(), 0.0
@@ -50,10 +48,7 @@ def finetune_trial(
             tune.report({METRIC: best, "val_mae": val_mae, "train_seconds": trained})
 
         finetune(
-            ds.target_X[train],
-            ds.target_y[train],
-            ds.target_X[rep.val],
-            ds.target_y[rep.val],
+            *plan.target_split(cell),
             model_cfg=cfg.model,
             hp=config["hp"],
             seed=config["seed"],

@@ -33,7 +33,7 @@ def _pretrain(cfg, ds, rep, n):
     )
 
 
-def _finetune(ds, rep, cfg, state, seed=0, hp=HP):
+def _finetune(ds, rep, cfg, state, seed=0, hp=HP, **kwargs):
     return finetune(
         ds.target_X[rep.train],
         ds.target_y[rep.train],
@@ -43,6 +43,7 @@ def _finetune(ds, rep, cfg, state, seed=0, hp=HP):
         hp=hp,
         seed=seed,
         pretrained=state,
+        **kwargs,
     )
 
 
@@ -131,26 +132,17 @@ def test_a_trial_stopped_early_is_replayed_exactly(setup):
             raise Stop
 
     seen = []
+    hp = {**HP, "epochs": 10}
     with pytest.raises(Stop):
-        finetune(
-            ds.target_X[rep.train],
-            ds.target_y[rep.train],
-            ds.target_X[rep.val],
-            ds.target_y[rep.val],
-            model_cfg=cfg.model,
-            hp={**HP, "epochs": 10},
+        _finetune(
+            ds,
+            rep,
+            cfg,
+            None,
             seed=3,
+            hp=hp,
             on_epoch=lambda e, v, b: (seen.append(v), stop_at_4(e, v, b)),
         )
-    replay = finetune(
-        ds.target_X[rep.train],
-        ds.target_y[rep.train],
-        ds.target_X[rep.val],
-        ds.target_y[rep.val],
-        model_cfg=cfg.model,
-        hp={**HP, "epochs": 10},
-        seed=3,
-        stop_epoch=4,
-    )
+    replay = _finetune(ds, rep, cfg, None, seed=3, hp=hp, stop_epoch=4)
     assert replay.curve == seen
     assert replay.best_val_mae == min(seen)
