@@ -157,6 +157,12 @@ class TuneConfig(_Strict):
     reduction_factor: int = Field(3, ge=2)
     resources: Resources = Field(default_factory=Resources)
     pretrain_resources: Resources = Field(default_factory=Resources)
+    pretrain_slots: int | None = Field(
+        None,
+        ge=1,
+        description="pretrainings running at once (default: half the cluster's CPUs), so "
+        "trials of cells already pretrained keep the rest",
+    )
 
 
 class TrackingConfig(_Strict):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from s2r_ray import tracking
 from s2r_ray.config import StudyConfig
@@ -46,3 +50,73 @@ def pretrain_cell(plan: Plan, cell: Cell, cfg: StudyConfig, ctx: TrackingContext
             },
         )
     return result
+
+
+class Pretrainings:
+    """All pretraining tasks of a study, submitted at once (small n first) into a placement
+    group of a few slots, and which of them have finished.
+
+    Queued as plain tasks they would take every CPU ahead of the trials, and a study with slow
+    large-n pretraining would stall behind them; in their own group they use only its slots,
+    which go back to the trials when the last one finishes.
+    """
+
+    def __init__(
+        self,
+        plan: Plan,
+        plan_ref: ray.ObjectRef,
+        cfg: StudyConfig,
+        ctx: TrackingContext,
+        echo: Callable[[str], None],
+    ):
+        res = cfg.tune.pretrain_resources
+        slots = cfg.tune.pretrain_slots or max(
+            1, int(ray.cluster_resources().get("CPU", 1) // (2 * res.cpu))
+        )
+        bundle = {"CPU": res.cpu} | ({"GPU": res.gpu} if res.gpu else {})
+        self._group = placement_group([bundle] * slots, strategy="PACK")
+        ray.get(self._group.ready())
+        task = pretrain_cell.options(
+            num_cpus=res.cpu,
+            num_gpus=res.gpu,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(self._group),
+        )
+        self.refs: dict[str, ray.ObjectRef] = {}
+        for cell in plan.cells:
+            if not cell.is_baseline and cell.pretrain_id not in self.refs:
+                self.refs[cell.pretrain_id] = task.remote(
+                    plan_ref, Cell(cell.n, cell.repetition), cfg, ctx
+                )
+        self._done: set[str] = set()
+        self._echo = echo
+        self.slots = slots
+
+    def ready(self, cell: Cell) -> bool:
+        """Whether the cell's trials can start; announces each pretraining as it finishes."""
+        if cell.is_baseline or cell.pretrain_id in self._done:
+            return True
+        ref = self.refs[cell.pretrain_id]
+        if not ray.wait([ref], timeout=0)[0]:
+            return False
+        self._done.add(cell.pretrain_id)
+        self._echo(_finished_line(cell, ref))
+        if len(self._done) == len(self.refs):
+            self.release()
+        return True
+
+    def release(self) -> None:
+        if self._group is not None:
+            remove_placement_group(self._group)
+            self._group = None
+
+
+def _finished_line(cell: Cell, ref: ray.ObjectRef) -> str:
+    try:
+        p = ray.get(ref)
+    except Exception as e:  # its trials fail too, and the cell is recorded as failed
+        return f"pretraining {cell.pretrain_id} FAILED: {str(e)[-300:]}"
+    how = "converged" if p.converged else "stopped on the step cap (pretrain.max_steps)"
+    return (
+        f"pretraining {cell.pretrain_id}: source hold-out MAE {p.source_val_mae:.4g} after "
+        f"{p.steps} steps, {how} ({p.seconds:.0f} s)"
+    )

@@ -27,8 +27,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from s2r_ray import tracking
 from s2r_ray.config import StudyConfig
 from s2r_ray.data import load_dataset
-from s2r_ray.pretraining import pretrain_cell
-from s2r_ray.protocol import Cell, Plan, make_plan
+from s2r_ray.pretraining import Pretrainings
+from s2r_ray.protocol import make_plan
 from s2r_ray.reducer import Reducer, read_ledger
 from s2r_ray.scoring import score_cell
 from s2r_ray.search import CellOutcome, CellSearcher, PerCellASHA
@@ -84,16 +84,6 @@ def _dataset_tags(cfg: StudyConfig) -> dict[str, str]:
     }
 
 
-def _submit_pretraining(plan: Plan, plan_ref: ray.ObjectRef, cfg: StudyConfig, ctx) -> dict:
-    res = cfg.tune.pretrain_resources
-    task = pretrain_cell.options(num_cpus=res.cpu, num_gpus=res.gpu)
-    refs: dict[str, ray.ObjectRef] = {}
-    for cell in plan.cells:  # plan order: small n first
-        if not cell.is_baseline and cell.pretrain_id not in refs:
-            refs[cell.pretrain_id] = task.remote(plan_ref, Cell(cell.n, cell.repetition), cfg, ctx)
-    return refs
-
-
 def run_study(
     cfg: StudyConfig, out: Path, *, address: str | None = None, echo: Echo = print
 ) -> dict:
@@ -137,20 +127,11 @@ def run_study(
     reducer = Reducer.options(scheduling_strategy=here).remote(
         cfg, str(out.resolve()), ctx, planned, extra
     )
-    status = "failed"
+    status, pretrainings = "failed", None
     try:
         plan_ref = ray.put(plan)
-        pretrained = _submit_pretraining(plan, plan_ref, cfg, ctx)
-        done_pretraining: set[str] = set()
-
-        def is_ready(cell: Cell) -> bool:
-            if cell.is_baseline or cell.pretrain_id in done_pretraining:
-                return True
-            ready, _ = ray.wait([pretrained[cell.pretrain_id]], timeout=0)
-            if ready:
-                done_pretraining.add(cell.pretrain_id)
-                echo(_pretraining_line(cell, ready[0]))
-            return bool(ready)
+        pretrainings = Pretrainings(plan, plan_ref, cfg, ctx, echo)
+        pretrained = pretrainings.refs
 
         pending: list[ray.ObjectRef] = []
         scorer = score_cell.options(
@@ -179,7 +160,7 @@ def run_study(
             cfg.tune.trials_per_cell,
             cfg.tune.startup_trials,
             cfg.seed,
-            is_ready,
+            pretrainings.ready,
             on_cell_done,
         )
         max_epochs = max(searcher_epochs(cfg))
@@ -211,10 +192,12 @@ def run_study(
         progress.drain(timeout=None)
         status = "complete"
     finally:
+        if pretrainings is not None:
+            pretrainings.release()
         wall = time.time() - start
         timing = {"wall_seconds": round(wall, 2)}
         if status == "complete":
-            timing |= _timing(read_ledger(out), len(pretrained), wall, cfg)
+            timing |= _timing(read_ledger(out), pretrainings, wall, cfg)
         report = ray.get(reducer.finish.remote(status, {"timing": timing}))
         for n in planned:
             tracking.end(ctx, ctx.size_run(n), "FINISHED" if status == "complete" else "FAILED")
@@ -224,24 +207,12 @@ def run_study(
     return report
 
 
-def _pretraining_line(cell: Cell, ref: ray.ObjectRef) -> str:
-    try:
-        p = ray.get(ref)
-    except Exception as e:  # its trials fail too, and the cell is recorded as failed
-        return f"pretraining {cell.pretrain_id} FAILED: {str(e)[-300:]}"
-    how = "converged" if p.converged else "stopped on the step cap (pretrain.max_steps)"
-    return (
-        f"pretraining {cell.pretrain_id}: source hold-out MAE {p.source_val_mae:.4g} after "
-        f"{p.steps} steps, {how} ({p.seconds:.0f} s)"
-    )
-
-
 def searcher_epochs(cfg: StudyConfig) -> tuple[int, ...]:
     e = cfg.finetune.epochs
     return e if isinstance(e, tuple) else (e,)
 
 
-def _timing(records: list[dict], pretrainings: int, wall: float, cfg: StudyConfig) -> dict:
+def _timing(records: list[dict], pretrainings: Pretrainings, wall: float, cfg: StudyConfig) -> dict:
     """Where the wall time went: training inside trials, pretraining and scoring versus the rest
     (process start-up, scheduling, logging, waiting)."""
     ok = [r for r in records if r.get("status") == "ok"]
@@ -252,7 +223,8 @@ def _timing(records: list[dict], pretrainings: int, wall: float, cfg: StudyConfi
     slots = max(1.0, float(ray.cluster_resources().get("CPU", 1)) / cfg.tune.resources.cpu)
     return {
         "trials": sum(r.get("trials", 0) for r in records),
-        "pretrainings": pretrainings,
+        "pretrainings": len(pretrainings.refs),
+        "pretrain_slots": pretrainings.slots,
         "trial_train_seconds": round(trial_s, 2),
         "pretrain_seconds": round(pretrain_s, 2),
         "score_seconds": round(score_s, 2),
