@@ -56,7 +56,11 @@ def summary_text(report: dict) -> str:
             )
         target = report.get("n_for_target")
         if target:
-            lines.append(f"  n for target MAE {_fmt(target.get('target'))}: {target.get('n')}")
+            n = target.get("n")
+            lines.append(
+                f"  n for target MAE {_fmt(target.get('target'))}: "
+                f"{_fmt(n) if isinstance(n, float) else n}"
+            )
     for d in report.get("diagnostics") or []:
         lines.append(f"  note: {d.get('message')}")
     return "\n".join(lines)
