@@ -118,3 +118,22 @@ def test_report_command_rebuilds_the_report_from_the_ledger(study, capsys):
     assert rebuilt["fit"]["C"] == pytest.approx(report["fit"]["C"])
     assert rebuilt["sizes"] == report["sizes"]
     assert "fit E(n)" in capsys.readouterr().out
+
+
+def test_a_target_size_axis_shares_pretraining_across_m(ray_session, tmp_path):
+    """With a grid of experimental train sizes m, every (n, m, r) is a cell, pretraining still
+    runs once per (n, r), and the report carries the E(n, m) analysis."""
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    raw = {**TINY, "sizes": [60, 400], "target_sizes": [30, 70], "tracking": {"uri": uri}}
+    cfg = build_config({**raw, "tune": {"trials_per_cell": 1}, "finetune": {"epochs": [3, 5]}})
+    report = run_study(cfg, tmp_path / "out", echo=lambda line: None)
+    records = read_ledger(tmp_path / "out")
+    assert sorted((r["n"], r["m"], r["repetition"]) for r in records) == sorted(
+        (n, m, r) for n in (0, 60, 400) for m in (30, 70) for r in range(2)
+    )
+    assert {r["train_rows"] for r in records} == {30, 70}
+    pretrains = _runs(MlflowClient(uri), "pretrain")
+    assert len(pretrains) == 2 * 2  # (n, r) pairs, not (n, m, r) cells
+    assert {s["m"] for s in report["sizes"]} == {30, 70}
+    assert [b["m"] for b in report["baseline_by_m"]] == [30, 70]
+    assert "target_axis" in report and "equivalent_samples" in report
