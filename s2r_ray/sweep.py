@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -112,9 +113,7 @@ def run_study(
         _dataset_tags(cfg),
     )
     echo(f"MLflow: {uri} (experiment {cfg.tracking.experiment!r}, run {ctx.study_run_id})")
-    planned: dict[int, int] = {}
-    for c in plan.cells:
-        planned[c.n] = planned.get(c.n, 0) + 1
+    planned = dict(Counter(c.n for c in plan.cells))
     extra = {
         "counts": {
             **ds.counts,
@@ -163,7 +162,6 @@ def run_study(
             pretrainings.ready,
             on_cell_done,
         )
-        max_epochs = max(searcher_epochs(cfg))
         trainable = tune.with_resources(
             tune.with_parameters(
                 finetune_trial, plan=plan_ref, pretrained=pretrained, cfg=cfg, ctx=ctx
@@ -175,7 +173,9 @@ def run_study(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
-                scheduler=PerCellASHA(max_epochs, cfg.tune.grace_period, cfg.tune.reduction_factor),
+                scheduler=PerCellASHA(
+                    _max_epochs(cfg), cfg.tune.grace_period, cfg.tune.reduction_factor
+                ),
                 num_samples=len(plan.cells) * cfg.tune.trials_per_cell,
                 reuse_actors=True,
             ),
@@ -207,9 +207,9 @@ def run_study(
     return report
 
 
-def searcher_epochs(cfg: StudyConfig) -> tuple[int, ...]:
+def _max_epochs(cfg: StudyConfig) -> int:
     e = cfg.finetune.epochs
-    return e if isinstance(e, tuple) else (e,)
+    return max(e) if isinstance(e, tuple) else e
 
 
 def _timing(records: list[dict], pretrainings: Pretrainings, wall: float, cfg: StudyConfig) -> dict:
