@@ -105,9 +105,14 @@ class Pretrainings:
         return True
 
     def release(self) -> None:
-        if self._group is not None:
-            remove_placement_group(self._group)
-            self._group = None
+        """Give the slots back; a study that stops early cancels its pending pretrainings."""
+        if self._group is None:
+            return
+        for key, ref in self.refs.items():
+            if key not in self._done:
+                ray.cancel(ref, force=True)
+        remove_placement_group(self._group)
+        self._group = None
 
 
 def _finished_line(cell: Cell, ref: ray.ObjectRef) -> str:

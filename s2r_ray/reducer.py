@@ -13,7 +13,6 @@ import ray
 
 from s2r_ray import tracking
 from s2r_ray.config import StudyConfig
-from s2r_ray.protocol import Cell
 from s2r_ray.report import build_report, write_report
 from s2r_ray.tracking import TrackingContext, size_key
 
@@ -72,9 +71,8 @@ def fit_line(report: dict) -> str:
 class Reducer:
     """One per study, pinned to the driver's node so <out> is a local directory.
 
-    Async so that cells arrive in whatever order they finish: each `add_cell` awaits its own
-    scoring task. Every record is appended to the ledger and fsynced before anything else, so a
-    crash later in the study loses no finished cell.
+    Every record is appended to the ledger and fsynced before anything else, so a crash later
+    in the study loses no finished cell.
     """
 
     def __init__(
@@ -88,11 +86,8 @@ class Reducer:
         self._complete: list[int] = []
         self._report: dict = {}
 
-    async def add_cell(self, cell: dict, result: list[ray.ObjectRef]) -> str:
-        try:
-            record = await result[0]
-        except Exception as e:  # a failed scoring task is a failed cell, not a failed study
-            record = {"cell": Cell(**cell).id, **cell, "status": "failed", "error": str(e)[-500:]}
+    def add_cell(self, record: dict) -> str:
+        """Take one finished cell's record; return the progress line to print."""
         self._append(record)
         n = record["n"]
         self._arrived[n] += 1

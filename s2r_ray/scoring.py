@@ -1,37 +1,34 @@
-"""Scoring a finished cell: rebuild the selected trial's model, evaluate it once on test."""
+"""Scoring a finished cell: rebuild the selected trial's model, evaluate it once on test.
+
+The cell record made here is what the ledger, the reducer and the report all read.
+"""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
-import ray
 
 from s2r_ray.config import StudyConfig
 from s2r_ray.model import Network, Pretrained, finetune, mae, rmse
 from s2r_ray.protocol import Cell, Plan
-from s2r_ray.workers import setup_worker
 
 
 def _finite(x: float | None) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
-@ray.remote
+def failed_record(cell: Cell, error: str) -> dict:
+    return {"cell": cell.id, **cell.to_dict(), "status": "failed", "error": error}
+
+
 def score_cell(
-    plan: Plan,
-    cell: Cell,
-    best: dict,
-    trials: int,
-    trial_seconds: float,
-    pretrained: Pretrained | None,
-    cfg: StudyConfig,
+    plan: Plan, cell: Cell, best: dict, pretrained: Pretrained | None, cfg: StudyConfig, device: str
 ) -> dict:
     """The cell's result record: test MAE/RMSE of the selected configuration (averaged over
     `finetune.ensemble` seeds, the first being the trial's own), the zero-shot error of the
     pretrained model, and the simulation-alone error on the same test rows."""
     start = time.perf_counter()
-    device = setup_worker(cfg.tune.resources.cpu)
     ds, rep = plan.dataset, plan.repetitions[cell.repetition]
     X_test, y_test = ds.target_X[rep.test], ds.target_y[rep.test]
     state = pretrained.state if pretrained is not None else None
@@ -58,12 +55,10 @@ def score_cell(
         "single_mae": mae(y_test, preds[0]),
         "val_mae": val,
         "selection_val_mae": best.get("value"),
-        "trials": trials,
         "best_trial": best["trial_key"],
         "best_hp": best["hp"],
         "test_rows": len(rep.test),
         "train_rows": len(rep.target_train(cell.m)),
-        "trial_seconds": trial_seconds,
     }
     ref = ds.target_reference[rep.test] if ds.target_reference is not None else np.array([np.nan])
     has_ref = np.isfinite(ref)

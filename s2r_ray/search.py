@@ -3,9 +3,10 @@ per cell, and an ASHA scheduler per cell so trials are only ever compared within
 
 from __future__ import annotations
 
+import json
 import pickle
 import zlib
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from ray.tune.search import Searcher
 
 from s2r_ray.config import FinetuneSpace
 from s2r_ray.protocol import Cell
+from s2r_ray.scoring import failed_record
 
 METRIC = "best_val_mae"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -75,7 +77,9 @@ class CellSearcher(Searcher):
 
     A cell is ready when its pretraining is done, so Tune never parks a trial waiting for it;
     until some cell is ready, `suggest` returns None and Tune asks again. When all trials of a
-    cell have ended, `on_cell_done` receives the best configuration by validation MAE.
+    cell have ended, the next suggestion is that cell's scoring job (its best configuration by
+    validation MAE, replayed and scored on test), ahead of any new trial, so finished cells
+    reach the reducer while the study runs; `on_cell_done` receives the cell record.
     """
 
     def __init__(
@@ -86,7 +90,7 @@ class CellSearcher(Searcher):
         startup_trials: int,
         seed: int,
         is_ready: Callable[[Cell], bool],
-        on_cell_done: Callable[[CellOutcome], None],
+        on_cell_done: Callable[[dict], None],
     ):
         super().__init__(metric=METRIC, mode="min")
         self._cells = cells
@@ -100,6 +104,9 @@ class CellSearcher(Searcher):
         self._issued: Counter[str] = Counter()
         self._outcomes = {c.id: CellOutcome(c, 0, 0) for c in cells}
         self._live: dict[str, tuple[Cell, optuna.trial.Trial, dict]] = {}
+        self._to_score: deque[CellOutcome] = deque()
+        self._scoring: dict[str, CellOutcome] = {}
+        self._unscored = {c.id for c in cells}
 
     def _study(self, cell: Cell) -> optuna.Study:
         if cell.id not in self._studies:
@@ -110,6 +117,16 @@ class CellSearcher(Searcher):
         return self._studies[cell.id]
 
     def suggest(self, trial_id: str) -> dict | str | None:
+        if self._to_score:
+            out = self._to_score.popleft()
+            self._scoring[trial_id] = out
+            self._unscored.discard(out.cell.id)
+            best = out.best_config
+            return {
+                **best,
+                "trial_key": f"{out.cell.id}-score",
+                "score": {**best, "value": out.best_value},
+            }
         for cell in self._cells:
             if self._issued[cell.id] >= self._per_cell or not self._is_ready(cell):
                 continue
@@ -125,13 +142,16 @@ class CellSearcher(Searcher):
             }
             self._live[trial_id] = (cell, ot, config)
             return config
-        if all(self._issued[c.id] >= self._per_cell for c in self._cells):
+        if not self._unscored:
             return Searcher.FINISHED
         return None
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
+        if trial_id in self._scoring:
+            self._scored(self._scoring.pop(trial_id), result, error)
+            return
         cell, ot, config = self._live.pop(trial_id)
         out = self._outcomes[cell.id]
         out.trials += 1
@@ -148,8 +168,21 @@ class CellSearcher(Searcher):
                 done = int(result.get("training_iteration", config["hp"]["epochs"]))
                 out.best_value = value
                 out.best_config = {**config, "stop_epoch": done}
-        if out.trials == self._per_cell:
-            self._on_cell_done(out)
+        if out.trials < self._per_cell:
+            return
+        if out.best_config is None:
+            self._unscored.discard(cell.id)
+            self._on_cell_done(failed_record(cell, f"all {out.trials} trials failed"))
+        else:
+            self._to_score.append(out)
+
+    def _scored(self, out: CellOutcome, result: dict | None, error: bool) -> None:
+        if error or not result or "record" not in result:
+            record = failed_record(out.cell, "scoring failed (see the Tune trial log)")
+        else:
+            record = json.loads(result["record"])
+        record |= {"trials": out.trials, "trial_seconds": out.trial_seconds}
+        self._on_cell_done(record)
 
     def __getstate__(self) -> dict:
         """Tune pickles the searcher into its experiment state; the driver-side hooks (object

@@ -31,8 +31,7 @@ from s2r_ray.data import load_dataset
 from s2r_ray.pretraining import Pretrainings
 from s2r_ray.protocol import make_plan
 from s2r_ray.reducer import Reducer, read_ledger
-from s2r_ray.scoring import score_cell
-from s2r_ray.search import CellOutcome, CellSearcher, PerCellASHA
+from s2r_ray.search import CellSearcher, PerCellASHA
 from s2r_ray.trial import finetune_trial
 
 Echo = Callable[[str], None]
@@ -133,26 +132,6 @@ def run_study(
         pretrained = pretrainings.refs
 
         pending: list[ray.ObjectRef] = []
-        scorer = score_cell.options(
-            num_cpus=cfg.tune.resources.cpu, num_gpus=cfg.tune.resources.gpu
-        )
-
-        def on_cell_done(o: CellOutcome) -> None:
-            if o.best_config is None:
-                failed = {
-                    "cell": o.cell.id,
-                    **o.cell.to_dict(),
-                    "status": "failed",
-                    "error": f"all {o.trials} trials failed",
-                    "trials": o.trials,
-                }
-                result = ray.put(failed)
-            else:
-                best = {**o.best_config, "value": o.best_value}
-                pre = None if o.cell.is_baseline else pretrained[o.cell.pretrain_id]
-                result = scorer.remote(plan_ref, o.cell, best, o.trials, o.trial_seconds, pre, cfg)
-            pending.append(reducer.add_cell.remote(o.cell.to_dict(), [result]))
-
         searcher = CellSearcher(
             plan.cells,
             cfg.finetune,
@@ -160,7 +139,7 @@ def run_study(
             cfg.tune.startup_trials,
             cfg.seed,
             pretrainings.ready,
-            on_cell_done,
+            lambda record: pending.append(reducer.add_cell.remote(record)),
         )
         trainable = tune.with_resources(
             tune.with_parameters(
@@ -176,7 +155,7 @@ def run_study(
                 scheduler=PerCellASHA(
                     _max_epochs(cfg), cfg.tune.grace_period, cfg.tune.reduction_factor
                 ),
-                num_samples=len(plan.cells) * cfg.tune.trials_per_cell,
+                num_samples=len(plan.cells) * (cfg.tune.trials_per_cell + 1),  # + scoring
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(

@@ -1,7 +1,9 @@
-"""The Ray Tune trainable: one fine-tuning trial of one cell, logged from inside the trial."""
+"""The Ray Tune trainable: one fine-tuning trial of one cell, logged from inside the trial, or
+the scoring of a cell whose trials have all ended."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import ray
@@ -11,6 +13,7 @@ from s2r_ray import tracking
 from s2r_ray.config import StudyConfig
 from s2r_ray.model import finetune
 from s2r_ray.protocol import Cell, Plan
+from s2r_ray.scoring import score_cell
 from s2r_ray.search import METRIC
 from s2r_ray.tracking import TrackingContext
 from s2r_ray.workers import fetch_pretrained, setup_worker
@@ -26,15 +29,23 @@ def finetune_trial(
 ) -> None:
     """Train on the cell's target train rows, report validation MAE each epoch for ASHA.
 
-    The trial never sees the test split: the scorer rebuilds the selected trial's model and
-    evaluates it once. `train_seconds` excludes logging, so the study can tell how much of its
-    wall time went into training versus orchestration.
+    Fine-tuning trials never read the test split; a scoring job (a config with "score") rebuilds
+    the selected trial's model and evaluates it once. `train_seconds` excludes logging, so the
+    study can tell how much of its wall time went into training versus orchestration.
     """
     device = setup_worker(cfg.tune.resources.cpu)
     cell = Cell(**config["cell"])
-    state = None
+    pre = None
     if not cell.is_baseline:
-        state = fetch_pretrained(cell.pretrain_id, pretrained[cell.pretrain_id]).state
+        pre = fetch_pretrained(cell.pretrain_id, pretrained[cell.pretrain_id])
+    if "score" in config:
+        # Scoring runs as a Tune job in a warm trial actor: as a separate Ray task it would wait
+        # for a free CPU that reused trial actors never give back until every trial has ended.
+        record = score_cell(plan, cell, config["score"], pre, cfg, device)
+        # One JSON field: Tune flattens nested results, and wants the scheduler's metric.
+        tune.report({METRIC: record["val_mae"], "record": json.dumps(record, default=float)})
+        return
+    state = None if pre is None else pre.state
     params = {**config["hp"], "seed": config["seed"], "trial_key": config["trial_key"]}
     with tracking.nested_run(ctx, cell, "trial", config["trial_key"], params) as run:
         start, overhead = time.perf_counter(), 0.0
