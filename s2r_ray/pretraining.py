@@ -92,17 +92,26 @@ class Pretrainings:
         self.slots = slots
 
     def ready(self, cell: Cell) -> bool:
-        """Whether the cell's trials can start; announces each pretraining as it finishes."""
-        if cell.is_baseline or cell.pretrain_id in self._done:
-            return True
-        ref = self.refs[cell.pretrain_id]
-        if not ray.wait([ref], timeout=0)[0]:
-            return False
-        self._done.add(cell.pretrain_id)
-        self._echo(_finished_line(cell, ref))
+        """Whether the cell's trials can start."""
+        if not cell.is_baseline and cell.pretrain_id not in self._done:
+            self.poll()
+        return cell.is_baseline or cell.pretrain_id in self._done
+
+    def poll(self) -> None:
+        """Note every pretraining that has finished (announcing it), and give the slots back
+        as soon as the last one has, whichever cell the searcher happened to ask about."""
+        pending = [key for key in self.refs if key not in self._done]
+        if not pending:
+            return
+        finished = set(
+            ray.wait([self.refs[k] for k in pending], num_returns=len(pending), timeout=0)[0]
+        )
+        for key in pending:
+            if self.refs[key] in finished:
+                self._done.add(key)
+                self._echo(_finished_line(key, self.refs[key]))
         if len(self._done) == len(self.refs):
             self.release()
-        return True
 
     def release(self) -> None:
         """Give the slots back; a study that stops early cancels its pending pretrainings."""
@@ -115,13 +124,13 @@ class Pretrainings:
         self._group = None
 
 
-def _finished_line(cell: Cell, ref: ray.ObjectRef) -> str:
+def _finished_line(key: str, ref: ray.ObjectRef) -> str:
     try:
         p = ray.get(ref)
     except Exception as e:  # its trials fail too, and the cell is recorded as failed
-        return f"pretraining {cell.pretrain_id} FAILED: {str(e)[-300:]}"
+        return f"pretraining {key} FAILED: {str(e)[-300:]}"
     how = "converged" if p.converged else "stopped on the step cap (pretrain.max_steps)"
     return (
-        f"pretraining {cell.pretrain_id}: source hold-out MAE {p.source_val_mae:.4g} after "
+        f"pretraining {key}: source hold-out MAE {p.source_val_mae:.4g} after "
         f"{p.steps} steps, {how} ({p.seconds:.0f} s)"
     )

@@ -51,10 +51,11 @@ def init_ray(address: str | None) -> bool:
 
 
 class _Progress(tune.Callback):
-    """Prints the reducer's line for each finished cell as soon as it is ready."""
+    """Runs in Tune's loop: prints each finished pretraining and each cell's reducer line as
+    soon as they are ready."""
 
-    def __init__(self, pending: list[ray.ObjectRef], echo: Echo):
-        self._pending, self._echo = pending, echo
+    def __init__(self, pending: list[ray.ObjectRef], pretrainings: Pretrainings, echo: Echo):
+        self._pending, self._pretrainings, self._echo = pending, pretrainings, echo
 
     def __getstate__(self) -> dict:
         return {}  # live handles of this driver only; nothing to restore
@@ -68,6 +69,7 @@ class _Progress(tune.Callback):
             self._echo(ray.get(ready[0]))
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        self._pretrainings.poll()
         self.drain()
 
 
@@ -147,7 +149,7 @@ def run_study(
             ),
             _trial_resources(cfg),
         )
-        progress = _Progress(pending, echo)
+        progress = _Progress(pending, pretrainings, echo)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
