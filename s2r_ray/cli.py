@@ -81,6 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from s2r_ray.protocol import cell_grid
     from s2r_ray.reducer import read_ledger, report_from_records
     from s2r_ray.report import write_report
 
@@ -90,7 +91,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
     )
     records = read_ledger(out)
-    planned = (len(cfg.sizes) + 1) * len(cfg.target_sizes or [None]) * cfg.repetitions
+    planned = len(cell_grid(cfg))
     status = "complete" if len(records) >= planned else previous.get("status", "running")
     keep = {k: previous[k] for k in ("counts", "mlflow", "timing", "progress") if k in previous}
     report = report_from_records(cfg, records, status, keep)

@@ -64,11 +64,6 @@ class MLP(nn.Module):
             x = block(x)
         return self.head(x).squeeze(-1)
 
-    def set_dropout(self, p: float) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Dropout):
-                m.p = p
-
     def freeze(self, k: int) -> None:
         """Freeze the first k body blocks: the lowest layers carry the most generic features."""
         for i, block in enumerate(self.body):
@@ -128,8 +123,6 @@ class Pretrained:
 class FineTuned:
     network: Network
     best_val_mae: float
-    best_epoch: int
-    seconds: float
     curve: list[float] = field(default_factory=list)
 
 
@@ -249,7 +242,6 @@ def finetune(
     the epoch with the best validation MAE is kept. `on_epoch(epoch, val_mae, best_val_mae)`
     lets a caller report progress (or stop); `stop_epoch` replays a trial stopped early.
     """
-    start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     dropout = float(hp.get("dropout", 0.0))
@@ -276,7 +268,7 @@ def finetune(
     epochs = int(hp["epochs"])
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * math.ceil(len(X) / bs))
 
-    best, best_state, best_epoch = math.inf, _snapshot(net.module), 0
+    best, best_state = math.inf, _snapshot(net.module)
     curve: list[float] = []
     for epoch in range(1, min(epochs, stop_epoch or epochs) + 1):
         net.module.train()
@@ -290,8 +282,8 @@ def finetune(
         val = _val_mae(net, X_val, y_val, device)
         curve.append(val)
         if val < best:
-            best, best_state, best_epoch = val, _snapshot(net.module), epoch
+            best, best_state = val, _snapshot(net.module)
         if on_epoch is not None:
             on_epoch(epoch, val, best)
     net.module.load_state_dict(best_state)
-    return FineTuned(net, best, best_epoch, time.perf_counter() - start, curve)
+    return FineTuned(net, best, curve)

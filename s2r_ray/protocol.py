@@ -142,10 +142,14 @@ def make_plan(cfg: StudyConfig, ds: Dataset) -> Plan:
             "an identifier with target test rows)"
         )
     train = min(len(rep.train) for rep in reps)
-    m_grid: list[int | None] = list(cfg.target_sizes) if cfg.target_sizes else [None]
-    too_many = [m for m in m_grid if m is not None and m > train]
+    too_many = [m for m in cfg.target_sizes or [] if m > train]
     if too_many:
         raise ConfigError(f"target_sizes: {too_many} exceed the {train} target train rows")
-    # Baselines first, then sizes in increasing order: the reducer gets its early points soon.
-    cells = [Cell(n, r, m) for n in [0, *cfg.sizes] for m in m_grid for r in range(cfg.repetitions)]
-    return Plan(ds, reps, cells)
+    return Plan(ds, reps, cell_grid(cfg))
+
+
+def cell_grid(cfg: StudyConfig) -> list[Cell]:
+    """Every cell of the study, baselines first, then sizes in increasing order, so that the
+    reducer gets its early points soon."""
+    m_grid: list[int | None] = list(cfg.target_sizes) if cfg.target_sizes else [None]
+    return [Cell(n, r, m) for n in [0, *cfg.sizes] for m in m_grid for r in range(cfg.repetitions)]

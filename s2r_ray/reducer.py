@@ -115,9 +115,17 @@ class Reducer:
         return line
 
     def finish(self, status: str, extra: dict) -> dict:
-        """Final report and artifacts; the driver ends the MLflow runs."""
+        """Final report and artifacts; size runs still open end with the study's status (the
+        driver ends the study run)."""
         self._extra |= extra
         paths = self._refresh(status)
+        for n in self._planned:
+            if n not in self._complete:
+                tracking.end(
+                    self._ctx,
+                    self._ctx.size_run(n),
+                    "FINISHED" if status == "complete" else "FAILED",
+                )
         tracking.log_artifacts(
             self._ctx,
             self._ctx.study_run_id,

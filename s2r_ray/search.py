@@ -8,7 +8,7 @@ import pickle
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import optuna
 from optuna.distributions import (
@@ -64,12 +64,10 @@ class CellOutcome:
     """What the searcher learned about a cell once all its trials ended."""
 
     cell: Cell
-    trials: int
-    failed: int
+    trials: int = 0
     best_value: float | None = None
     best_config: dict | None = None
     trial_seconds: float = 0.0
-    values: list[float] = field(default_factory=list)
 
 
 class CellSearcher(Searcher):
@@ -102,7 +100,7 @@ class CellSearcher(Searcher):
         self._on_cell_done = on_cell_done
         self._studies: dict[str, optuna.Study] = {}
         self._issued: Counter[str] = Counter()
-        self._outcomes = {c.id: CellOutcome(c, 0, 0) for c in cells}
+        self._outcomes = {c.id: CellOutcome(c) for c in cells}
         self._live: dict[str, tuple[Cell, optuna.trial.Trial, dict]] = {}
         self._to_score: deque[CellOutcome] = deque()
         self._scoring: dict[str, CellOutcome] = {}
@@ -157,11 +155,9 @@ class CellSearcher(Searcher):
         out.trials += 1
         value = None if error or not result else result.get(METRIC)
         if value is None:
-            out.failed += 1
             self._studies[cell.id].tell(ot, state=TrialState.FAIL)
         else:
             self._studies[cell.id].tell(ot, value)
-            out.values.append(value)
             out.trial_seconds += float(result.get("train_seconds", 0.0))
             if out.best_value is None or value < out.best_value:
                 # Rebuild exactly the model this trial scored: same seed, epochs it completed.

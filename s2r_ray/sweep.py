@@ -123,6 +123,7 @@ def run_study(
         },
         "mlflow": {"tracking_uri": uri, "study_run_id": ctx.study_run_id},
     }
+    tracking.log(ctx, ctx.study_run_id, params={"counts": extra["counts"]})  # rejected rows too
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     reducer = Reducer.options(scheduling_strategy=here).remote(
         cfg, str(out.resolve()), ctx, planned, extra
@@ -180,8 +181,6 @@ def run_study(
         if status == "complete":
             timing |= _timing(read_ledger(out), pretrainings, wall, cfg)
         report = ray.get(reducer.finish.remote(status, {"timing": timing}))
-        for n in planned:
-            tracking.end(ctx, ctx.size_run(n), "FINISHED" if status == "complete" else "FAILED")
         tracking.end(ctx, ctx.study_run_id, "FINISHED" if status == "complete" else "FAILED")
         if started_ray:
             ray.shutdown()

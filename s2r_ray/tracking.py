@@ -16,7 +16,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from s2r_ray.protocol import Cell
@@ -121,10 +121,6 @@ def end(ctx: TrackingContext, run_id: str, status: str = "FINISHED") -> None:
 def log_artifacts(ctx: TrackingContext, run_id: str, paths: list[Path]) -> None:
     for p in paths:
         ctx.client.log_artifact(run_id, str(p))
-
-
-def set_tags(ctx: TrackingContext, run_id: str, tags: dict[str, str]) -> None:
-    ctx.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def start_study(

@@ -73,6 +73,7 @@ def test_mlflow_holds_the_run_hierarchy(study):
     pretrains = _runs(client, "pretrain")
     cells = (len(cfg.sizes) + 1) * cfg.repetitions
     assert study_run.info.run_id == report["mlflow"]["study_run_id"]
+    assert study_run.data.params["counts.source_rows"] == "700"  # data counts on the study run
     assert sorted(int(r.data.tags["s2r.n"]) for r in sizes) == [0, *cfg.sizes]
     assert all(r.data.tags["mlflow.parentRunId"] == study_run.info.run_id for r in sizes)
     size_ids = {r.info.run_id for r in sizes}
