@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
-from s2r_ray.config import ConfigError, load_config
+from s2r_ray.config import ConfigError, UserError, load_config
 
 DESCRIPTION = """\
 Sim2Real scaling studies. For each source size n, a model is pretrained on n simulated
@@ -22,19 +22,80 @@ def _fmt(x: float | None, digits: int = 4) -> str:
     return "-" if x is None else f"{x:.{digits}g}"
 
 
+def _ci_text(ci: list | None, digits: int = 4) -> str:
+    """' [lo, hi]', where a bound may be 'unreachable'; '' without an interval."""
+    if not ci:
+        return ""
+    return " [" + ", ".join(v if isinstance(v, str) else _fmt(v, digits) for v in ci) + "]"
+
+
+def _worth(point: dict, m_ref: float) -> str:
+    """What n simulated rows are worth: experimental rows beyond m_ref, per simulated row."""
+    n, m_eq = point["n"], point["m_eq"]
+    if m_eq == "unreachable":
+        return (
+            f"  at n = {n}: below the no-pretraining floor C0, so no number of experimental "
+            "rows alone is expected to match it"
+        )
+
+    def per_row(m: float | str) -> float | str:
+        return "unbounded" if isinstance(m, str) else (m - m_ref) / n
+
+    ci = point.get("m_eq_ci90")
+    return (
+        f"  at n = {n}: one simulated row is worth {_fmt(per_row(m_eq), 2)}"
+        f"{_ci_text(ci and [per_row(v) for v in ci], 2)} experimental rows "
+        f"(no pretraining needs m = {_fmt(m_eq, 3)}{_ci_text(ci, 3)})"
+    )
+
+
+def _axis_lines(report: dict) -> list[str]:
+    """The target-size axis: the gap C at each m, E0(m), and the equivalent sample sizes."""
+    lines = []
+    axis, eq = report.get("target_axis"), report.get("equivalent_samples")
+    if axis:
+        gaps = ", ".join(
+            f"m = {e['m']:g}: {_fmt(e['C'], 3)}{_ci_text(e.get('C_ci90'), 3)}"
+            for e in axis["scaling_in_n"]
+            if e.get("C") is not None
+        )
+        lines.append(f"  transfer gap C by m, 90% CI: {gaps}")
+    if eq:
+        b, m_ref = eq["baseline_curve"], eq["m_ref"]
+        lines.append(
+            f"  no pretraining: E0(m) = {_fmt(b['D0'])} m^-{_fmt(b['beta'], 3)} + {_fmt(b['C0'])}"
+            f", fitted on m = {', '.join(str(m) for m in b['m_used'])}"
+        )
+        lines.append(
+            f"  equivalent experimental sample size at m = {m_ref:g} (90% CI; an m above "
+            f"{b['m_used'][-1]} extrapolates E0):"
+        )
+        lines += [_worth(p, m_ref) for p in eq["points"]]
+    return lines
+
+
 def summary_text(report: dict) -> str:
     """The report as a person reads it in a terminal."""
     units = f" {report['units']}" if report.get("units") else ""
     lines = [
         f"study {report.get('study')} ({report.get('status')}): test MAE{units} by source size n"
     ]
-    lines.append(f"  {'n':>9} {'reps':>5} {'MAE':>9} {'90% CI':>21} {'gain vs n=0':>12}")
-    rows = [report["baseline"]] if report.get("baseline") else []
-    for s in rows + list(report.get("sizes", [])):
+    by_m = report.get("baseline_by_m")  # the study varies m: a block of sizes n per m
+    lines.append(
+        (f"  {'m':>5}" if by_m else "")
+        + f"  {'n':>9} {'reps':>5} {'MAE':>9} {'90% CI':>21} {'gain vs n=0':>12}"
+    )
+    rows = by_m or ([report["baseline"]] if report.get("baseline") else [])
+    rows = rows + list(report.get("sizes", []))
+    if by_m:
+        rows.sort(key=lambda s: (s["m"], s["n"]))
+    for s in rows:
         ci = s.get("test_mae_ci90") or [None, None]
         gain = (s.get("paired_gain") or {}).get("mean")
         lines.append(
-            f"  {s.get('n', 0):>9} {s.get('repetitions', 0):>5} {_fmt(s.get('test_mae_mean')):>9} "
+            (f"  {s['m']:>5g}" if by_m else "")
+            + f"  {s.get('n', 0):>9} {s.get('repetitions', 0):>5} "
+            f"{_fmt(s.get('test_mae_mean')):>9} "
             f"{'[' + _fmt(ci[0]) + ', ' + _fmt(ci[1]) + ']':>21} {_fmt(gain):>12}"
         )
     for name, value in (report.get("references") or {}).items():
@@ -61,59 +122,108 @@ def summary_text(report: dict) -> str:
                 f"  n for target MAE {_fmt(target.get('target'))}: "
                 f"{_fmt(n) if isinstance(n, float) else n}"
             )
+    lines += _axis_lines(report)
     for d in report.get("diagnostics") or []:
         lines.append(f"  note: {d.get('message')}")
     return "\n".join(lines)
 
 
+def resume_command(args: argparse.Namespace, out: Path) -> str:
+    """The command that picks an interrupted study up: the same one, pointed at its folder."""
+    words = ["s2r", "run", args.config, "--out", str(out)]
+    words += [w for s in args.set for w in ("--set", s)]
+    words += ["--quick"] * args.quick + (["--address", args.address] if args.address else [])
+    return shlex.join(words)
+
+
+def mlflow_lines(out: Path) -> list[str]:
+    """Where a reviewer opens the study in MLflow, from the ids its folder keeps."""
+    from s2r_ray.folder import StudyFolder
+    from s2r_ray.review import reviewer_lines
+
+    ids = StudyFolder(out).state().get("mlflow")
+    return reviewer_lines(ids["uri"], ids["experiment_id"], ids["study_run_id"]) if ids else []
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from s2r_ray.sweep import run_study
+    from s2r_ray.sweep import StudyInterrupted, run_study
 
     cfg = load_config(args.config, args.set, quick=args.quick)
     out = Path(args.out or Path("runs") / cfg.name)
-    report = run_study(cfg, out, address=args.address, echo=lambda line: print(line, flush=True))
+    try:
+        report = run_study(
+            cfg,
+            out,
+            address=args.address,
+            fresh=args.fresh,
+            echo=lambda line: print(line, flush=True),
+        )
+    except StudyInterrupted as e:
+        if e.report:
+            print(summary_text(e.report))
+        print(f"s2r: {e}; the study folder {out} keeps everything done so far.", file=sys.stderr)
+        print(f"resume with: {resume_command(args, out)}", file=sys.stderr, flush=True)
+        return 128 + e.signum
     print(summary_text(report))
     print(f"report: {out / 'report.json'}  plot: {out / 'scaling.png'}")
-    uri = report["mlflow"]["tracking_uri"]
-    hint = uri if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
-    print(f"review trials: {hint}")
+    print("\n".join(mlflow_lines(out)))
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from s2r_ray.protocol import cell_grid
-    from s2r_ray.reducer import read_ledger, report_from_records
-    from s2r_ray.report import write_report
+    from s2r_ray.folder import StudyFolder
+    from s2r_ray.reducer import folder_report
 
-    out = Path(args.dir)
-    cfg = load_config(out / "config.yaml")
-    previous = (
-        json.loads((out / "report.json").read_text()) if (out / "report.json").exists() else {}
-    )
-    records = read_ledger(out)
-    planned = len(cell_grid(cfg))
-    status = "complete" if len(records) >= planned else previous.get("status", "running")
-    keep = {k: previous[k] for k in ("counts", "mlflow", "timing", "progress") if k in previous}
-    report = report_from_records(cfg, records, status, keep)
-    write_report(report, out)
-    print(summary_text(report))
+    folder = StudyFolder(args.dir)
+    if not folder.has_study():
+        raise ConfigError(f"{args.dir}: not a study folder (no config.yaml)")
+    print(summary_text(folder_report(folder)))
+    print("\n".join(mlflow_lines(folder.path)))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from s2r_ray.folder import StudyFolder
+    from s2r_ray.status import status_text
+
+    folder = StudyFolder(args.dir)
+    if not folder.has_study():
+        raise ConfigError(f"{args.dir}: not a study folder (no config.yaml)")
+    print(status_text(folder))
     return 0
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    import numpy as np
     import pandas as pd
 
-    from s2r_ray.report import build_report, write_report
+    from s2r_ray.data.tables import DataError, read_table
+    from s2r_ray.report import REQUIRED, build_report, write_report
 
-    table = pd.read_csv(args.table)
-    missing = {"n", "repetition", "mae"} - set(table.columns)
+    if args.n_boot < 10:
+        raise ConfigError(f"--n-boot {args.n_boot}: need at least 10 bootstrap resamples")
+    path = Path(args.table)
+    table = read_table(path, [])
+    missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
-        raise ConfigError(
-            f"{args.table}: missing column(s) {sorted(missing)}; need n, repetition, mae"
+        raise DataError(f"{path}: missing column(s) {missing}; need {', '.join(REQUIRED)}")
+    # the report drops rows it cannot place; a negative n or MAE is a typo, not a cell to drop
+    numbers = table[["n", "mae"]].apply(pd.to_numeric, errors="coerce")
+    for column in numbers:
+        negative = numbers.index[numbers[column] < 0]
+        if len(negative):
+            raise DataError(
+                f"{path}: row {negative[0] + 1}: {column} = {table.at[negative[0], column]} is "
+                f"negative ({len(negative)} such row(s)); n is a number of source rows "
+                "(0: no pretraining) and mae an error, both >= 0"
+            )
+    if not np.isfinite(numbers.to_numpy(float)).all(axis=1).any():
+        raise DataError(
+            f"{path}: no row with a finite n and mae ({len(table)} rows): nothing to fit"
         )
     report = build_report(
         table,
-        study=Path(args.table).stem,
+        study=path.stem,
         status="complete",
         target_mae=args.target_mae,
         n_boot=args.n_boot,
@@ -121,6 +231,42 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     )
     write_report(report, Path(args.out))
     print(summary_text(report))
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from s2r_ray import jobs
+
+    cfg = load_config(args.config, args.set, quick=args.quick)  # a bad config stays here
+    workdir = Path.cwd()
+    config = jobs.shipped_path(args.config, workdir)
+    words = jobs.run_command(config, args.out, args.set, quick=args.quick, fresh=args.fresh)
+    client = jobs.connect(args.address)
+    for note in jobs.placement_notes(args.out, cfg.tracking.uri):
+        print(note)
+    job = jobs.submit(client, words, workdir, cfg.name)
+    print(f"submitted study {cfg.name} as job {job} to {client.get_address()}")
+    where = f" --address {args.address}" if args.address else ""
+    for command in (f"logs {job} --follow", f"status {job}", f"stop {job}"):
+        print(f"  s2r jobs {command}{where}")
+    return 0
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from s2r_ray import jobs
+
+    client = jobs.connect(args.address)
+    if args.action == "list":
+        for job in jobs.list_jobs(client):
+            print(jobs.describe(job))
+    elif args.action == "status":
+        job = jobs.info(client, args.id)
+        print(f"{args.id}: {job.status.value}" + (f" ({job.message})" if job.message else ""))
+    elif args.action == "logs":
+        jobs.logs(client, args.id, args.follow, lambda text: print(text, end="", flush=True))
+    else:
+        stopped = jobs.stop(client, args.id)
+        print(f"{args.id}: {'stop requested' if stopped else 'already ended'}")
     return 0
 
 
@@ -151,6 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply the config's own 'quick' section (a coarse grid for a laptop)",
     )
     run.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else local)")
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start over in a folder that holds a study (the old one is moved to "
+        "<out>/superseded/, not deleted); without it, the same command resumes",
+    )
     run.set_defaults(func=_cmd_run)
 
     rep = sub.add_parser(
@@ -161,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("dir", help="the study's output folder, e.g. runs/demo")
     rep.set_defaults(func=_cmd_report)
+
+    status = sub.add_parser(
+        "status",
+        help="where a running or finished study stands",
+        description="From the study folder alone (no Ray needed): cells finished and planned "
+        "per size, failed cells, time so far, rate and ETA, and the current fit.",
+    )
+    status.add_argument("dir", help="the study's output folder, e.g. runs/demo")
+    status.set_defaults(func=_cmd_status)
 
     fit = sub.add_parser(
         "fit",
@@ -174,6 +335,37 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
     fit.add_argument("--seed", type=int, default=0)
     fit.set_defaults(func=_cmd_fit)
+
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument(
+        "--address", help="the head's dashboard, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)"
+    )
+    submit = sub.add_parser(
+        "submit",
+        parents=[cluster],
+        help="run a study on a Ray cluster as a Ray job",
+        description="Validate the config here, then submit `s2r run` as a Ray job that ships "
+        "this directory (less .gitignore'd files, .venv, runs/, MLflow stores) with "
+        "MLFLOW_TRACKING_URI and S2R_DATA_DIR when set. Prints the job id.",
+    )
+    submit.add_argument("config", help="study config inside this directory")
+    submit.add_argument("--out", help="study folder on the head; give an absolute path")
+    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--quick", action="store_true", help="the config's 'quick' grid")
+    submit.add_argument("--fresh", action="store_true", help="as for s2r run: start over")
+    submit.set_defaults(func=_cmd_submit)
+
+    jobs = sub.add_parser(
+        "jobs", help="list, inspect, follow or stop the cluster's jobs", description="Ray jobs."
+    )
+    actions = jobs.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", parents=[cluster], help="every job, oldest first")
+    for name, what in (("status", "its status"), ("logs", "its output"), ("stop", "stop it")):
+        action = actions.add_parser(name, parents=[cluster], help=what)
+        action.add_argument("id", help="the job id s2r submit printed")
+        if name == "logs":
+            action.add_argument("--follow", action="store_true", help="until the job ends")
+    jobs.set_defaults(func=_cmd_jobs)
     return p
 
 
@@ -182,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
+    except (UserError, FileNotFoundError) as e:  # the user's to fix: the message, no traceback
         print(f"s2r: error: {e}", file=sys.stderr)
         return 2
 

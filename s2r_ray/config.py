@@ -16,7 +16,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """A mistake in what the user gave (config, override, data file): `s2r` prints its one-line
+    message and exits 2 instead of showing a traceback."""
+
+
+class ConfigError(UserError):
     """A config problem, worded for the person who wrote the file."""
 
 
@@ -25,12 +30,28 @@ class _Strict(BaseModel):
 
 
 class SyntheticData(_Strict):
-    """A simulated property = the real one + a smooth systematic bias + noise (the demo pair)."""
+    """Real = f + missing physics g + noise; simulated = f + smooth bias + noise (the demo pair).
+
+    With `missing` = 0 (the default) the simulation lacks nothing but a correctable bias, and
+    the pair is the same as before the field existed.
+    """
 
     n_source: int = Field(4000, ge=10)
     n_target: int = Field(300, ge=10)
     n_features: int = Field(12, ge=2)
     bias: float = Field(0.5, ge=0, description="size of the systematic sim-vs-real difference")
+    missing: float = Field(
+        0.0,
+        ge=0,
+        description="standard deviation of a real component the simulation lacks: what the "
+        "target rows cannot fully learn of it is a transfer gap C > 0",
+    )
+    missing_roughness: float = Field(
+        3.0,
+        gt=0,
+        description="frequency of the missing component: the rougher, the less of it a few "
+        "target rows can learn",
+    )
     source_noise: float = Field(0.05, ge=0)
     target_noise: float = Field(0.05, ge=0)
     seed: int = 0
@@ -49,6 +70,13 @@ class TableSpec(_Strict):
     query: str | None = None
     valid_range: tuple[float, float] | None = None
     units: str = ""
+
+    @field_validator("valid_range")
+    @classmethod
+    def _range_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] <= v[1]:
+            raise ValueError(f"[{v[0]:g}, {v[1]:g}]: the low end is above the high end")
+        return v
 
     def resolved_path(self) -> Path:
         """The path with ${VARS} expanded; a variable that is unset is an error, not ''."""
@@ -91,16 +119,32 @@ class SplitConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    hidden: list[int] = Field(default_factory=lambda: [128, 64, 32], min_length=1)
-    activation: Literal["silu", "relu", "gelu"] = "silu"
-    clip: float = Field(10.0, gt=0, description="standardised inputs are clipped to +-clip")
+    """`kind` picks the model family (`s2r_ray.models`); every other field is an option of that
+    family, checked against the family's own schema (the MLP's: hidden, activation, clip)."""
 
-    @field_validator("hidden")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(h < 1 for h in v):
-            raise ValueError("every hidden width must be >= 1")
-        return v
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    kind: str = "mlp"
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _family_options(self) -> ModelConfig:
+        from s2r_ray.models import family_class  # imports torch: only once a model is named
+
+        schema = family_class(self.kind).Options
+        try:
+            options = schema.model_validate(self.options())
+        except ValidationError as e:
+            raise ValueError(
+                "; ".join(
+                    f"{'.'.join(map(str, err['loc']))}: "
+                    + ("unknown field" if err["type"] == "extra_forbidden" else err["msg"])
+                    for err in e.errors()
+                )
+            ) from None
+        object.__setattr__(self, "__pydantic_extra__", options.model_dump(mode="json"))
+        return self
 
 
 class PretrainConfig(_Strict):
@@ -162,6 +206,15 @@ class TuneConfig(_Strict):
         ge=1,
         description="pretrainings running at once (default: half the cluster's CPUs), so "
         "trials of cells already pretrained keep the rest",
+    )
+    max_failures: int = Field(
+        1, ge=0, description="retries of a trial that raises or whose worker or node dies"
+    )
+    placement_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="how long to wait for the cluster (e.g. an autoscaler) to offer the "
+        "resources of a trial or pretraining before giving up with an error",
     )
 
 
@@ -240,18 +293,43 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         return key, yaml.safe_load(raw)
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({e})") from e
+        raise ConfigError(
+            f"--set {text!r}: the value is not valid YAML ({_yaml_problem(e)})"
+        ) from e
 
 
-def _format(err: ValidationError, origin: str) -> str:
-    lines = [f"{origin}: invalid study config"]
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's several-line message as one line: what is wrong and where."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {err.problem}"
+    return " ".join(str(err).split())
+
+
+def _blame(field: str, overrides: list[str]) -> str | None:
+    """The last `--set key=value` that set this field, a field inside it or one of its parents
+    (a section's validator reports the section): that override, not the file, caused the error."""
+    for text in reversed(overrides):
+        key = text.split("=", 1)[0].strip()
+        if field == key or field.startswith(key + ".") or key.startswith(field + "."):
+            return f"--set {text}"
+    return None
+
+
+def _format(err: ValidationError, origin: str, overrides: list[str]) -> str:
+    """One line per error, headed by where the errors come from: the file, the overrides or both."""
+    sources: list[str] = []
+    lines = []
     for e in err.errors():
         field = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see configs/demo.yaml)"
         lines.append(f"  {field}: {msg}")
-    return "\n".join(lines)
+        source = _blame(field, overrides) or origin
+        if source not in sources:
+            sources.append(source)
+    return "\n".join([f"{', '.join(sources)}: invalid study config", *lines])
 
 
 def build_config(
@@ -273,7 +351,7 @@ def build_config(
     try:
         return StudyConfig.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format(e, origin)) from None
+        raise ConfigError(_format(e, origin, overrides or [])) from None
 
 
 def load_config(
@@ -283,9 +361,15 @@ def load_config(
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x}): a config is a YAML file"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of fields at the top level")
     return build_config(raw, overrides, quick, origin=str(path))

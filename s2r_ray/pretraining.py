@@ -9,15 +9,19 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from s2r_ray import tracking
-from s2r_ray.config import StudyConfig
-from s2r_ray.model import Pretrained, pretrain
+from s2r_ray.config import ConfigError, StudyConfig
+from s2r_ray.folder import StudyFolder
+from s2r_ray.models.base import Family, Pretrained
+from s2r_ray.progress import Rate
 from s2r_ray.protocol import Cell, Plan
 from s2r_ray.tracking import TrackingContext
 from s2r_ray.workers import setup_worker
 
 
 @ray.remote
-def pretrain_cell(plan: Plan, cell: Cell, cfg: StudyConfig, ctx: TrackingContext) -> Pretrained:
+def pretrain_cell(
+    plan: Plan, cell: Cell, family: Family, cfg: StudyConfig, ctx: TrackingContext
+) -> Pretrained:
     """Train on the first n rows of the repetition's source permutation, stopping on the
     repetition's source hold-out (disjoint from every subset)."""
     device = setup_worker(cfg.tune.pretrain_resources.cpu)
@@ -27,13 +31,11 @@ def pretrain_cell(plan: Plan, cell: Cell, cfg: StudyConfig, ctx: TrackingContext
         "repetition": cell.repetition,
         "holdout_rows": len(rep.holdout),
         **cfg.pretrain.model_dump(),
-        "hidden": cfg.model.hidden,
+        "model": cfg.model.model_dump(),
     }
     with tracking.nested_run(ctx, cell, "pretrain", f"pretrain {cell.pretrain_id}", params) as run:
-        result = pretrain(
+        result = family.pretrain(
             *plan.source_split(cell),
-            model_cfg=cfg.model,
-            hp=cfg.pretrain,
             seed=rep.seed,
             X_extra=ds.target_X[rep.train],
             device=device,
@@ -53,43 +55,64 @@ def pretrain_cell(plan: Plan, cell: Cell, cfg: StudyConfig, ctx: TrackingContext
 
 
 class Pretrainings:
-    """All pretraining tasks of a study, submitted at once (small n first) into a placement
-    group of a few slots, and which of them have finished.
+    """All pretraining of a study, and which of it has finished.
 
-    Queued as plain tasks they would take every CPU ahead of the trials, and a study with slow
-    large-n pretraining would stall behind them; in their own group they use only its slots,
-    which go back to the trials when the last one finishes.
+    A network a previous attempt finished is on disk and never recomputed. The rest is
+    submitted at once (small n first) into a placement group of a few slots: queued as plain
+    tasks it would take every CPU ahead of the trials, and a study with slow large-n pretraining
+    would stall behind it; in its own group it uses only its slots, which go back to the trials
+    when the last one finishes. Each network is written to the study folder by this (the
+    driver's) process the moment its task ends; trials read it from there, so a node lost after
+    that loses nothing.
     """
 
     def __init__(
         self,
         plan: Plan,
         plan_ref: ray.ObjectRef,
+        family: Family,
         cfg: StudyConfig,
         ctx: TrackingContext,
+        folder: StudyFolder,
+        needed: list[str],
         echo: Callable[[str], None],
     ):
+        self._folder, self._echo = folder, echo
+        on_disk = folder.pretrained_keys()
+        self.loaded = [k for k in needed if k in on_disk]
+        self._done: set[str] = set(self.loaded)
+        self.failed: dict[str, str] = {}
+        self.refs: dict[str, ray.ObjectRef] = {}
+        self.slots, self._group = 0, None
+        todo = [k for k in needed if k not in on_disk]
+        self._rate = Rate(len(todo), unit="pretrainings")
+        if not todo:
+            return
         res = cfg.tune.pretrain_resources
-        slots = cfg.tune.pretrain_slots or max(
-            1, int(ray.cluster_resources().get("CPU", 1) // (2 * res.cpu))
+        self.slots = min(
+            len(todo),
+            cfg.tune.pretrain_slots
+            or max(1, int(ray.cluster_resources().get("CPU", 1) // (2 * res.cpu))),
         )
         bundle = {"CPU": res.cpu} | ({"GPU": res.gpu} if res.gpu else {})
-        self._group = placement_group([bundle] * slots, strategy="PACK")
-        ray.get(self._group.ready())
+        self._group = placement_group([bundle] * self.slots, strategy="PACK")
+        try:
+            ray.get(self._group.ready(), timeout=cfg.tune.placement_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.release()
+            raise ConfigError(
+                f"tune.pretrain_resources {bundle} x {self.slots} slots: the cluster did not "
+                f"offer them within tune.placement_timeout_s={cfg.tune.placement_timeout_s:g} s"
+            ) from None
         task = pretrain_cell.options(
             num_cpus=res.cpu,
             num_gpus=res.gpu,
             scheduling_strategy=PlacementGroupSchedulingStrategy(self._group),
         )
-        self.refs: dict[str, ray.ObjectRef] = {}
-        for cell in plan.cells:
-            if not cell.is_baseline and cell.pretrain_id not in self.refs:
-                self.refs[cell.pretrain_id] = task.remote(
-                    plan_ref, Cell(cell.n, cell.repetition), cfg, ctx
-                )
-        self._done: set[str] = set()
-        self._echo = echo
-        self.slots = slots
+        by_key = {c.pretrain_id: c for c in plan.cells if not c.is_baseline}
+        for key in todo:
+            cell = by_key[key]
+            self.refs[key] = task.remote(plan_ref, Cell(cell.n, cell.repetition), family, cfg, ctx)
 
     def ready(self, cell: Cell) -> bool:
         """Whether the cell's trials can start."""
@@ -97,38 +120,42 @@ class Pretrainings:
             self.poll()
         return cell.is_baseline or cell.pretrain_id in self._done
 
+    def error(self, cell: Cell) -> str | None:
+        return None if cell.is_baseline else self.failed.get(cell.pretrain_id)
+
     def poll(self) -> None:
-        """Note every pretraining that has finished (announcing it), and give the slots back
-        as soon as the last one has, whichever cell the searcher happened to ask about."""
-        pending = [key for key in self.refs if key not in self._done]
-        if not pending:
+        """Save and announce every pretraining that has ended, and give the slots back as soon
+        as the last one has, whichever cell the searcher happened to ask about."""
+        if not self.refs:
             return
-        finished = set(
-            ray.wait([self.refs[k] for k in pending], num_returns=len(pending), timeout=0)[0]
-        )
-        for key in pending:
-            if self.refs[key] in finished:
-                self._done.add(key)
-                self._echo(_finished_line(key, self.refs[key]))
-        if len(self._done) == len(self.refs):
+        ended, _ = ray.wait(list(self.refs.values()), num_returns=len(self.refs), timeout=0)
+        for key in [k for k, ref in self.refs.items() if ref in set(ended)]:
+            ref = self.refs.pop(key)
+            self._rate.add()
+            progress = f" | {self._rate.done}/{self._rate.total}, {self._rate.describe()}"
+            try:
+                p = ray.get(ref)
+            except Exception as e:  # a failed pretraining fails its cells, not the study
+                self.failed[key] = str(e).strip().splitlines()[-1][-300:]
+                self._echo(f"pretraining {key} FAILED: {self.failed[key]}{progress}")
+            else:
+                self._folder.save_pretrained(key, p)
+                self._echo(_finished_line(key, p) + progress)
+            self._done.add(key)
+        if not self.refs:
             self.release()
 
     def release(self) -> None:
         """Give the slots back; a study that stops early cancels its pending pretrainings."""
-        if self._group is None:
-            return
-        for key, ref in self.refs.items():
-            if key not in self._done:
-                ray.cancel(ref, force=True)
-        remove_placement_group(self._group)
-        self._group = None
+        for ref in self.refs.values():
+            ray.cancel(ref, force=True)
+        self.refs.clear()
+        if self._group is not None:
+            remove_placement_group(self._group)
+            self._group = None
 
 
-def _finished_line(key: str, ref: ray.ObjectRef) -> str:
-    try:
-        p = ray.get(ref)
-    except Exception as e:  # its trials fail too, and the cell is recorded as failed
-        return f"pretraining {key} FAILED: {str(e)[-300:]}"
+def _finished_line(key: str, p: Pretrained) -> str:
     how = "converged" if p.converged else "stopped on the step cap (pretrain.max_steps)"
     return (
         f"pretraining {key}: source hold-out MAE {p.source_val_mae:.4g} after "

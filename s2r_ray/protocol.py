@@ -86,6 +86,11 @@ class Plan:
         return ds.target_X[train], ds.target_y[train], ds.target_X[rep.val], ds.target_y[rep.val]
 
 
+def size_key(n: int) -> str:
+    """How a size is named to people: in lines, run names, `s2r status`."""
+    return "baseline" if n == 0 else f"n={n}"
+
+
 def repetition_seed(study_seed: int, r: int) -> int:
     return study_seed * 1009 + r
 

@@ -4,26 +4,21 @@ report.json, the plots, the cell ledger and MLflow up to date while the study ru
 from __future__ import annotations
 
 import json
-import os
+import time
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 import ray
 
-from s2r_ray import tracking
+from s2r_ray import review, tracking
 from s2r_ray.config import StudyConfig
-from s2r_ray.report import build_report, write_report
+from s2r_ray.folder import CONFIG, LEDGER, StudyFolder
+from s2r_ray.models.base import Pretrained
+from s2r_ray.progress import Rate
+from s2r_ray.report import build_report, fit_line, write_report
+from s2r_ray.scaling import diagnostics as dg
 from s2r_ray.tracking import TrackingContext, size_key
-
-LEDGER = "cells.jsonl"
-
-
-def read_ledger(out: Path) -> list[dict]:
-    path = out / LEDGER
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def report_from_records(cfg: StudyConfig, records: list[dict], status: str, extra: dict) -> dict:
@@ -34,7 +29,9 @@ def report_from_records(cfg: StudyConfig, records: list[dict], status: str, extr
     if cfg.target_sizes is None and "m" in ok:
         ok = ok.drop(columns="m")
     references = dict(cfg.report.reference_mae)
-    return build_report(
+    failed = [(r["cell"], r.get("error", "?")) for r in records if r.get("status") != "ok"]
+    counts = (extra.get("counts") or {}) | {"cells_ok": len(ok), "cells_failed": len(failed)}
+    report = build_report(
         ok,
         study=cfg.name,
         status=status,
@@ -46,51 +43,67 @@ def report_from_records(cfg: StudyConfig, records: list[dict], status: str, extr
         property_name=cfg.data.property,
         units=cfg.data.units,
         references=references,
-        extra=extra,
+        extra=extra | {"counts": counts},
     )
+    if failed:
+        report["diagnostics"].append(dg.failed_cells(failed))
+    return report
 
 
-def fit_line(report: dict) -> str:
-    fit = report.get("fit") or {}
-    if fit.get("C") is None:
-        codes = [d.get("code") for d in report.get("diagnostics", [])]
-        return "fit: waiting for 3 sizes" if "too_few_sizes" in codes else "fit: none"
-    lo, hi = fit.get("alpha_ci90") or (None, None)
-    ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
-    ext = report.get("extrapolation") or []
-    at = (
-        f", MAE@{ext[0]['factor']:g}x={ext[0]['mae']:.3f}"
-        if ext and ext[0].get("mae") is not None
-        else ""
-    )
-    alpha = f"{fit['alpha']:.2f}" if fit.get("alpha") is not None else "n/a (flat)"
-    return f"fit: alpha={alpha}{ci} C={fit['C']:.3f}{at}"
+def folder_report(
+    folder: StudyFolder, status: str | None = None, extra: dict | None = None
+) -> dict:
+    """Rebuild and write a study's report from its folder alone (`s2r report`, a resumed or
+    failed driver): the ledger's cells, the stored config, the previous report's bookkeeping."""
+    cfg = folder.config()
+    path = folder.path / "report.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    keep = {k: previous[k] for k in ("counts", "mlflow", "timing", "progress") if k in previous}
+    status = status or folder.state().get("status") or previous.get("status", "running")
+    report = report_from_records(cfg, folder.ledger(), status, keep | (extra or {}))
+    write_report(report, folder.path)
+    return report
 
 
-@ray.remote(num_cpus=0)
+@ray.remote(num_cpus=0, concurrency_groups={"reads": 2})
 class Reducer:
-    """One per study, pinned to the driver's node so <out> is a local directory.
+    """One per study, pinned to the driver's node so that <out> is a local folder: it appends
+    the ledger, keeps the report current, and serves pretrained networks to trials on any node.
 
     Every record is appended to the ledger and fsynced before anything else, so a crash later
-    in the study loses no finished cell.
+    in the study loses no finished cell; a cell already in the ledger is never appended again.
+    Reads of pretrained networks run in their own threads, so a trial never waits for a fit.
     """
 
     def __init__(
         self, cfg: StudyConfig, out: str, ctx: TrackingContext, planned: dict[int, int], extra: dict
     ):
-        self._cfg, self._out, self._ctx = cfg, Path(out), ctx
+        self._cfg, self._folder, self._ctx = cfg, StudyFolder(out), ctx
         self._planned = planned
         self._extra = extra
-        self._records: list[dict] = []
-        self._arrived: Counter[int] = Counter()
-        self._complete: list[int] = []
+        self._records = self._folder.ledger()
+        self._arrived: Counter[int] = Counter(r["n"] for r in self._records)
+        self._complete = sorted(n for n in planned if self._arrived[n] >= planned[n])
+        self._rate = Rate(sum(planned.values()), len(self._records))  # cells of this attempt
         self._report: dict = {}
+        if self._records:  # a resumed study: its report and plots reflect the ledger at once
+            self._refresh("running", log_fit=False)
 
-    def add_cell(self, record: dict) -> str:
-        """Take one finished cell's record; return the progress line to print."""
-        self._append(record)
+    @ray.method(concurrency_group="reads")
+    def pretrained(self, key: str) -> Pretrained:
+        return self._folder.load_pretrained(key)
+
+    def add_cell(self, record: dict) -> str | None:
+        """Take one finished cell's record; return the progress line to print (None for a cell
+        the ledger already holds)."""
+        if any(r["cell"] == record["cell"] for r in self._records):
+            return None
+        record = {**record, "finished_at": round(time.time(), 3)}
+        self._records.append(record)
+        self._folder.append_cell(record)
         n = record["n"]
         self._arrived[n] += 1
+        self._rate.add(record["finished_at"])
         if record["status"] == "ok":
             tracking.log(
                 self._ctx,
@@ -102,56 +115,34 @@ class Reducer:
         total = sum(self._planned.values())
         maes = [(r["mae"], r["n"]) for r in self._records if r["status"] == "ok"]
         best = f" (best so far {min(maes)[0]:.4g} at {size_key(min(maes)[1])})" if maes else ""
-        line = f"[{done}/{total} cells] {size_key(n)} r{record['repetition']}: " + (
+        m = f" m={record['m']}" if record.get("m") is not None else ""
+        line = f"[{done}/{total} cells] {size_key(n)}{m} r{record['repetition']}: " + (
             f"test MAE {record['mae']:.4g}{best}"
             if record["status"] == "ok"
             else f"FAILED ({record['error']})"
         )
+        line += f" | {self._rate.describe(record['finished_at'])}"
         if self._arrived[n] == self._planned[n]:
             self._complete.append(n)
-            self._refresh("running")
+            self._refresh("running", log_fit=True)
             self._close_size(n)
             line += f" | {size_key(n)} complete: {self._size_line(n)} | {fit_line(self._report)}"
         return line
 
     def finish(self, status: str, extra: dict) -> dict:
-        """Final report and artifacts; size runs still open end with the study's status (the
-        driver ends the study run)."""
+        """Final report and artifacts (the driver ends the MLflow runs)."""
         self._extra |= extra
-        paths = self._refresh(status)
-        for n in self._planned:
-            if n not in self._complete:
-                tracking.end(
-                    self._ctx,
-                    self._ctx.size_run(n),
-                    "FINISHED" if status == "complete" else "FAILED",
-                )
+        paths = self._refresh(status, log_fit=False)
+        out = self._folder.path
+        extras = (out / LEDGER, out / CONFIG, out / "rejected_rows.csv")
         tracking.log_artifacts(
-            self._ctx,
-            self._ctx.study_run_id,
-            [
-                *paths,
-                *(
-                    p
-                    for p in (
-                        self._out / LEDGER,
-                        self._out / "config.yaml",
-                        self._out / "rejected_rows.csv",
-                    )
-                    if p.exists()
-                ),
-            ],
+            self._ctx, self._ctx.study_run_id, [*paths, *(p for p in extras if p.exists())]
         )
+        plots = [p.name for p in paths if p.suffix == ".png"]
+        tracking.describe_study(self._ctx, self._report, plots)
         return self._report
 
-    def _append(self, record: dict) -> None:
-        self._records.append(record)
-        with open(self._out / LEDGER, "a") as f:
-            f.write(json.dumps(record, default=float) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def _refresh(self, status: str) -> list[Path]:
+    def _refresh(self, status: str, log_fit: bool) -> list[Path]:
         fitted_sizes = len([n for n in self._complete if n > 0])
         extra = self._extra | {
             "progress": {
@@ -161,7 +152,7 @@ class Reducer:
             }
         }
         self._report = report_from_records(self._cfg, self._records, status, extra)
-        paths = write_report(self._report, self._out)
+        paths = write_report(self._report, self._folder.path)
         fit = self._report.get("fit") or {}
         metrics = {k: fit.get(k) for k in ("D", "alpha", "C")}
         for k in ("alpha", "C"):
@@ -169,14 +160,17 @@ class Reducer:
             metrics |= {f"{k}_ci90_lo": lo_hi[0], f"{k}_ci90_hi": lo_hi[1]}
         for e in self._report.get("extrapolation") or []:
             metrics[f"mae_at_{e['factor']:g}x"] = e.get("mae")
-        if fitted_sizes:
+        if log_fit and fitted_sizes:
             tracking.log(self._ctx, self._ctx.study_run_id, metrics, step=fitted_sizes)
         return paths
 
     def _size_summary(self, n: int) -> dict:
+        """The size at the largest m (all train rows when m does not vary), as the headline
+        fit and the baseline use."""
         if n == 0:
             return self._report.get("baseline") or {}
-        return next((s for s in self._report.get("sizes", []) if s["n"] == n), {})
+        entries = [s for s in self._report.get("sizes", []) if s["n"] == n]
+        return max(entries, key=lambda s: s.get("m") or 0, default={})
 
     def _size_line(self, n: int) -> str:
         s = self._size_summary(n)
@@ -209,4 +203,11 @@ class Reducer:
                 "zero_shot_mae": s.get("zero_shot_mae"),
             },
         )
+        records = [r for r in self._records if r["n"] == n]
+        keys = [r["best_trial"] for r in records if r.get("best_trial")]
+        selected = tracking.mark_selected(self._ctx, n, keys)
+        ids = self._ctx.experiment_id, self._ctx.study_run_id
+        note = review.size_note(self._cfg.name, n, s, records, *ids, selected)
+        tracking.describe_size(self._ctx, n, note)
+        tracking.describe_study(self._ctx, self._report, plots=[])
         tracking.end(self._ctx, self._ctx.size_run(n))

@@ -199,20 +199,49 @@ def build_report(
     return json_safe(report)
 
 
-def write_report(report: dict, out_dir: Path) -> list[Path]:
-    """report.json (atomically: a temporary file, then os.replace) and the plots; paths written."""
-    from s2r_ray.plots import render_all  # matplotlib only when writing
+def fit_line(report: dict) -> str:
+    """The current fit in one line, for the driver's progress and `s2r status`."""
+    fit = report.get("fit") or {}
+    if fit.get("C") is None:
+        codes = [d.get("code") for d in report.get("diagnostics", [])]
+        return "fit: waiting for 3 sizes" if "too_few_sizes" in codes else "fit: none"
+    lo, hi = fit.get("alpha_ci90") or (None, None)
+    ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
+    ext = report.get("extrapolation") or []
+    at = (
+        f", MAE@{ext[0]['factor']:g}x={ext[0]['mae']:.3f}"
+        if ext and ext[0].get("mae") is not None
+        else ""
+    )
+    alpha = f"{fit['alpha']:.2f}" if fit.get("alpha") is not None else "n/a (flat)"
+    return f"fit: alpha={alpha}{ci} C={fit['C']:.3f}{at}"
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "report.json"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".report.", suffix=".json.tmp")
+
+def _write_atomic(path: Path, text: str) -> None:
+    """A temporary file, then os.replace: a reader sees the old file or the new, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(json_safe(report), fh, indent=2, allow_nan=False)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; the report is for everyone
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return [path, *render_all(report, out_dir)]
+
+
+def write_report(report: dict, out_dir: Path) -> list[Path]:
+    """report.json, the plots, and report.html (the page to mail, from the report and the
+    folder's config.yaml and rejected_rows.csv); the paths written."""
+    from s2r_ray.plots import render_all  # matplotlib only when writing
+    from s2r_ray.report_html import render_html
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.json"
+    _write_atomic(path, json.dumps(json_safe(report), indent=2, allow_nan=False))
+    plots = render_all(report, out_dir)
+    page = out_dir / "report.html"
+    config, rejected = out_dir / "config.yaml", out_dir / "rejected_rows.csv"
+    _write_atomic(page, render_html(report, {p.stem: p for p in plots}, config, rejected))
+    return [path, *plots, page]

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 from s2r_ray.config import StudyConfig
-from s2r_ray.model import Network, Pretrained, finetune, mae, rmse
+from s2r_ray.models.base import Family, Pretrained, mae, rmse
 from s2r_ray.protocol import Cell, Plan
 
 
@@ -23,7 +23,13 @@ def failed_record(cell: Cell, error: str) -> dict:
 
 
 def score_cell(
-    plan: Plan, cell: Cell, best: dict, pretrained: Pretrained | None, cfg: StudyConfig, device: str
+    plan: Plan,
+    cell: Cell,
+    best: dict,
+    pretrained: Pretrained | None,
+    family: Family,
+    cfg: StudyConfig,
+    device: str,
 ) -> dict:
     """The cell's result record: test MAE/RMSE of the selected configuration (averaged over
     `finetune.ensemble` seeds, the first being the trial's own), the zero-shot error of the
@@ -34,22 +40,22 @@ def score_cell(
     state = pretrained.state if pretrained is not None else None
     preds, val = [], None
     for i in range(cfg.finetune.ensemble):
-        ft = finetune(
+        ft = family.finetune(
             *plan.target_split(cell),
-            model_cfg=cfg.model,
             hp=best["hp"],
             seed=best["seed"] + i,
             stop_epoch=best["stop_epoch"],
             pretrained=state,
             device=device,
         )
-        preds.append(ft.network.predict(X_test, device))
+        preds.append(ft.predictor.predict(X_test, device))
         val = ft.best_val_mae if val is None else val
     ensemble = np.mean(preds, axis=0)
     record = {
         "cell": cell.id,
         **cell.to_dict(),
         "status": "ok",
+        "device": device,
         "mae": mae(y_test, ensemble),
         "rmse": rmse(y_test, ensemble),
         "single_mae": mae(y_test, preds[0]),
@@ -65,7 +71,7 @@ def score_cell(
     record["reference_rows"] = int(has_ref.sum())
     record["reference_mae"] = mae(y_test[has_ref], ref[has_ref]) if has_ref.any() else None
     if pretrained is not None:
-        zero = Network.from_state(state, cfg.model).predict(X_test, device)
+        zero = family.load(state).predict(X_test, device)
         record |= {
             "zero_shot_mae": mae(y_test, zero),
             "source_val_mae": _finite(pretrained.source_val_mae),

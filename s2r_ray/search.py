@@ -4,24 +4,19 @@ per cell, and an ASHA scheduler per cell so trials are only ever compared within
 from __future__ import annotations
 
 import json
-import pickle
+import math
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
 from s2r_ray.config import FinetuneSpace
+from s2r_ray.models.base import Family
+from s2r_ray.pretraining import Pretrainings
 from s2r_ray.protocol import Cell
 from s2r_ray.scoring import failed_record
 
@@ -29,45 +24,8 @@ METRIC = "best_val_mae"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def search_space(space: FinetuneSpace, cell: Cell) -> tuple[dict[str, BaseDistribution], dict]:
-    """Split the configured space into Optuna distributions and fixed values for this cell."""
-    dists: dict[str, BaseDistribution] = {}
-    fixed: dict = {}
-    for name, log in (("lr", True), ("weight_decay", True), ("dropout", False)):
-        v = getattr(space, name)
-        if isinstance(v, tuple) and v[0] != v[1]:
-            dists[name] = FloatDistribution(v[0], v[1], log=log)
-        else:
-            fixed[name] = float(v[0] if isinstance(v, tuple) else v)
-    if isinstance(space.epochs, tuple) and space.epochs[0] != space.epochs[1]:
-        dists["epochs"] = IntDistribution(*space.epochs)
-    else:
-        fixed["epochs"] = int(space.epochs[0] if isinstance(space.epochs, tuple) else space.epochs)
-    for name in ("batch_size", "freeze"):
-        v = getattr(space, name)
-        choices = sorted(set(v)) if isinstance(v, list) else [v]
-        if name == "freeze" and cell.is_baseline:
-            choices = [0]  # nothing pretrained to freeze
-        if len(choices) > 1:
-            dists[name] = CategoricalDistribution(choices)
-        else:
-            fixed[name] = int(choices[0])
-    return dists, fixed
-
-
 def trial_seed(study_seed: int, trial_key: str) -> int:
     return (study_seed * 7919 + zlib.crc32(trial_key.encode())) % (2**31)
-
-
-@dataclass
-class CellOutcome:
-    """What the searcher learned about a cell once all its trials ended."""
-
-    cell: Cell
-    trials: int = 0
-    best_value: float | None = None
-    best_config: dict | None = None
-    trial_seconds: float = 0.0
 
 
 class CellSearcher(Searcher):
@@ -78,71 +36,112 @@ class CellSearcher(Searcher):
     cell have ended, the next suggestion is that cell's scoring job (its best configuration by
     validation MAE, replayed and scored on test), ahead of any new trial, so finished cells
     reach the reducer while the study runs; `on_cell_done` receives the cell record.
+
+    Each cell's Optuna study lives in the study folder's journal, and everything its scoring
+    needs (the trial's key, seed, hyperparameters, epochs) is stored on the Optuna trial, so a
+    restarted study continues each half-tuned cell where it stopped. A trial that was running
+    when its process died ends failed and `interrupted`, and does not count: the cell runs
+    another in its place.
     """
 
     def __init__(
         self,
         cells: list[Cell],
+        family: Family,
         space: FinetuneSpace,
         trials_per_cell: int,
         startup_trials: int,
         seed: int,
-        is_ready: Callable[[Cell], bool],
+        storage: optuna.storages.BaseStorage,
+        pretrainings: Pretrainings,
         on_cell_done: Callable[[dict], None],
     ):
         super().__init__(metric=METRIC, mode="min")
-        self._cells = cells
-        self._space = space
+        self._family, self._space = family, space
         self._per_cell = trials_per_cell
         self._startup = startup_trials
         self._seed = seed
-        self._is_ready = is_ready
+        self._storage = storage
+        self._pretrainings = pretrainings
         self._on_cell_done = on_cell_done
         self._studies: dict[str, optuna.Study] = {}
-        self._issued: Counter[str] = Counter()
-        self._outcomes = {c.id: CellOutcome(c) for c in cells}
-        self._live: dict[str, tuple[Cell, optuna.trial.Trial, dict]] = {}
-        self._to_score: deque[CellOutcome] = deque()
-        self._scoring: dict[str, CellOutcome] = {}
-        self._unscored = {c.id for c in cells}
+        self._ended: Counter[str] = Counter()  # trials that count towards trials_per_cell
+        self._live: dict[str, tuple[Cell, optuna.trial.Trial]] = {}
+        self._to_score: deque[Cell] = deque()
+        self._scoring: dict[str, Cell] = {}
+        self._open = list(cells)  # cells neither recorded nor handed to scoring
+        self._stopping = False
+        self.partly_tuned = 0
+        existing = set(optuna.get_all_study_names(storage))
+        for cell in [c for c in cells if c.id in existing]:
+            self._resume(cell)
 
     def _study(self, cell: Cell) -> optuna.Study:
         if cell.id not in self._studies:
-            sampler = optuna.samplers.TPESampler(
-                seed=trial_seed(self._seed, cell.id), n_startup_trials=self._startup
+            study = optuna.create_study(
+                storage=self._storage, study_name=cell.id, direction="minimize", load_if_exists=True
             )
-            self._studies[cell.id] = optuna.create_study(direction="minimize", sampler=sampler)
+            # Re-seeded by the trials it already has: a resumed cell does not replay its start.
+            study.sampler = optuna.samplers.TPESampler(
+                seed=trial_seed(self._seed, cell.id) + len(study.trials),
+                n_startup_trials=self._startup,
+            )
+            self._studies[cell.id] = study
         return self._studies[cell.id]
 
+    def _resume(self, cell: Cell) -> None:
+        """Count what a previous process tuned; its running trials end failed, `interrupted`."""
+        study = self._study(cell)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+            study.tell(t.number, state=TrialState.FAIL)
+        self._ended[cell.id] = sum(not t.user_attrs.get("interrupted") for t in study.trials)
+        self.partly_tuned += 0 < self._ended[cell.id] < self._per_cell
+
+    def skip(self, recorded: set[str]) -> None:
+        """Leave out the cells the ledger holds; queue the scoring of those whose trials had
+        all ended when the previous process stopped."""
+        self._open = [c for c in self._open if c.id not in recorded]
+        for cell in [c for c in self._open if self._ended[c.id] >= self._per_cell]:
+            self._cell_tuned(cell)
+
+    def stop(self) -> None:
+        """Hand out nothing more; trials still running end as interrupted."""
+        self._stopping = True
+        for cell, ot in self._live.values():
+            ot.set_user_attr("interrupted", True)
+            self._study(cell).tell(ot, state=TrialState.FAIL)
+        self._live.clear()
+
     def suggest(self, trial_id: str) -> dict | str | None:
-        if self._to_score:
-            out = self._to_score.popleft()
-            self._scoring[trial_id] = out
-            self._unscored.discard(out.cell.id)
-            best = out.best_config
-            return {
-                **best,
-                "trial_key": f"{out.cell.id}-score",
-                "score": {**best, "value": out.best_value},
-            }
-        for cell in self._cells:
-            if self._issued[cell.id] >= self._per_cell or not self._is_ready(cell):
-                continue
-            dists, fixed = search_space(self._space, cell)
-            ot = self._study(cell).ask(dists)
-            key = f"{cell.id}-t{self._issued[cell.id]:02d}"
-            self._issued[cell.id] += 1
-            config = {
-                "cell": cell.to_dict(),
-                "trial_key": key,
-                "seed": trial_seed(self._seed, key),
-                "hp": {**fixed, **ot.params},
-            }
-            self._live[trial_id] = (cell, ot, config)
-            return config
-        if not self._unscored:
+        if self._stopping:
             return Searcher.FINISHED
-        return None
+        if self._to_score:
+            return self._score(trial_id, self._to_score.popleft())
+        live = Counter(c.id for c, _ in self._live.values())
+        for cell in list(self._open):
+            error = self._pretrainings.error(cell)
+            if error is not None:
+                self._record(failed_record(cell, f"pretraining failed: {error}"))
+            elif self._ended[cell.id] + live[cell.id] < self._per_cell and self._pretrainings.ready(
+                cell
+            ):
+                return self._ask(trial_id, cell)
+        return Searcher.FINISHED if not self._open and not self._to_score else None
+
+    def _ask(self, trial_id: str, cell: Cell) -> dict:
+        dists, fixed = self._family.search_space(self._space, cell.is_baseline)
+        ot = self._study(cell).ask(dists)
+        key = f"{cell.id}-t{ot.number:02d}"
+        config = {
+            "cell": cell.to_dict(),
+            "trial_key": key,
+            "seed": trial_seed(self._seed, key),
+            "hp": {**fixed, **ot.params},
+        }
+        ot.set_user_attr("config", config)
+        self._live[trial_id] = (cell, ot)
+        return config
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -150,49 +149,73 @@ class CellSearcher(Searcher):
         if trial_id in self._scoring:
             self._scored(self._scoring.pop(trial_id), result, error)
             return
-        cell, ot, config = self._live.pop(trial_id)
-        out = self._outcomes[cell.id]
-        out.trials += 1
-        value = None if error or not result else result.get(METRIC)
-        if value is None:
-            self._studies[cell.id].tell(ot, state=TrialState.FAIL)
-        else:
-            self._studies[cell.id].tell(ot, value)
-            out.trial_seconds += float(result.get("train_seconds", 0.0))
-            if out.best_value is None or value < out.best_value:
-                # Rebuild exactly the model this trial scored: same seed, epochs it completed.
-                done = int(result.get("training_iteration", config["hp"]["epochs"]))
-                out.best_value = value
-                out.best_config = {**config, "stop_epoch": done}
-        if out.trials < self._per_cell:
+        if trial_id not in self._live:  # already ended by stop()
             return
-        if out.best_config is None:
-            self._unscored.discard(cell.id)
-            self._on_cell_done(failed_record(cell, f"all {out.trials} trials failed"))
+        cell, ot = self._live.pop(trial_id)
+        value = None if error or not result else result.get(METRIC)
+        if value is None or not math.isfinite(value):
+            ot.set_user_attr("error", (result or {}).get("diverged") or "raised (see Tune's log)")
+            self._study(cell).tell(ot, state=TrialState.FAIL)
         else:
-            self._to_score.append(out)
+            # Rebuild exactly the model this trial scored: same seed, epochs it completed.
+            ot.set_user_attr("stop_epoch", result.get("training_iteration"))
+            ot.set_user_attr("train_seconds", float(result.get("train_seconds", 0.0)))
+            self._study(cell).tell(ot, value)
+        self._ended[cell.id] += 1
+        if self._ended[cell.id] >= self._per_cell:
+            self._cell_tuned(cell)
 
-    def _scored(self, out: CellOutcome, result: dict | None, error: bool) -> None:
+    def _cell_tuned(self, cell: Cell) -> None:
+        """All trials of the cell ended: queue its scoring, or record it failed."""
+        if not self._study(cell).get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            errors = {t.user_attrs.get("error", "?") for t in self._study(cell).trials}
+            why = f"all trials failed: {'; '.join(sorted(errors))}"
+            self._record(failed_record(cell, why) | self._trial_counts(cell))
+            return
+        self._open.remove(cell)
+        self._to_score.append(cell)
+
+    def _score(self, trial_id: str, cell: Cell) -> dict:
+        self._scoring[trial_id] = cell
+        best = self._study(cell).best_trial
+        config = best.user_attrs["config"]
+        # None replays every epoch: a trial that reported none was never stopped early
+        score = {**config, "stop_epoch": best.user_attrs.get("stop_epoch"), "value": best.value}
+        return {**config, "trial_key": f"{cell.id}-score", "score": score}
+
+    def _scored(self, cell: Cell, result: dict | None, error: bool) -> None:
         if error or not result or "record" not in result:
-            record = failed_record(out.cell, "scoring failed (see the Tune trial log)")
+            record = failed_record(cell, "scoring failed (see Tune's log)")
         else:
             record = json.loads(result["record"])
-        record |= {"trials": out.trials, "trial_seconds": out.trial_seconds}
+        self._on_cell_done(record | self._trial_counts(cell))
+
+    def _trial_counts(self, cell: Cell) -> dict:
+        counted = [
+            t
+            for t in self._study(cell).get_trials(deepcopy=False)
+            if not t.user_attrs.get("interrupted")
+        ]
+        return {
+            "trials": len(counted),
+            "failed_trials": sum(t.state == TrialState.FAIL for t in counted),
+            "trial_seconds": sum(t.user_attrs.get("train_seconds", 0.0) for t in counted),
+        }
+
+    def _record(self, record: dict) -> None:
+        self._open = [c for c in self._open if c.id != record["cell"]]
         self._on_cell_done(record)
 
     def __getstate__(self) -> dict:
-        """Tune pickles the searcher into its experiment state; the driver-side hooks (object
-        refs, the reducer) belong to this process only and are re-attached on restore."""
-        return {**self.__dict__, "_is_ready": None, "_on_cell_done": None}
+        """Tune pickles the searcher into its experiment state; the durable state is the
+        journal in the study folder, and the hooks belong to this process only."""
+        return {"_metric": self._metric, "_mode": self._mode}
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"studies": self._studies, "issued": self._issued}, f)
+        """Nothing to save: the journal in the study folder is this searcher's state."""
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
-        self._studies, self._issued = state["studies"], state["issued"]
+        """Nothing to restore: a restarted study reads the journal."""
 
 
 class PerCellASHA(FIFOScheduler):

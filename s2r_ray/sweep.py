@@ -1,40 +1,103 @@
-"""The study, top to bottom: data -> plan -> pretraining tasks -> one Tune experiment of
-fine-tuning trials -> scoring per cell -> the reducer's live fit -> report.
+"""The study, top to bottom: study folder -> data -> plan -> pretraining tasks -> one Tune
+experiment of fine-tuning trials -> scoring per cell -> the reducer's live fit -> report.
 
 Pretraining runs once per (n, r) as Ray tasks submitted up front (small n first). The searcher
 only hands out trials of cells whose pretraining is done, so trials of all sizes interleave on
 the cluster without a barrier between sizes, and no trial ever idles waiting for a model.
+
+Everything a later process needs is in the study folder as soon as it exists (see
+`s2r_ray.folder`), so the same command on the same folder resumes a killed study: finished
+cells and pretrainings are kept, half-tuned cells continue, the same MLflow runs are reused.
+SIGTERM or SIGINT stops handing out trials, ends the runs in flight as KILLED, writes the report
+with status "interrupted" and raises `StudyInterrupted`; any other failure ends them FAILED.
+Either way Ray is shut down if this process started it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TBX writers per trial
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no status tables
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # ours stops the study cleanly
 
+import optuna
 import ray
-import yaml
 from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from s2r_ray import tracking
-from s2r_ray.config import StudyConfig
+from s2r_ray.config import ConfigError, Resources, StudyConfig
 from s2r_ray.data import load_dataset
+from s2r_ray.folder import StudyFolder
+from s2r_ray.models import make_family
+from s2r_ray.models.base import Family
 from s2r_ray.pretraining import Pretrainings
-from s2r_ray.protocol import make_plan
-from s2r_ray.reducer import Reducer, read_ledger
+from s2r_ray.protocol import Plan, make_plan
+from s2r_ray.reducer import Reducer, folder_report
 from s2r_ray.search import CellSearcher, PerCellASHA
 from s2r_ray.trial import finetune_trial
 
 Echo = Callable[[str], None]
+
+
+class StudyInterrupted(Exception):
+    """SIGTERM or SIGINT stopped the study; its folder holds everything to resume it."""
+
+    def __init__(self, signum: int, report: dict | None = None):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum, self.report = signum, report
+
+
+class _Signals:
+    """SIGTERM (SLURM's warning before its time limit) and SIGINT (Ctrl-C) ask the study to
+    stop. While Tune runs they only set a flag that Tune's loop reads (trials in flight end, the
+    report is written); outside it, or on a second signal, they interrupt at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.in_tune = False
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous.setdefault(sig, signal.getsignal(sig))
+                signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        first = self.signum is None
+        self.signum = signum
+        if not (self.in_tune and first):
+            raise StudyInterrupted(signum)
+
+
+class _StopOnSignal(tune.Stopper):
+    def __init__(self, signals: _Signals, searcher: CellSearcher):
+        self._signals, self._searcher = signals, searcher
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        if self._signals.signum is None:
+            return False
+        self._searcher.stop()
+        return True
 
 
 def init_ray(address: str | None) -> bool:
@@ -51,30 +114,48 @@ def init_ray(address: str | None) -> bool:
 
 
 class _Progress(tune.Callback):
-    """Runs in Tune's loop: prints each finished pretraining and each cell's reducer line as
-    soon as they are ready."""
+    """Runs in Tune's loop: saves and prints each finished pretraining, and prints each cell's
+    reducer line as soon as it is ready."""
 
-    def __init__(self, pending: list[ray.ObjectRef], pretrainings: Pretrainings, echo: Echo):
-        self._pending, self._pretrainings, self._echo = pending, pretrainings, echo
+    def __init__(self, pretrainings: Pretrainings, echo: Echo):
+        self.pending: list[ray.ObjectRef] = []
+        self._pretrainings, self._echo = pretrainings, echo
 
     def __getstate__(self) -> dict:
         return {}  # live handles of this driver only; nothing to restore
 
-    def drain(self, timeout: float = 0) -> None:
-        while self._pending:
-            ready, _ = ray.wait(self._pending, num_returns=1, timeout=timeout)
+    def drain(self, timeout: float | None = 0) -> None:
+        while self.pending:
+            ready, _ = ray.wait(self.pending, num_returns=1, timeout=timeout)
             if not ready:
                 return
-            self._pending.remove(ready[0])
-            self._echo(ray.get(ready[0]))
+            self.pending.remove(ready[0])
+            line = ray.get(ready[0])
+            if line:
+                self._echo(line)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         self._pretrainings.poll()
         self.drain()
 
 
-def _trial_resources(cfg: StudyConfig) -> dict[str, float]:
-    return {"cpu": cfg.tune.resources.cpu, "gpu": cfg.tune.resources.gpu}
+def _check_resources(cfg: StudyConfig) -> None:
+    """A trial or pretraining no node can hold would wait forever: say so before any work."""
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    for field, res in (
+        ("tune.resources", cfg.tune.resources),
+        ("tune.pretrain_resources", cfg.tune.pretrain_resources),
+    ):
+        if not any(r.get("CPU", 0) >= res.cpu and r.get("GPU", 0) >= res.gpu for r in nodes):
+            biggest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
+            raise ConfigError(
+                f"{field}: {{cpu: {res.cpu:g}, gpu: {res.gpu:g}}} fits on no node of the cluster "
+                f"(largest: {biggest.get('CPU', 0):g} CPUs, {biggest.get('GPU', 0):g} GPUs)"
+            )
+
+
+def _resources(res: Resources) -> dict[str, float]:
+    return {"cpu": res.cpu, "gpu": res.gpu}
 
 
 def _dataset_tags(cfg: StudyConfig) -> dict[str, str]:
@@ -87,15 +168,41 @@ def _dataset_tags(cfg: StudyConfig) -> dict[str, str]:
 
 
 def run_study(
-    cfg: StudyConfig, out: Path, *, address: str | None = None, echo: Echo = print
+    cfg: StudyConfig,
+    out: Path,
+    *,
+    address: str | None = None,
+    fresh: bool = False,
+    echo: Echo = print,
 ) -> dict:
-    """Run a whole study and return its final report (also in <out>/report.json)."""
+    """Run (or resume) a whole study and return its final report (also in <out>/report.json).
+
+    Raises `StudyInterrupted` after a clean stop on SIGTERM/SIGINT, `ConfigError` when <out>
+    holds another study (`fresh` moves that one aside first)."""
+    signals = _Signals()
+    signals.install()
+    try:
+        return _run(cfg, Path(out), address, fresh, echo, signals)
+    finally:
+        signals.restore()
+
+
+def _run(
+    cfg: StudyConfig, out: Path, address: str | None, fresh: bool, echo: Echo, signals: _Signals
+) -> dict:
     start = time.time()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    folder = StudyFolder(out)
+    folder.claim()
+    if fresh and (moved := folder.set_aside()):
+        echo(f"--fresh: the previous study in {out} moved to {moved}")
+    folder.check_same_study(cfg)
+    if folder.state().get("status") == "complete":
+        echo(f"study {cfg.name} is already complete in {out}: nothing to run")
+        return folder_report(folder)
 
     ds = load_dataset(cfg.data, out)
     plan = make_plan(cfg, ds)
+    folder.write_config(cfg)
     pretrain_ids = {c.pretrain_id for c in plan.cells if not c.is_baseline}
     leak = [r.excluded_for_leakage for r in plan.repetitions]
     echo(
@@ -103,96 +210,167 @@ def run_study(
         f"{len(ds.feature_names)} features; {len(plan.cells)} cells x {cfg.tune.trials_per_cell} "
         f"trials, {len(pretrain_ids)} pretrainings; {max(leak)} source rows kept out as test ids"
     )
-    started_ray = init_ray(address)
-    uri = tracking.resolve_uri(cfg.tracking.uri)
-    ctx = tracking.start_study(
-        uri,
-        cfg.tracking.experiment,
-        cfg.name,
-        cfg.model_dump(mode="json"),
-        cfg.sizes,
-        _dataset_tags(cfg),
-    )
-    echo(f"MLflow: {uri} (experiment {cfg.tracking.experiment!r}, run {ctx.study_run_id})")
-    planned = dict(Counter(c.n for c in plan.cells))
-    extra = {
-        "counts": {
-            **ds.counts,
-            "source_rows_excluded_as_test_ids": max(leak),
-            "source_holdout_rows": len(plan.repetitions[0].holdout),
-        },
-        "mlflow": {"tracking_uri": uri, "study_run_id": ctx.study_run_id},
+    counts = {
+        **ds.counts,
+        "source_rows_excluded_as_test_ids": max(leak),
+        "source_holdout_rows": len(plan.repetitions[0].holdout),
     }
-    tracking.log(ctx, ctx.study_run_id, params={"counts": extra["counts"]})  # rejected rows too
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    reducer = Reducer.options(scheduling_strategy=here).remote(
-        cfg, str(out.resolve()), ctx, planned, extra
+    state = folder.state()
+    elapsed_before = float(state.get("elapsed_seconds", 0.0))
+    folder.update_state(
+        status="running", attempts=int(state.get("attempts", 0)) + 1, attempt_started_at=start
     )
-    status, pretrainings = "failed", None
-    try:
-        plan_ref = ray.put(plan)
-        pretrainings = Pretrainings(plan, plan_ref, cfg, ctx, echo)
-        pretrained = pretrainings.refs
 
-        pending: list[ray.ObjectRef] = []
+    started_ray, ctx, reducer, report = False, None, None, None
+    status = "failed"
+    try:
+        started_ray = init_ray(address)
+        signals.install()  # ray.init installs a SIGTERM handler of its own
+        _check_resources(cfg)
+        ctx = tracking.start_study(
+            tracking.resolve_uri(cfg.tracking.uri),
+            cfg.tracking.experiment,
+            cfg.name,
+            cfg.model_dump(mode="json"),
+            cfg.sizes,
+            _dataset_tags(cfg),
+            previous=state.get("mlflow"),
+        )
+        folder.update_state(mlflow=tracking.ids(ctx))
+        echo(f"MLflow: {ctx.uri} (experiment {cfg.tracking.experiment!r}, run {ctx.study_run_id})")
+        orphans = tracking.end_orphans(ctx)  # runs a killed attempt could not end
+        if "mlflow" not in state:
+            tracking.log(ctx, ctx.study_run_id, params={"counts": counts})  # rejected rows too
+        extra = {
+            "counts": counts,
+            "mlflow": {"tracking_uri": ctx.uri, "study_run_id": ctx.study_run_id},
+        }
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        reducer = Reducer.options(scheduling_strategy=here).remote(
+            cfg, str(out.resolve()), ctx, dict(Counter(c.n for c in plan.cells)), extra
+        )
+        _tune(cfg, plan, folder, ctx, reducer, signals, orphans, echo)
+        status = "interrupted" if signals.signum is not None else "complete"
+        missing = len(plan.cells) - len(folder.ledger())
+        if status == "complete" and missing:
+            raise RuntimeError(f"the study ended with {missing} cells unrecorded")
+    except StudyInterrupted:
+        status = "interrupted"
+    finally:
+        wall = elapsed_before + time.time() - start
+        report = _finish(cfg, folder, ctx, reducer, status, wall)
+        folder.update_state(status=status, elapsed_seconds=round(wall, 2))
+        if started_ray:
+            ray.shutdown()
+    if status == "interrupted":
+        raise StudyInterrupted(signals.signum or signal.SIGINT, report)
+    return report
+
+
+def _tune(
+    cfg: StudyConfig,
+    plan: Plan,
+    folder: StudyFolder,
+    ctx: tracking.TrackingContext,
+    reducer: ray.actor.ActorHandle,
+    signals: _Signals,
+    orphans: int,
+    echo: Echo,
+) -> None:
+    """Pretraining tasks and the one Tune experiment of every cell's trials and scoring."""
+    recorded = {r["cell"] for r in folder.ledger()}
+    needed = list(dict.fromkeys(c.pretrain_id for c in plan.cells if c.id not in recorded and c.n))
+    plan_ref = ray.put(plan)
+    family = make_family(cfg)
+    pretrainings = Pretrainings(plan, plan_ref, family, cfg, ctx, folder, needed, echo)
+    progress = _Progress(pretrainings, echo)
+    try:
         searcher = CellSearcher(
             plan.cells,
+            family,
             cfg.finetune,
             cfg.tune.trials_per_cell,
             cfg.tune.startup_trials,
             cfg.seed,
-            pretrainings.ready,
-            lambda record: pending.append(reducer.add_cell.remote(record)),
+            optuna.storages.JournalStorage(
+                optuna.storages.journal.JournalFileBackend(str(folder.journal_path()))
+            ),
+            pretrainings,
+            lambda record: progress.pending.append(reducer.add_cell.remote(record)),
         )
+        searcher.skip(recorded)
+        if recorded or pretrainings.loaded or searcher.partly_tuned or orphans:
+            echo(
+                f"resuming: {len(recorded)}/{len(plan.cells)} cells done, "
+                f"{len(pretrainings.loaded)} pretrainings on disk, {searcher.partly_tuned} cells "
+                f"partly tuned; {orphans} runs of the stopped attempt marked KILLED"
+            )
         trainable = tune.with_resources(
             tune.with_parameters(
-                finetune_trial, plan=plan_ref, pretrained=pretrained, cfg=cfg, ctx=ctx
+                finetune_trial, plan=plan_ref, reducer=reducer, family=family, cfg=cfg, ctx=ctx
             ),
-            _trial_resources(cfg),
+            _resources(cfg.tune.resources),
         )
-        progress = _Progress(pending, pretrainings, echo)
+        attempt = folder.state().get("attempts", 1)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
                 scheduler=PerCellASHA(
-                    _max_epochs(cfg), cfg.tune.grace_period, cfg.tune.reduction_factor
+                    _horizon(family, cfg), cfg.tune.grace_period, cfg.tune.reduction_factor
                 ),
-                num_samples=len(plan.cells) * (cfg.tune.trials_per_cell + 1),  # + scoring
+                num_samples=-1,  # the searcher says when every cell is done
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                name="tune",
-                storage_path=str((out / "ray").resolve()),
+                name=f"attempt-{attempt}",
+                storage_path=str(folder.tune_path()),
                 verbose=0,
                 callbacks=[progress],
-                failure_config=tune.FailureConfig(max_failures=1),
+                stop=_StopOnSignal(signals, searcher),
+                failure_config=tune.FailureConfig(max_failures=cfg.tune.max_failures),
             ),
         )
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-        tuner.fit()  # trial metrics live in the ledger and MLflow, not Tune's result files
-        progress.drain(timeout=None)
-        status = "complete"
+        signals.in_tune = True
+        try:
+            tuner.fit()  # trial metrics live in the ledger and MLflow, not Tune's result files
+        finally:
+            signals.in_tune = False
+        searcher.stop()  # trials Tune stopped on a signal count as interrupted
     finally:
-        if pretrainings is not None:
-            pretrainings.release()
-        wall = time.time() - start
-        timing = {"wall_seconds": round(wall, 2)}
-        if status == "complete":
-            timing |= _timing(read_ledger(out), pretrainings, wall, cfg)
+        pretrainings.release()
+        progress.drain(timeout=None)
+
+
+def _finish(
+    cfg: StudyConfig,
+    folder: StudyFolder,
+    ctx: tracking.TrackingContext | None,
+    reducer: ray.actor.ActorHandle | None,
+    status: str,
+    wall: float,
+) -> dict:
+    """The final report (by the reducer when there is one) and every MLflow run ended."""
+    timing = {"wall_seconds": round(wall, 2)} | _timing(folder.ledger(), wall, cfg)
+    if reducer is not None:
         report = ray.get(reducer.finish.remote(status, {"timing": timing}))
-        tracking.end(ctx, ctx.study_run_id, "FINISHED" if status == "complete" else "FAILED")
-        if started_ray:
-            ray.shutdown()
+    else:
+        report = folder_report(folder, status, {"timing": timing})
+    if ctx is not None:
+        run_status = {"complete": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
+        tracking.end_orphans(ctx, "KILLED")
+        tracking.end_study(ctx, run_status)
     return report
 
 
-def _max_epochs(cfg: StudyConfig) -> int:
-    e = cfg.finetune.epochs
-    return max(e) if isinstance(e, tuple) else e
+def _horizon(family: Family, cfg: StudyConfig) -> int:
+    """ASHA's horizon, one past the longest trial: ASHA stops every trial that reaches its
+    horizon, which would end a trial that completed all its epochs as KILLED."""
+    return family.max_epochs(cfg.finetune) + 1
 
 
-def _timing(records: list[dict], pretrainings: Pretrainings, wall: float, cfg: StudyConfig) -> dict:
+def _timing(records: list[dict], wall: float, cfg: StudyConfig) -> dict:
     """Where the wall time went: training inside trials, pretraining and scoring versus the rest
     (process start-up, scheduling, logging, waiting)."""
     ok = [r for r in records if r.get("status") == "ok"]
@@ -200,11 +378,11 @@ def _timing(records: list[dict], pretrainings: Pretrainings, wall: float, cfg: S
     per_pretraining = {(r["n"], r["repetition"]): r.get("pretrain_seconds", 0.0) for r in ok}
     pretrain_s = sum(per_pretraining.values())
     score_s = sum(r.get("score_seconds", 0.0) for r in ok)
-    slots = max(1.0, float(ray.cluster_resources().get("CPU", 1)) / cfg.tune.resources.cpu)
+    cpus = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else 1
+    slots = max(1.0, float(cpus) / cfg.tune.resources.cpu)
     return {
         "trials": sum(r.get("trials", 0) for r in records),
-        "pretrainings": len(pretrainings.refs),
-        "pretrain_slots": pretrainings.slots,
+        "pretrainings": len([k for k in per_pretraining if k[0]]),
         "trial_train_seconds": round(trial_s, 2),
         "pretrain_seconds": round(pretrain_s, 2),
         "score_seconds": round(score_s, 2),

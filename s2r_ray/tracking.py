@@ -16,13 +16,20 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Experiment, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from s2r_ray.protocol import Cell
+from s2r_ray import review
+from s2r_ray.protocol import Cell, size_key
 
 DEFAULT_URI = "sqlite:///mlruns.db"
 _MAX_PARAM = 6000
+_MAX_TAG = 8000  # MLflow truncates (or refuses) a longer run tag
+NOTE = "mlflow.note.content"  # a run's or experiment's description in the UI
+# MLflow's model-training experiment kind (mlflow/server/js: CUSTOM_MODEL_DEVELOPMENT): UI
+# versions that honour it open the experiment on its runs instead of the GenAI trace overview
+KIND_TAG, TRAINING = "mlflow.experimentKind", "custom_model_development"
+HEADLINE = "s2r.headline"  # the study's state and fit in one line, for the experiment's table
 
 
 def resolve_uri(configured: str | None) -> str:
@@ -38,10 +45,6 @@ def resolve_uri(configured: str | None) -> str:
 @cache
 def _client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
-
-
-def size_key(n: int) -> str:
-    return "baseline" if n == 0 else f"n={n}"
 
 
 @dataclass(frozen=True)
@@ -130,31 +133,159 @@ def start_study(
     config: dict[str, Any],
     sizes: list[int],
     tags: dict[str, str],
+    previous: dict[str, Any] | None = None,
 ) -> TrackingContext:
     """The study run and one child run per size (and the baseline), created before any trial so
-    that trials and pretraining can nest under them from any node."""
+    that trials and pretraining can nest under them from any node.
+
+    `previous` (the ids a killed or interrupted attempt stored in the study folder) resumes
+    them instead: the same runs, those not finished set back to RUNNING, so one study is one
+    study run however often it was restarted.
+    """
     client = _client(uri)
+    if previous and previous.get("uri") == uri:
+        _mark_training(client, client.get_experiment(previous["experiment_id"]))
+        ctx = TrackingContext(
+            uri,
+            previous["experiment_id"],
+            previous["study_run_id"],
+            previous["size_run_ids"],
+            {"s2r.study": study, **tags, review.STUDY_RUN_TAG: previous["study_run_id"]},
+        )
+        for run_id in [ctx.study_run_id, *ctx.size_run_ids.values()]:
+            if client.get_run(run_id).info.status != "FINISHED":
+                client.update_run(run_id, status="RUNNING")
+        return ctx
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    if exp is None:
+        exp_id = client.create_experiment(experiment, tags={KIND_TAG: TRAINING})
+    else:
+        exp_id = exp.experiment_id
+        _mark_training(client, exp)
     base = {"s2r.study": study, **tags}
     ctx = TrackingContext(uri, exp_id, "", {}, base)
     study_id = create_run(ctx, None, study, {**base, "s2r.kind": "study"})
+    client.set_tag(study_id, review.STUDY_RUN_TAG, study_id)
     log(ctx, study_id, params=config)
+    base = {**base, review.STUDY_RUN_TAG: study_id}
     size_ids = {
         size_key(n): create_run(
-            ctx, study_id, f"{study} {size_key(n)}", {**base, "s2r.kind": "size", "s2r.n": str(n)}
+            ctx,
+            study_id,
+            review.size_run_name(study, n),
+            {**base, "s2r.kind": "size", "s2r.n": str(n)},
         )
         for n in [0, *sizes]
     }
-    return TrackingContext(uri, exp_id, study_id, size_ids, base)
+    ctx = TrackingContext(uri, exp_id, study_id, size_ids, base)
+    describe_experiment(ctx)
+    return ctx
+
+
+def _mark_training(client: MlflowClient, exp: Experiment) -> None:
+    """Tag an experiment created before s2r set its kind; one that has a kind keeps it."""
+    if KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, KIND_TAG, TRAINING)
+
+
+def describe_study(ctx: TrackingContext, report: dict, plots: list[str]) -> None:
+    """The study run's description (what the study found; `plots`: its logged images) and its
+    headline, then the experiment's table of studies."""
+    note = review.study_note(report, ctx.experiment_id, ctx.study_run_id, plots)
+    tags = [RunTag(NOTE, note[:_MAX_TAG]), RunTag(HEADLINE, review.headline(report))]
+    ctx.client.log_batch(ctx.study_run_id, tags=tags)
+    describe_experiment(ctx)
+
+
+def describe_experiment(ctx: TrackingContext) -> None:
+    """The experiment's description: its newest studies, one row each, rebuilt from the study
+    runs themselves so that studies logging side by side never lose each other's rows. A
+    description a person wrote is left alone."""
+    current = ctx.client.get_experiment(ctx.experiment_id).tags.get(NOTE, "")
+    if current and not current.startswith(review.EXPERIMENT_NOTE_START):
+        return
+    runs = ctx.client.search_runs(
+        [ctx.experiment_id],
+        review.STUDIES_FILTER,
+        max_results=review.NEWEST_STUDIES,
+        order_by=["attributes.start_time DESC"],
+    )
+    rows = [
+        review.StudyRow(
+            r.info.run_name,
+            r.info.run_id,
+            r.info.start_time,
+            r.data.tags.get(HEADLINE, r.info.status.lower()),
+        )
+        for r in runs
+    ]
+    ctx.client.set_experiment_tag(
+        ctx.experiment_id, NOTE, review.experiment_note(ctx.experiment_id, rows)
+    )
+
+
+def describe_size(ctx: TrackingContext, n: int, note: str) -> None:
+    """The size run's description, written when its last cell arrives."""
+    ctx.client.set_tag(ctx.size_run(n), NOTE, note[:_MAX_TAG])
+
+
+def mark_selected(ctx: TrackingContext, n: int, keys: list[str]) -> dict[str, str]:
+    """Tag the trials that size n's cells selected (the ones their scoring rebuilt and tested)
+    so that a search finds them; returns trial key -> run id of those found."""
+    runs = ctx.client.search_runs(
+        [ctx.experiment_id],
+        f"tags.mlflow.parentRunId = '{ctx.size_run(n)}' and tags.`s2r.kind` = 'trial'"
+        " and attributes.status != 'FAILED'",
+        max_results=5000,
+    )
+    found = {r.data.params.get("trial_key"): r.info.run_id for r in runs}
+    chosen = {key: found[key] for key in keys if key in found}
+    for run_id in chosen.values():
+        ctx.client.set_tag(run_id, review.SELECTED_TAG, "true")
+    return chosen
+
+
+def ids(ctx: TrackingContext) -> dict[str, Any]:
+    """What the study folder keeps so that a later process resumes the same runs."""
+    return {
+        "uri": ctx.uri,
+        "experiment_id": ctx.experiment_id,
+        "study_run_id": ctx.study_run_id,
+        "size_run_ids": ctx.size_run_ids,
+    }
+
+
+def end_orphans(ctx: TrackingContext, status: str = "KILLED") -> int:
+    """End the trial and pretraining runs still RUNNING under this study's size runs: a killed
+    process cannot end its own. Returns how many were ended."""
+    ended = 0
+    for size_run in ctx.size_run_ids.values():
+        runs = ctx.client.search_runs(
+            [ctx.experiment_id],
+            f"tags.mlflow.parentRunId = '{size_run}' and attributes.status = 'RUNNING'",
+            max_results=5000,
+        )
+        for run in runs:
+            end(ctx, run.info.run_id, status)
+            ended += 1
+    return ended
+
+
+def end_study(ctx: TrackingContext, status: str) -> None:
+    """End the study run and every size run still open with the study's status."""
+    for run_id in [*ctx.size_run_ids.values(), ctx.study_run_id]:
+        if ctx.client.get_run(run_id).info.status == "RUNNING":
+            end(ctx, run_id, status)
 
 
 @contextmanager
 def nested_run(
     ctx: TrackingContext, cell: Cell, kind: str, name: str, params: dict[str, Any]
 ) -> Iterator[str]:
-    """A run under the cell's size run that ends FINISHED, KILLED (stopped early) or FAILED."""
-    run_id = create_run(ctx, ctx.size_run(cell.n), name, ctx.cell_tags(cell, kind))
+    """A run under the cell's size run that ends FINISHED, KILLED (stopped early) or FAILED,
+    named for people from the cell (`name`: the run's key; a trial's ends in its number)."""
+    label = review.run_name(kind, cell.n, cell.m, cell.repetition, name)
+    run_id = create_run(ctx, ctx.size_run(cell.n), label, ctx.cell_tags(cell, kind))
     log(ctx, run_id, params=params)
     status = "FAILED"
     try:

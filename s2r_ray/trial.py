@@ -4,6 +4,7 @@ the scoring of a cell whose trials have all ended."""
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import ray
@@ -11,7 +12,7 @@ from ray import tune
 
 from s2r_ray import tracking
 from s2r_ray.config import StudyConfig
-from s2r_ray.model import finetune
+from s2r_ray.models.base import Diverged, Family
 from s2r_ray.protocol import Cell, Plan
 from s2r_ray.scoring import score_cell
 from s2r_ray.search import METRIC
@@ -23,7 +24,8 @@ def finetune_trial(
     config: dict,
     *,
     plan: Plan,
-    pretrained: dict[str, ray.ObjectRef],
+    reducer: ray.actor.ActorHandle,
+    family: Family,
     cfg: StudyConfig,
     ctx: TrackingContext,
 ) -> None:
@@ -31,39 +33,45 @@ def finetune_trial(
 
     Fine-tuning trials never read the test split; a scoring job (a config with "score") rebuilds
     the selected trial's model and evaluates it once. `train_seconds` excludes logging, so the
-    study can tell how much of its wall time went into training versus orchestration.
+    study can tell how much of its wall time went into training versus orchestration. A trial
+    whose loss diverges ends FAILED with a last report saying so; one that raises is retried by
+    Tune (`tune.max_failures`).
     """
     device = setup_worker(cfg.tune.resources.cpu)
     cell = Cell(**config["cell"])
     pre = None
     if not cell.is_baseline:
-        pre = fetch_pretrained(cell.pretrain_id, pretrained[cell.pretrain_id])
+        pre = fetch_pretrained(cell.pretrain_id, reducer)
     if "score" in config:
         # Scoring runs as a Tune job in a warm trial actor: as a separate Ray task it would wait
         # for a free CPU that reused trial actors never give back until every trial has ended.
-        record = score_cell(plan, cell, config["score"], pre, cfg, device)
+        record = score_cell(plan, cell, config["score"], pre, family, cfg, device)
         # One JSON field: Tune flattens nested results, and wants the scheduler's metric.
         tune.report({METRIC: record["val_mae"], "record": json.dumps(record, default=float)})
         return
     state = None if pre is None else pre.state
     params = {**config["hp"], "seed": config["seed"], "trial_key": config["trial_key"]}
-    with tracking.nested_run(ctx, cell, "trial", config["trial_key"], params) as run:
-        start, overhead = time.perf_counter(), 0.0
+    try:
+        with tracking.nested_run(
+            ctx, cell, "trial", config["trial_key"], params | {"device": device}
+        ) as run:
+            start, overhead = time.perf_counter(), 0.0
 
-        def on_epoch(epoch: int, val_mae: float, best: float) -> None:
-            nonlocal overhead
-            t = time.perf_counter()
-            tracking.log(ctx, run, {"val_mae": val_mae, "best_val_mae": best}, step=epoch)
-            trained = t - start - overhead
-            overhead += time.perf_counter() - t
-            tune.report({METRIC: best, "val_mae": val_mae, "train_seconds": trained})
+            def on_epoch(epoch: int, val_mae: float, best: float) -> None:
+                nonlocal overhead
+                t = time.perf_counter()
+                tracking.log(ctx, run, {"val_mae": val_mae, "best_val_mae": best}, step=epoch)
+                trained = t - start - overhead
+                overhead += time.perf_counter() - t
+                tune.report({METRIC: best, "val_mae": val_mae, "train_seconds": trained})
 
-        finetune(
-            *plan.target_split(cell),
-            model_cfg=cfg.model,
-            hp=config["hp"],
-            seed=config["seed"],
-            pretrained=state,
-            device=device,
-            on_epoch=on_epoch,
-        )
+            family.finetune(
+                *plan.target_split(cell),
+                hp=config["hp"],
+                seed=config["seed"],
+                pretrained=state,
+                device=device,
+                on_epoch=on_epoch,
+            )
+    except Diverged as e:  # not worth a retry: the same seed diverges again
+        tune.report({METRIC: math.inf, "diverged": str(e)})

@@ -7,7 +7,7 @@ import math
 import ray
 import torch
 
-from s2r_ray.model import Pretrained
+from s2r_ray.models.base import Pretrained
 
 _PRETRAINED: dict[str, Pretrained] = {}
 _KEEP = 4
@@ -19,11 +19,12 @@ def setup_worker(cpus: float) -> str:
     return "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
 
 
-def fetch_pretrained(key: str, ref: ray.ObjectRef) -> Pretrained:
-    """The pretrained network of a cell, kept per process: a reused trial actor usually runs
-    several trials of the same cell in a row."""
+def fetch_pretrained(key: str, reducer: ray.actor.ActorHandle) -> Pretrained:
+    """The pretrained network of a cell, read from the study folder through the reducer (on the
+    driver's node) and kept per process: a reused trial actor usually runs several trials of
+    the same cell in a row."""
     if key not in _PRETRAINED:
         if len(_PRETRAINED) >= _KEEP:
             _PRETRAINED.pop(next(iter(_PRETRAINED)))
-        _PRETRAINED[key] = ray.get(ref)
+        _PRETRAINED[key] = ray.get(reducer.pretrained.remote(key))
     return _PRETRAINED[key]

@@ -27,7 +27,7 @@ YAMLS = sorted([*CLUSTER.rglob("*.yaml"), *CLUSTER.rglob("*.yml")])
 SCRIPTS = sorted([*CLUSTER.rglob("*.sbatch"), *CLUSTER.rglob("*.sh")])
 TEXT_FILES = sorted(p for p in CLUSTER.rglob("*") if p.is_file())
 
-S2R = re.compile(r"(?<![\w./\-\"'`])s2r (?:run|report|fit)\b")  # not inside a word or quotes
+S2R = re.compile(r"(?<![\w./\-\"'`])s2r (?:run|report|fit|submit|jobs)\b")  # not in a word/quotes
 RUNTIME_ENV_KEYS = {
     "working_dir",
     "py_modules",
@@ -222,7 +222,7 @@ def test_every_quoted_s2r_command_parses():
                 args = parser.parse_args(words)
             except SystemExit:
                 pytest.fail(f"{origin}: `s2r {shlex.join(words)}` is not accepted by s2r's parser")
-            if args.command != "run" or any("$" in w for w in words):
+            if args.command not in ("run", "submit") or any("$" in w for w in words):
                 continue
             config = REPO / args.config
             if config.is_file():  # the --set overrides name real fields with valid values

@@ -57,10 +57,20 @@ def test_formulas_normalise_to_one_reduced_formula(formulas, key):
     assert comp.canonical([(f,) for f in formulas]) == [key] * len(formulas)
 
 
-@pytest.mark.parametrize("formula", ["Xx2", "", "fe2o3", "H2O)", "Fe-1", "Fe0", "Na·Cl"])
+@pytest.mark.parametrize("formula", ["Xx2", "", "fe2o3", "H2O)", "Na·Cl"])
 def test_invalid_formulas_are_rejected_with_their_reason(formula):
     comp = make_featurizer("composition")
     assert comp.canonical([(formula,)]) == [Rejection("invalid_formula")]
+
+
+@pytest.mark.parametrize(
+    "formula", ["Fe0O3", "O3Fe0", "Fe0.0O2", "Fe-1", "Fe-1O3", "(FeO)0", "Fe0"]
+)
+def test_a_zero_or_negative_amount_is_rejected_not_dropped(formula):
+    # pymatgen reads "Fe0O3" as O3: the row would silently become another compound
+    comp = make_featurizer("composition")
+    assert comp.canonical([(formula,)]) == [Rejection("zero_or_negative_amount")]
+    assert comp.canonical([("Fe0.5O3",)]) == ["FeO6"]  # a small positive amount stays
 
 
 def test_element_properties_have_no_gaps_and_fill_with_the_mean():

@@ -1,12 +1,15 @@
-"""The pure training functions, on the synthetic pair: no Ray, no MLflow."""
+"""The MLP family through the model seam, on the synthetic pair: no Ray, no MLflow."""
 
 import numpy as np
 import pytest
 import torch
 
-from s2r_ray.config import ModelConfig, PretrainConfig, StudyConfig, SyntheticData
+from s2r_ray.config import PretrainConfig, StudyConfig, SyntheticData
 from s2r_ray.data.synthetic import make_synthetic
-from s2r_ray.model import Network, Scaler, finetune, mae, pretrain
+from s2r_ray.models import make_family
+from s2r_ray.models.base import mae
+from s2r_ray.models.mlp import MLP, MLPFamily, MLPOptions, Scaler
+from s2r_ray.models.torch_family import Network
 from s2r_ray.protocol import make_plan
 
 HP = {"lr": 3e-3, "weight_decay": 1e-4, "epochs": 40, "batch_size": 32, "freeze": 0, "dropout": 0.0}
@@ -20,26 +23,23 @@ def setup():
     return cfg, ds, make_plan(cfg, ds).repetitions[0]
 
 
-def _pretrain(cfg, ds, rep, n):
+def _pretrain(cfg, ds, rep, n, family=None):
     rows = rep.source_subset(n)
-    return pretrain(
+    return (family or make_family(cfg)).pretrain(
         ds.source_X[rows],
         ds.source_y[rows],
         ds.source_X[rep.holdout],
         ds.source_y[rep.holdout],
-        model_cfg=cfg.model,
-        hp=cfg.pretrain,
         seed=0,
     )
 
 
 def _finetune(ds, rep, cfg, state, seed=0, hp=HP, **kwargs):
-    return finetune(
+    return make_family(cfg).finetune(
         ds.target_X[rep.train],
         ds.target_y[rep.train],
         ds.target_X[rep.val],
         ds.target_y[rep.val],
-        model_cfg=cfg.model,
         hp=hp,
         seed=seed,
         pretrained=state,
@@ -59,16 +59,8 @@ def test_pretraining_lowers_the_source_error_and_converges(setup):
 
 def test_pretraining_on_the_step_cap_is_flagged(setup):
     cfg, ds, rep = setup
-    rows = rep.source_subset(500)
-    p = pretrain(
-        ds.source_X[rows],
-        ds.source_y[rows],
-        ds.source_X[rep.holdout],
-        ds.source_y[rep.holdout],
-        model_cfg=cfg.model,
-        hp=PretrainConfig(max_steps=60, min_steps_per_eval=20),
-        seed=0,
-    )
+    capped = MLPFamily(MLPOptions(), PretrainConfig(max_steps=60, min_steps_per_eval=20))
+    p = _pretrain(cfg, ds, rep, 500, capped)
     assert not p.converged and p.steps == 60
 
 
@@ -77,8 +69,8 @@ def test_transfer_beats_no_pretraining_on_a_pair_built_for_it(setup):
     test = rep.test
     base = _finetune(ds, rep, cfg, None)
     tuned = _finetune(ds, rep, cfg, _pretrain(cfg, ds, rep, 2000).state)
-    base_mae = mae(ds.target_y[test], base.network.predict(ds.target_X[test]))
-    transfer_mae = mae(ds.target_y[test], tuned.network.predict(ds.target_X[test]))
+    base_mae = mae(ds.target_y[test], base.predictor.predict(ds.target_X[test]))
+    transfer_mae = mae(ds.target_y[test], tuned.predictor.predict(ds.target_X[test]))
     assert transfer_mae < 0.8 * base_mae
 
 
@@ -88,7 +80,9 @@ def test_finetuning_is_deterministic_for_a_seed(setup):
     state = _pretrain(cfg, ds, rep, 300).state
     a, b, c = (_finetune(ds, rep, cfg, state, seed=s) for s in (7, 7, 8))
     assert a.curve == b.curve
-    np.testing.assert_array_equal(a.network.predict(ds.target_X), b.network.predict(ds.target_X))
+    np.testing.assert_array_equal(
+        a.predictor.predict(ds.target_X), b.predictor.predict(ds.target_X)
+    )
     assert a.curve != c.curve
 
 
@@ -96,7 +90,7 @@ def test_frozen_blocks_do_not_move(setup):
     cfg, ds, rep = setup
     state = _pretrain(cfg, ds, rep, 300).state
     ft = _finetune(ds, rep, cfg, state, hp={**HP, "freeze": 1, "epochs": 3})
-    after = ft.network.state()["weights"]
+    after = ft.predictor.state()["weights"]
     np.testing.assert_array_equal(after["body.0.0.weight"], state["weights"]["body.0.0.weight"])
     assert not np.array_equal(after["body.1.0.weight"], state["weights"]["body.1.0.weight"])
 
@@ -112,12 +106,12 @@ def test_scaler_survives_a_feature_absent_from_the_fitting_rows():
 
 
 def test_network_state_round_trips():
-    cfg = ModelConfig(hidden=[8, 4])
+    family = MLPFamily(MLPOptions(hidden=[8, 4]), PretrainConfig())
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(64, 3)), rng.normal(size=64)
-    ft = finetune(X, y, X, y, model_cfg=cfg, hp={**HP, "epochs": 2}, seed=0)
-    rebuilt = Network.from_state(ft.network.state(), cfg)
-    np.testing.assert_allclose(rebuilt.predict(X), ft.network.predict(X), rtol=1e-6)
+    ft = family.finetune(X, y, X, y, hp={**HP, "epochs": 2}, seed=0)
+    rebuilt = family.load(ft.predictor.state())
+    np.testing.assert_allclose(rebuilt.predict(X), ft.predictor.predict(X), rtol=1e-6)
 
 
 def test_a_trial_stopped_early_is_replayed_exactly(setup):
@@ -146,3 +140,29 @@ def test_a_trial_stopped_early_is_replayed_exactly(setup):
     replay = _finetune(ds, rep, cfg, None, seed=3, hp=hp, stop_epoch=4)
     assert replay.curve == seen
     assert replay.best_val_mae == min(seen)
+
+
+def _rebuilt_network() -> tuple[Network, np.ndarray]:
+    """A network as zero-shot scoring gets it: rebuilt from its state, so on the CPU."""
+    family = MLPFamily(MLPOptions(hidden=[8, 4]), PretrainConfig())
+    X = np.random.default_rng(0).normal(size=(16, 3))
+    net = Network(MLP(3, [8, 4]), Scaler.fit(X), 3, 0.0, 1.0)
+    return family.load(net.state()), X
+
+
+def test_predict_moves_the_network_to_the_requested_device():
+    """Scoring predicts on the device Ray granted with a network rebuilt on the CPU: the module
+    must follow the inputs. On a CPU-only machine the meta device stands in for a GPU (its
+    results hold no data, so they cannot come back to numpy; the placement is the check)."""
+    net, X = _rebuilt_network()
+    with pytest.raises(NotImplementedError, match="meta tensor"):
+        net.predict(X, torch.device("meta"))
+    assert {p.device for p in net.module.parameters()} == {torch.device("meta")}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_predict_on_cuda_matches_the_cpu():
+    net, X = _rebuilt_network()
+    on_cpu = net.predict(X, "cpu")
+    np.testing.assert_allclose(net.predict(X, "cuda"), on_cpu, rtol=1e-4, atol=1e-5)
+    assert next(net.module.parameters()).is_cuda

@@ -19,6 +19,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # name: (source keys, target keys, target keys with a source value), measured on the shared data
 EXPECTED = {
     "bandgap_mp": (78_164, 4_601, 3_372),
+    "bandgap_mp_attention": (78_164, 4_601, 3_372),
     "bandgap_oqmd": (341_608, 4_601, 2_660),
     "chi_cosmo": (1_206, 1_190, 1_178),
     "tg_afzal": (314, 314, 314),

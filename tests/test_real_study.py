@@ -5,13 +5,14 @@ import json
 import pytest
 
 from s2r_ray.config import load_config
-from s2r_ray.reducer import read_ledger
+from s2r_ray.folder import StudyFolder
 from s2r_ray.sweep import run_study
 
 pytestmark = [pytest.mark.ray, pytest.mark.data]
 
 TINY = [
     "sizes=[300,3000,20000]",
+    "target_sizes=null",
     "repetitions=2",
     "model.hidden=[64,32]",
     "pretrain.max_steps=1500",
@@ -38,7 +39,33 @@ def test_tiny_bandgap_study_runs_on_the_real_pair(ray_session, data_dir, tmp_pat
     assert refs["matbench_v0.1_record_MODNet"] == 0.3327
     assert 0.3 < refs["simulation_alone"] < 0.45  # MP PBE gap used directly, same test rows
     assert {"D", "C"} <= set(report["fit"]) and report["extrapolation"]
-    records = read_ledger(tmp_path / "out")
+    records = StudyFolder(tmp_path / "out").ledger()
     assert len(records) == 8 and all(r["status"] == "ok" for r in records)
     assert all(r["reference_rows"] > 0 for r in records)
     assert all(r["source_val_mae"] > 0 for r in records if r["n"])
+
+
+def test_the_attention_family_runs_the_real_pair(ray_session, data_dir, tmp_path):
+    """model.kind: attention through the same study code: element tokens from the `elements`
+    featurizer, pretrained on MP, fine-tuned and scored on experiment."""
+    cfg = load_config(
+        "configs/bandgap_mp_attention.yaml",
+        [
+            "sizes=[3000]",
+            "repetitions=1",
+            "model.d_model=32",
+            "model.n_layers=1",
+            "pretrain.max_steps=600",
+            "finetune.epochs=[4,6]",
+            "finetune.ensemble=1",
+            "tune.trials_per_cell=1",
+            "report.n_boot=100",
+            f"tracking.uri=sqlite:///{tmp_path / 'mlruns.db'}",
+            f"data.cache_dir={tmp_path}",
+        ],
+    )
+    run_study(cfg, tmp_path / "out", echo=lambda line: None)
+    records = {r["n"]: r for r in StudyFolder(tmp_path / "out").ledger()}
+    assert sorted(records) == [0, 3000] and all(r["status"] == "ok" for r in records.values())
+    assert all(0.2 < r["mae"] < 1.0 for r in records.values())
+    assert records[3000]["pretrain_steps"] > 0 and records[3000]["zero_shot_mae"] > 0

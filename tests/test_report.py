@@ -131,7 +131,7 @@ def test_report_with_target_axis_and_equivalent_samples(tmp_path: Path) -> None:
     assert len(report["sizes"]) == 16
     assert report["equivalent_samples"]["m_ref"] == 400
     written = write_report(report, tmp_path)
-    names = ["report.json", "scaling.png", "backtest.png", "target_axis.png"]
+    names = ["report.json", "scaling.png", "backtest.png", "target_axis.png", "report.html"]
     assert [p.name for p in written] == names
 
 
@@ -142,8 +142,9 @@ def test_write_report_gives_strict_json_and_pngs(tmp_path: Path) -> None:
     paths = write_report(report, tmp_path / "out")
     loaded = strict_load(tmp_path / "out" / "report.json")
     assert loaded["study"] == "w" and loaded["diagnostics"][0]["code"] == "non_finite_dropped"
-    for p in paths[1:]:
+    for p in paths[1:-1]:
         assert p.read_bytes()[:8] == PNG
+    assert paths[-1].name == "report.html"
     assert not list((tmp_path / "out").glob(".report.*"))  # the temporary file is gone
 
 

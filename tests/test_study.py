@@ -1,13 +1,14 @@
 """A tiny study end to end on a real local Ray and a real SQLite MLflow store."""
 
 import json
+import re
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from s2r_ray.cli import main
 from s2r_ray.config import build_config
-from s2r_ray.reducer import read_ledger
+from s2r_ray.folder import StudyFolder
 from s2r_ray.sweep import run_study
 
 pytestmark = pytest.mark.ray
@@ -94,7 +95,7 @@ def test_mlflow_holds_the_run_hierarchy(study):
 
 def test_ledger_has_one_record_per_cell_with_the_selected_model(study):
     cfg, out, _, _, lines = study
-    records = read_ledger(out)
+    records = StudyFolder(out).ledger()
     assert len(records) == (len(cfg.sizes) + 1) * cfg.repetitions
     assert len({r["cell"] for r in records}) == len(records)
     for r in records:
@@ -121,6 +122,22 @@ def test_report_command_rebuilds_the_report_from_the_ledger(study, capsys):
     assert "fit E(n)" in capsys.readouterr().out
 
 
+def test_progress_lines_status_and_html_page_of_the_study(study, capsys):
+    cfg, out, _, _, lines = study
+    cells = (len(cfg.sizes) + 1) * cfg.repetitions
+    for line in lines:
+        if "cells]" in line:
+            assert re.search(r" \| [\d.]+ cells/(s|min), ETA \d+:\d\d", line), line
+        if line.startswith("pretraining "):
+            assert re.search(r" \| \d+/\d+, [\d.]+ pretrainings/(s|min), ETA ", line), line
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f": complete, attempt 1; {cells}/{cells} cells finished, 0 failed" in text
+    assert "fit: alpha=" in text
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "What the study found" in page
+
+
 def test_a_target_size_axis_shares_pretraining_across_m(ray_session, tmp_path):
     """With a grid of experimental train sizes m, every (n, m, r) is a cell, pretraining still
     runs once per (n, r), and the report carries the E(n, m) analysis."""
@@ -128,7 +145,7 @@ def test_a_target_size_axis_shares_pretraining_across_m(ray_session, tmp_path):
     raw = {**TINY, "sizes": [60, 400], "target_sizes": [30, 70], "tracking": {"uri": uri}}
     cfg = build_config({**raw, "tune": {"trials_per_cell": 1}, "finetune": {"epochs": [3, 5]}})
     report = run_study(cfg, tmp_path / "out", echo=lambda line: None)
-    records = read_ledger(tmp_path / "out")
+    records = StudyFolder(tmp_path / "out").ledger()
     assert sorted((r["n"], r["m"], r["repetition"]) for r in records) == sorted(
         (n, m, r) for n in (0, 60, 400) for m in (30, 70) for r in range(2)
     )

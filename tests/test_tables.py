@@ -104,9 +104,58 @@ def test_a_missing_file_or_column_is_an_error_naming_it(tmp_path, target):
         load_dataset(data_config(tmp_path, source, target))
 
 
-def test_a_side_with_no_rows_left_is_an_error(tmp_path, target):
-    source = write(tmp_path / "s.csv", "formula,gap\nXx,1.0\nFe2O3,\n")
-    with pytest.raises(DataError, match=r"s\.csv: no source rows left.*invalid_formula=1"):
+def test_a_missing_data_file_says_which_unset_variable_to_set(tmp_path, target, monkeypatch):
+    monkeypatch.delenv("S2R_DATA_DIR", raising=False)
+    cfg = data_config(tmp_path, target, target)
+    cfg.source.path = "${S2R_DATA_DIR:-" + str(tmp_path / "shared") + "}/gaps.csv"
+    with pytest.raises(DataError) as e:
+        load_dataset(cfg)
+    message = str(e.value)
+    assert message.startswith(f"{tmp_path / 'shared' / 'gaps.csv'}: no such data file")
+    assert "data.source.path" in message and "export S2R_DATA_DIR=" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "words"),
+    [
+        ("s.csv", b"", "the file is empty"),
+        ("s.csv", "formula,gap\ncaf\xe9,1.0\n".encode("latin-1"), "not UTF-8 text (byte 0xe9)"),
+        ("s.csv", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 20, "not UTF-8 text (byte 0x89)"),
+        ("s.csv", b"\x00" * 4096, "NUL bytes in the first line"),
+        ("s.csv.gz", b"formula,gap\nFe2O3,1.0\n", "Not a gzipped file"),
+        ("s.parquet", b"formula,gap\nFe2O3,1.0\n", "Parquet magic bytes not found"),
+    ],
+    ids=["empty", "latin-1", "png", "nul", "not-gzip", "not-parquet"],
+)
+def test_a_file_that_is_no_readable_table_is_an_error_naming_it(
+    tmp_path, target, name, content, words
+):
+    source = tmp_path / name
+    source.write_bytes(content)
+    with pytest.raises(DataError) as e:
+        load_dataset(data_config(tmp_path, source, target))
+    message = str(e.value)
+    assert message.startswith(f"{source}: ") and words in message and "\n" not in message
+
+
+def test_a_side_with_no_rows_left_is_an_error_after_its_rows_are_written(tmp_path, target):
+    source = write(tmp_path / "s.csv", "formula,gap\nXx,1.0\nFe2O3,\nFe0O3,2.0\n")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"s\.csv: no source rows left.*invalid_formula=1") as e:
+        load_dataset(data_config(tmp_path, source, target), out_dir=out)
+    assert str(out / "rejected_rows.csv") in str(e.value)
+    rejected = pd.read_csv(out / "rejected_rows.csv", keep_default_na=False)
+    assert rejected[["row", "side", "reason"]].values.tolist() == [
+        [1, "source", "invalid_formula"],
+        [2, "source", "missing_value"],
+        [3, "source", "zero_or_negative_amount"],
+    ]
+
+
+def test_a_header_only_table_is_a_side_with_no_rows(tmp_path, target):
+    source = write(tmp_path / "s.csv", "formula,gap\n")
+    with pytest.raises(DataError, match=r"s\.csv: no source rows left.*source_rows_read=0"):
         load_dataset(data_config(tmp_path, source, target))
 
 
@@ -117,6 +166,22 @@ def test_query_selects_rows_and_a_bad_query_names_the_file(tmp_path, target):
     assert ds.counts["source_rows_not_selected"] == 1
     with pytest.raises(DataError, match=r"s\.csv: data\.source\.query 'lod < 1' failed"):
         load_dataset(data_config(tmp_path, source, target, query="lod < 1"))
+    with pytest.raises(DataError, match=r"query 'load\.foo\(\)' failed: .*no attribute 'foo'"):
+        load_dataset(data_config(tmp_path, source, target, query="load.foo()"))
+
+
+def test_duplicates_that_disagree_are_counted_and_named_in_a_warning(tmp_path, target, caplog):
+    # values 1..9 (interquartile range 2.1, tolerance 0.21): Fe2O3 spreads 1.0, NaCl 0.1
+    source = write(
+        tmp_path / "s.csv",
+        "formula,gap\nFe2O3,2.0\nNaCl,7.0\nFe4O6,3.0\nNaCl,7.1\nSiO2,9.0\nGaAs,1.0\nKCl,6.0\n",
+    )
+    ds = load_dataset(data_config(tmp_path, source, target))
+    assert ds.counts["source_conflicting_duplicates"] == 1
+    assert ds.counts["target_conflicting_duplicates"] == 0
+    assert ds.source_y[list(ds.source_ids).index("Fe2O3")] == pytest.approx(2.5)  # still reduced
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert str(source) in warning and "1 source key(s)" in warning and "Fe2O3 (1)" in warning
 
 
 def test_target_reference_is_the_reduced_computed_value_of_the_same_key(tmp_path, target):

@@ -49,6 +49,7 @@ class FeatureStore:
     ) -> None:
         self.featurizer = featurizer
         self.pool = pool
+        self.file_name = data_file.name
         token = f"{file_digest(data_file)}\n{featurizer.cache_token()}"
         digest = hashlib.sha256(token.encode()).hexdigest()[:24]
         stem = f"{data_file.name}.{featurizer.name}.{digest}"
@@ -62,7 +63,12 @@ class FeatureStore:
         missing = [t for t in ids if t not in known]
         if missing:
             chunks = map_chunks(
-                self.featurizer.canonical, missing, self.featurizer.chunk_size, self.pool
+                self.featurizer.canonical,
+                missing,
+                self.featurizer.chunk_size,
+                self.pool,
+                f"{self.file_name}: parsing identifiers",
+                "ids",
             )
             known.update(zip(missing, (r for chunk in chunks for r in chunk), strict=True))
             self._write_keys(known)
@@ -76,7 +82,12 @@ class FeatureStore:
         missing = [k for k, at in zip(keys, table.index.get_indexer(keys), strict=True) if at < 0]
         if missing:
             chunks = map_chunks(
-                self.featurizer.featurize, missing, self.featurizer.chunk_size, self.pool
+                self.featurizer.featurize,
+                missing,
+                self.featurizer.chunk_size,
+                self.pool,
+                f"{self.file_name}: featurizing ({self.featurizer.name})",
+                "keys",
             )
             new = pd.DataFrame(
                 np.vstack(chunks), index=pd.Index(missing, name="key"), columns=names

@@ -7,14 +7,19 @@ rows of one key by the side's rule. Then join: the target's computed reference v
 features that are constant over both sides dropped.
 
 Bad rows never crash a study and never vanish silently: each is counted by reason in
-`Dataset.counts` and listed in `<out_dir>/rejected_rows.csv`. A missing file, a missing column
-or a side left empty is a `DataError` naming the file, raised before any training.
+`Dataset.counts` and listed in `<out_dir>/rejected_rows.csv`. A missing or unreadable file, a
+missing column, a failing query or a side left empty is a `DataError` naming the file, raised
+before any training (rejected_rows.csv is written first, so an emptied side can be inspected).
+Rows of one key whose values disagree by more than `CONFLICT_TOLERANCE` are still reduced, but
+counted (`<side>_conflicting_duplicates`) and logged as a warning with examples.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import zlib
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from s2r_ray.config import ConfigError, DataConfig, TableSpec
+from s2r_ray.config import ConfigError, DataConfig, TableSpec, UserError
 from s2r_ray.data.cache import FeatureStore
 from s2r_ray.data.dataset import Dataset
 from s2r_ray.data.featurizers import Featurizer, make_featurizer, process_pool
@@ -34,9 +39,13 @@ REJECTED_COLUMNS = ["file", "row", "side", "column", "value", "reason"]
 # cell texts that mean "no value" in a numeric column (id columns keep them: "NaN" is a formula)
 MISSING_TEXT = frozenset({"", "nan", "-nan", "na", "n/a", "null", "none"})
 KEY_SEPARATOR = "|"
+# rows of one key conflict when their values spread over more than this share of the side's
+# interquartile range: scale-free, so it means the same for eV, K or GPa
+CONFLICT_TOLERANCE = 0.1
+TABLE_FORMATS = "expected a UTF-8 CSV (optionally .gz) or a Parquet file"
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A problem with an input table, naming file and column, so it is fixed before training."""
 
 
@@ -91,15 +100,36 @@ class _Rejections:
 
 
 def read_table(path: Path, id_columns: list[str]) -> pd.DataFrame:
-    """The table as written: id columns as text, empty cells as NaN, no other text taken as NaN."""
+    """The table as written: id columns as text, empty cells as NaN, no other text taken as NaN.
+
+    A file that is not a readable table (empty, binary, not UTF-8, corrupt) is a `DataError`
+    naming it, not a parser traceback.
+    """
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
+    try:
+        return _parse_table(path, id_columns)
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x}); {TABLE_FORMATS}"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the file is empty; {TABLE_FORMATS}") from None
+    except (ValueError, OSError, EOFError, zlib.error) as e:  # parser, pyarrow, gzip failures
+        problem = " ".join(str(e).split()) or type(e).__name__
+        raise DataError(f"{path}: cannot be read as a table ({problem}); {TABLE_FORMATS}") from None
+
+
+def _parse_table(path: Path, id_columns: list[str]) -> pd.DataFrame:
+    """`read_table` without the translation of parse failures."""
     if path.suffix in (".parquet", ".pq"):
         table = pd.read_parquet(path).reset_index(drop=True)
         for c in set(id_columns) & set(table.columns):
             table[c] = table[c].map(lambda v: v if pd.isna(v) else str(v))
         return table
     header = pd.read_csv(path, nrows=0).columns
+    if any("\x00" in str(c) for c in header):
+        raise ValueError("NUL bytes in the first line: a binary file")
     return pd.read_csv(
         path,
         keep_default_na=False,
@@ -135,6 +165,8 @@ def _read_selected(
 ) -> tuple[Path, pd.DataFrame, list[str], dict[str, int]]:
     """The file's rows chosen by the query, after checking every named column is there."""
     path = spec.resolved_path()
+    if not path.is_file():
+        raise DataError(_missing_file(spec, side, path))
     table = read_table(path, spec.id_columns)
     row_columns = featurizer.row_columns(list(table.columns))
     roles = dict.fromkeys(spec.id_columns, "id") | {spec.value_column: "value"}
@@ -150,10 +182,21 @@ def _read_selected(
     if spec.query:
         try:
             table = table.query(spec.query)
-        except (KeyError, NameError, SyntaxError, TypeError, ValueError) as e:
-            raise DataError(f"{path}: data.{side}.query {spec.query!r} failed: {e}") from None
+        except Exception as e:  # the expression is the user's, and so is any failure of it
+            problem = " ".join(str(e).split()) or type(e).__name__
+            raise DataError(f"{path}: data.{side}.query {spec.query!r} failed: {problem}") from None
         counts[f"{side}_rows_not_selected"] = counts[f"{side}_rows_read"] - len(table)
     return path, table, row_columns, counts
+
+
+def _missing_file(spec: TableSpec, side: str, path: Path) -> str:
+    """Why the file is not there, when the path took a default for an unset variable: the
+    shipped configs find their data through S2R_DATA_DIR."""
+    message = f"{path}: no such data file (data.{side}.path {spec.path!r})"
+    for name in dict.fromkeys(re.findall(r"\$\{(\w+)", spec.path)):
+        if name not in os.environ:
+            message += f"; {name} is not set, so its default was used: export {name}=/path/to/data"
+    return message
 
 
 def _validate_cells(
@@ -227,12 +270,27 @@ def load_side(
     entity, X_rows = entity[finite], X_rows[finite]
 
     counts |= {f"{side}_{k}": v for k, v in store.stats.items()} | rejections.counts()
-    if entity.empty:
-        summary = ", ".join(f"{k}={v}" for k, v in counts.items())
-        raise DataError(f"{path}: no {side} rows left after selection and cleaning ({summary})")
-    keys, y, row_means, entity_of_key = _reduce(spec, entity, numbers.loc[entity.index], X_rows)
+    numbers = numbers.loc[entity.index]
+    row_key = _row_keys(spec, entity, numbers)
+    keys, y, row_means, entity_of_key = _reduce(spec, row_key, entity, numbers, X_rows)
     counts[f"{side}_duplicates_reduced"] = len(entity) - len(keys)
-    counts[f"{side}_rows"] = len(keys)
+    conflicts = _conflicts(row_key, numbers[spec.value_column])
+    counts[f"{side}_conflicting_duplicates"] = len(conflicts)
+    if len(conflicts):
+        log.warning(
+            "%s: %d %s key(s) have rows whose %s values spread over more than %s of the "
+            "side's interquartile range (%s_conflicting_duplicates), reduced by %s anyway; "
+            "largest spreads: %s",
+            path,
+            len(conflicts),
+            side,
+            spec.value_column,
+            f"{CONFLICT_TOLERANCE:.0%}",
+            side,
+            spec.reduce,
+            ", ".join(f"{k} ({v:.4g})" for k, v in conflicts.nlargest(5).items()),
+        )
+    counts[f"{side}_rows"] = len(keys)  # 0 here is an error, raised once rejected rows are out
     X_keys = X_distinct[pd.Index(distinct).get_indexer(entity_of_key)]
     return Side(
         keys=keys,
@@ -244,22 +302,43 @@ def load_side(
     )
 
 
+def _row_keys(spec: TableSpec, entity: pd.Series, numbers: pd.DataFrame) -> pd.Series:
+    """The key of each row: its entity plus its condition values."""
+    key = entity
+    for c in spec.condition_columns:
+        key = key + KEY_SEPARATOR + numbers[c].map(_format_condition)
+    return key
+
+
+def _conflicts(row_key: pd.Series, values: pd.Series) -> pd.Series:
+    """Spread (max - min) of each key whose rows disagree by more than `CONFLICT_TOLERANCE` of
+    the interquartile range of all rows: duplicates a reduction hides, though they disagree."""
+    groups = values.groupby(row_key, sort=False)
+    spread = groups.max() - groups.min()
+    low, high = values.quantile([0.25, 0.75]) if len(values) else (0.0, 0.0)
+    return spread[spread > CONFLICT_TOLERANCE * (high - low)]
+
+
 def _reduce(
-    spec: TableSpec, entity: pd.Series, numbers: pd.DataFrame, X_rows: np.ndarray
+    spec: TableSpec, key: pd.Series, entity: pd.Series, numbers: pd.DataFrame, X_rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One row per key (entity + condition values): the value reduced by the side's rule, the
     per-row features averaged; keys in order of first appearance in the file.
 
     Returns the keys, their values, their per-row features and their entity keys.
     """
-    key = entity
-    for c in spec.condition_columns:
-        key = key + KEY_SEPARATOR + numbers[c].map(_format_condition)
     codes, keys = pd.factorize(key)
     y = numbers[spec.value_column].groupby(codes).agg(spec.reduce).to_numpy()
     row_means = pd.DataFrame(X_rows).groupby(codes).mean().to_numpy()
     entity_of_key = entity.groupby(codes).first().to_numpy()
     return np.asarray(keys, dtype=str), y, row_means, entity_of_key
+
+
+def _empty_side_message(path: Path, side: str, loaded: Side, rejected_csv: Path | None) -> str:
+    """Why a side has no rows: its counts, and where its rejected rows are listed."""
+    summary = ", ".join(f"{k}={v}" for k, v in loaded.counts.items())
+    where = f"; rejected rows are listed in {rejected_csv}" if rejected_csv is not None else ""
+    return f"{path}: no {side} rows left after selection and cleaning ({summary}){where}"
 
 
 def load_dataset(
@@ -287,16 +366,21 @@ def load_dataset(
     with process_pool(workers) as pool:  # processes start only if a side needs them
         source = load_side(src, "source", featurizer, cache_dir, pool)
         target = load_side(tgt, "target", featurizer, cache_dir, pool)
+    rejected_csv = None
+    if out_dir is not None:  # before any check below: the rejected rows explain a failed one
+        out_dir.mkdir(parents=True, exist_ok=True)
+        rejected_csv = out_dir / "rejected_rows.csv"
+        rejected = pd.concat([source.rejected, target.rejected], ignore_index=True)
+        rejected.to_csv(rejected_csv, index=False)
+    for spec, side, loaded in ((src, "source", source), (tgt, "target", target)):
+        if len(loaded.keys) == 0:
+            raise DataError(_empty_side_message(spec.resolved_path(), side, loaded, rejected_csv))
     if source.feature_names != target.feature_names:
         raise DataError(
             f"{tgt.resolved_path()}: target features differ from the source's "
             f"({sorted(set(source.feature_names) ^ set(target.feature_names))[:10]}); "
             "condition and feature columns must have the same names on both sides"
         )
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rejected = pd.concat([source.rejected, target.rejected], ignore_index=True)
-        rejected.to_csv(out_dir / "rejected_rows.csv", index=False)
 
     reference = pd.Series(source.y, index=source.keys).reindex(target.keys).to_numpy()
     high = np.maximum(source.X.max(axis=0), target.X.max(axis=0))
@@ -306,6 +390,7 @@ def load_dataset(
             f"{src.resolved_path()}, {tgt.resolved_path()}: every feature is constant over "
             "both tables, nothing to learn from"
         )
+    varies |= featurizer.keep_constant  # a layout read by position keeps every column
     counts = source.counts | target.counts
     counts |= {
         "joined_overlap": int(np.isfinite(reference).sum()),

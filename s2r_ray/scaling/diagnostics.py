@@ -240,3 +240,13 @@ def negative_transfer(sizes: list[int]) -> Diagnostic:
         "negative_transfer",
         "pretraining made the error detectably worse at " + ", ".join(f"n={n}" for n in sizes),
     )
+
+
+def failed_cells(failed: list[tuple[str, str]]) -> Diagnostic:
+    """Cells whose trials, pretraining or scoring all failed: the fit uses the others."""
+    shown = "; ".join(f"{cell}: {error}" for cell, error in failed[:5])
+    more = f"; and {len(failed) - 5} more" if len(failed) > 5 else ""
+    return note(
+        "failed_cells",
+        f"{len(failed)} cell(s) failed and are left out of every mean and fit ({shown}{more})",
+    )

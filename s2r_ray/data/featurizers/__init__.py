@@ -15,6 +15,7 @@ from s2r_ray.data.featurizers.base import Featurizer, Rejection, map_chunks, pro
 REGISTRY: dict[str, str] = {
     "columns": "s2r_ray.data.featurizers.columns:ColumnsFeaturizer",
     "composition": "s2r_ray.data.featurizers.composition:CompositionFeaturizer",
+    "elements": "s2r_ray.data.featurizers.elements:ElementsFeaturizer",
     "pair": "s2r_ray.data.featurizers.pair:PairFeaturizer",
     "polymer": "s2r_ray.data.featurizers.polymer:PolymerFeaturizer",
 }

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from s2r_ray import __version__
 from s2r_ray.config import ConfigError
+from s2r_ray.progress import Meter
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -48,6 +49,8 @@ class Featurizer(ABC):
     options_model: ClassVar[type[Options]] = Options
     n_ids: ClassVar[int | None] = 1  # id columns expected (None: any number)
     chunk_size: ClassVar[int] = 20_000  # items per process-pool task
+    # True where a model reads the columns by position: dropping a constant one shifts the rest
+    keep_constant: ClassVar[bool] = False
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         try:
@@ -96,14 +99,26 @@ class Featurizer(ABC):
 
 
 def map_chunks(
-    fn: Callable[[Sequence[T]], R], items: Sequence[T], chunk_size: int, pool: Executor | None
+    fn: Callable[[Sequence[T]], R],
+    items: Sequence[T],
+    chunk_size: int,
+    pool: Executor | None,
+    label: str = "featurizing",
+    unit: str = "items",
 ) -> list[R]:
     """fn over consecutive chunks of items: in the pool's processes when there are several
-    chunks, else here (a pool costs ~1 s to start, more than a single chunk takes)."""
+    chunks, else here (a pool costs ~1 s to start, more than a single chunk takes). Several
+    chunks make a stage long enough to show its progress, rate and ETA on stdout."""
     chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
-    if pool is None or len(chunks) < 2:
+    if len(chunks) < 2:
         return [fn(c) for c in chunks]
-    return list(pool.map(fn, chunks))
+    results = map(fn, chunks) if pool is None else pool.map(fn, chunks)
+    out: list[R] = []
+    with Meter(label, len(items), unit) as meter:
+        for chunk, result in zip(chunks, results, strict=True):
+            out.append(result)
+            meter.add(len(chunk))
+    return out
 
 
 @contextmanager

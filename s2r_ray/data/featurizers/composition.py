@@ -5,7 +5,8 @@ precision of the shared data's `comp_key`), written as the smallest integer form
 fractions allow (multiplier up to 100), elements in alphabetical order: `Hg0.7Cd0.3Te`,
 `Cd3Hg7Te10` and `Hg0.35Cd0.15Te0.5` all become `Cd3Hg7Te10`, `Fe4O6` becomes `Fe2O3`. Fractions
 with no such multiplier stay fractional (`Fe0.3335Li0.1665O0.5`). An element below 0.00005 atomic
-fraction rounds away, as in `comp_key`.
+fraction rounds away, as in `comp_key`; one written with a zero or negative amount (`Fe0O3`,
+`Fe-1O3`) is a rejected row (`zero_or_negative_amount`), where pymatgen would drop it silently.
 
 Element property table: built once per process from pymatgen. A property pymatgen lacks for an
 element (e.g. the electronegativity of noble gases, most properties of Z > 103) is filled with
@@ -45,13 +46,15 @@ ELEMENT_PROPERTIES: tuple[tuple[str, str], ...] = (
 ORBITALS = "spdf"
 STATS = ("mean", "min", "max", "range", "mad")
 _KEY_TOKEN = re.compile(r"([A-Z][a-z]?)([0-9.]*)")
+_WRITTEN_AMOUNT = re.compile(r"(?<=[A-Za-z)\]])-?[0-9.]+")  # the number after a symbol or group
 _DECIMALS = 4
 _MAX_MULTIPLIER = 100
 
 
 @cache
-def element_table() -> tuple[tuple[str, ...], dict[str, int], tuple[str, ...], np.ndarray]:
-    """(symbols, symbol -> row, property names, (elements x properties) float64), fills applied."""
+def raw_element_table() -> tuple[tuple[str, ...], tuple[str, ...], np.ndarray]:
+    """(symbols, property names, (elements x properties) float64) as pymatgen has them: NaN
+    where it has none, so a consumer can tell measured values from fills."""
     elements = list(Element)
     names = [n for n, _ in ELEMENT_PROPERTIES]
     names += [f"valence_{o}" for o in ORBITALS] + ["valence_total"]
@@ -62,10 +65,15 @@ def element_table() -> tuple[tuple[str, ...], dict[str, int], tuple[str, ...], n
             for j, (_, attr) in enumerate(ELEMENT_PROPERTIES):
                 table[i, j] = _number(el, attr)
             table[i, len(ELEMENT_PROPERTIES) :] = _valence(el)
-    column_means = np.nanmean(table, axis=0)
-    table = np.where(np.isnan(table), column_means, table)
-    symbols = tuple(el.symbol for el in elements)
-    return symbols, {s: i for i, s in enumerate(symbols)}, tuple(names), table
+    return tuple(el.symbol for el in elements), tuple(names), table
+
+
+@cache
+def element_table() -> tuple[tuple[str, ...], dict[str, int], tuple[str, ...], np.ndarray]:
+    """(symbols, symbol -> row, property names, (elements x properties) float64), fills applied."""
+    symbols, names, raw = raw_element_table()
+    table = np.where(np.isnan(raw), np.nanmean(raw, axis=0), raw)
+    return symbols, {s: i for i, s in enumerate(symbols)}, names, table
 
 
 def _number(el: Element, attr: str) -> float:
@@ -111,6 +119,18 @@ def parse_key(key: str) -> dict[str, float]:
     return {s: a / total for s, a in amounts.items()}
 
 
+def _has_non_positive_amount(formula: str) -> bool:
+    """Whether an element or group is written with an amount <= 0: pymatgen drops a zero
+    ("Fe0O3" is O3 to it), and a typo must not become another compound."""
+    for text in _WRITTEN_AMOUNT.findall(formula):
+        try:
+            if float(text) <= 0:
+                return True
+        except ValueError:  # "1.2.3": malformed, pymatgen rejects it
+            continue
+    return False
+
+
 class CompositionOptions(Options):
     element_fractions: bool = True
 
@@ -120,7 +140,7 @@ class CompositionFeaturizer(Featurizer):
     property, then (option) the atomic fraction of every element pymatgen knows."""
 
     name = "composition"
-    version = "1"
+    version = "2"
     options_model = CompositionOptions
 
     @property
@@ -139,13 +159,15 @@ class CompositionFeaturizer(Featurizer):
 
     @staticmethod
     def _canonical_formula(formula: str) -> str | Rejection:
+        if _has_non_positive_amount(formula):
+            return Rejection("zero_or_negative_amount")
         try:
             comp = Composition(formula)
         except (ValueError, KeyError, TypeError, IndexError):
             return Rejection("invalid_formula")
         total = comp.num_atoms
         if total <= 0 or not all(isinstance(el, Element) for el in comp):
-            return Rejection("invalid_formula")  # empty ("Fe0") or a dummy species ("Xx")
+            return Rejection("invalid_formula")  # no atoms ("") or a dummy species ("Xx")
         key = _format_key({el.symbol: amount / total for el, amount in comp.items()})
         return key or Rejection("invalid_formula")
 

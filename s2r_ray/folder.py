@@ -1,0 +1,235 @@
+"""The study folder (`--out`): the study's durable state, and the only code that reads or
+writes it, so that any process (a resumed run, `s2r report`, `s2r status`) can pick a study up.
+
+What <out> holds, and when each part is written:
+
+- ``config.yaml``: the resolved config, written once the study's inputs have loaded, never over
+  another study's. ``study.json``: the config's hash, the MLflow ids (tracking URI, experiment,
+  study run, size runs) as soon as the runs exist, the status, the seconds of earlier attempts.
+- ``cells.jsonl``: the ledger, one record per finished cell, appended and fsynced by the reducer
+  as each cell ends; a cell id already there is never appended again.
+- ``pretrained/<n>-r<r>.pkl``: each pretrained network, written by the driver as soon as its
+  task has ended.
+- ``optuna.journal``: every cell's Optuna history, written at each ask and tell, so a half-tuned
+  cell continues with its remaining trials.
+- ``report.json``, ``report.html``, plots: rebuilt from the ledger at start, at each completed
+  size and at the end. ``rejected_rows.csv``: input rows rejected while loading.
+- ``ray/``: Tune's scratch state of the current attempt (nothing resumes from it).
+- ``superseded/<UTC time>/``: a previous study moved aside by ``--fresh``.
+
+Every file is written whole to a temporary name and renamed, except the append-only ledger and
+journal, so a kill at any moment leaves each file either old or new.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from s2r_ray.config import ConfigError, StudyConfig, build_config
+
+CONFIG, STATE, LEDGER, JOURNAL = "config.yaml", "study.json", "cells.jsonl", "optuna.journal"
+PRETRAINED, SUPERSEDED = "pretrained", "superseded"
+# How a study is executed, not what it computes: these may change when a study is resumed.
+EXECUTION_FIELDS = (
+    "tune.resources",
+    "tune.pretrain_resources",
+    "tune.pretrain_slots",
+    "tune.max_failures",
+    "tune.placement_timeout_s",
+)
+
+
+class StudyMismatch(ConfigError):
+    """The folder holds another study: resuming into it would mix two studies' results."""
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out |= _flat(v, f"{prefix}{k}.")
+    return out
+
+
+def _defining(cfg: StudyConfig) -> dict[str, Any]:
+    """The config fields that decide the study's results."""
+    flat = _flat(cfg.model_dump(mode="json"))
+    return {
+        k: v for k, v in flat.items() if not any(k.startswith(f + ".") for f in EXECUTION_FIELDS)
+    }
+
+
+def config_hash(cfg: StudyConfig) -> str:
+    blob = json.dumps(_defining(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _repair_tail(path: Path) -> None:
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    cut = data.rfind(b"\n") + 1
+    with open(path.with_name(path.name + ".partial"), "ab") as f:
+        f.write(data[cut:] + b"\n")
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+    warnings.warn(f"{path}: set a partial last record aside (a kill mid-write)", stacklevel=3)
+
+
+class StudyFolder:
+    """One study's folder; see the module docstring for what it holds."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+
+    def claim(self) -> None:
+        """Make this process the folder's only driver, and repair what a kill left behind: a
+        partial last line of the ledger or journal is set aside (into <name>.partial) so the
+        next append starts on its own line, and Optuna's lock of the dead process is dropped.
+
+        The lock is an flock, released by the kernel however the process ends."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / ".driver.lock", "a+")  # noqa: SIM115 (held until exit)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{self.path}: another s2r process is running this study") from None
+        for name in (LEDGER, JOURNAL):
+            _repair_tail(self.path / name)
+        (self.path / (JOURNAL + ".lock")).unlink(missing_ok=True)
+
+    # -- config and state -------------------------------------------------------------------
+
+    def has_study(self) -> bool:
+        return (self.path / CONFIG).is_file()
+
+    def config(self) -> StudyConfig:
+        """The stored config, re-validated (so a hand-edited file is checked like any other)."""
+        path = self.path / CONFIG
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"{path}: cannot read the study's config ({e})") from None
+        return build_config(raw, origin=str(path))
+
+    def check_same_study(self, cfg: StudyConfig) -> None:
+        """Refuse to resume a different study here, naming the fields that differ."""
+        if not self.has_study():
+            return
+        stored = self.config()
+        if config_hash(stored) == config_hash(cfg):
+            return
+        old, new = _defining(stored), _defining(cfg)
+        diff = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+        shown = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in diff[:4])
+        more = f" (and {len(diff) - 4} more)" if len(diff) > 4 else ""
+        raise StudyMismatch(
+            f"{self.path} holds another study ({stored.name!r}) whose config differs: "
+            f"{shown}{more}. Use another --out, or --fresh to start over there (the old study "
+            f"is moved to {self.path / SUPERSEDED}/, not deleted)"
+        )
+
+    def set_aside(self) -> Path | None:
+        """Move everything of the previous study into superseded/<UTC time>/ (for --fresh)."""
+        keep = {SUPERSEDED, ".driver.lock"}
+        entries = [p for p in self.path.iterdir() if p.name not in keep]
+        if not entries:
+            return None
+        dest = self.path / SUPERSEDED / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest.mkdir(parents=True)
+        for p in entries:
+            shutil.move(str(p), dest / p.name)
+        return dest
+
+    def write_config(self, cfg: StudyConfig) -> None:
+        """Record the study's config, once its inputs have loaded (never over another study's)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.has_study():
+            self.check_same_study(cfg)
+            return
+        text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        _atomic_write(self.path / CONFIG, text.encode())
+        self.update_state(config_hash=config_hash(cfg), study=cfg.name, status="running")
+
+    def state(self) -> dict[str, Any]:
+        path = self.path / STATE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def update_state(self, **fields: Any) -> dict[str, Any]:
+        state = self.state() | fields
+        _atomic_write(self.path / STATE, json.dumps(state, indent=1).encode())
+        return state
+
+    # -- the ledger ------------------------------------------------------------------------
+
+    def ledger(self) -> list[dict]:
+        """Finished cells, first record per cell id. A partial last line (what a kill mid-write
+        leaves) is skipped with a warning; a damaged line elsewhere is an error naming it."""
+        path = self.path / LEDGER
+        if not path.is_file():
+            return []
+        lines = path.read_text().split("\n")
+        records: dict[str, dict] = {}
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if i == len(lines):  # no newline after it: the write never finished
+                    warnings.warn(f"{path}:{i}: skipping a partial last record", stacklevel=2)
+                    continue
+                raise ConfigError(f"{path}:{i}: not a JSON cell record: {line[:80]!r}") from None
+            records.setdefault(record["cell"], record)
+        return list(records.values())
+
+    def append_cell(self, record: dict) -> None:
+        with open(self.path / LEDGER, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    # -- pretrained networks and tuning history ----------------------------------------------
+
+    def _pretrained_path(self, key: str) -> Path:
+        return self.path / PRETRAINED / f"{key}.pkl"
+
+    def save_pretrained(self, key: str, pretrained: Any) -> None:
+        self._pretrained_path(key).parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self._pretrained_path(key), pickle.dumps(pretrained))
+
+    def load_pretrained(self, key: str) -> Any:
+        return pickle.loads(self._pretrained_path(key).read_bytes())
+
+    def pretrained_keys(self) -> set[str]:
+        folder = self.path / PRETRAINED
+        return {p.stem for p in folder.glob("*.pkl")} if folder.is_dir() else set()
+
+    def journal_path(self) -> Path:
+        return self.path / JOURNAL
+
+    def tune_path(self) -> Path:
+        return (self.path / "ray").resolve()

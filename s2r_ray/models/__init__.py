@@ -1,0 +1,39 @@
+"""Model families behind one seam (`base.Family`): `model.kind` in the config picks one.
+
+A new family is one module defining a `Family` and one line here (or `register` from user code,
+e.g. a test). Modules are imported on first use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from s2r_ray.config import StudyConfig
+    from s2r_ray.models.base import Family
+
+FAMILIES: dict[str, str | type[Family]] = {
+    "mlp": "s2r_ray.models.mlp:MLPFamily",
+    "attention": "s2r_ray.models.attention:AttentionFamily",
+}
+
+
+def register(kind: str, family: type[Family]) -> None:
+    FAMILIES[kind] = family
+
+
+def family_class(kind: str) -> type[Family]:
+    if kind not in FAMILIES:
+        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(sorted(FAMILIES))}")
+    entry = FAMILIES[kind]
+    if isinstance(entry, str):
+        module, name = entry.split(":")
+        entry = FAMILIES[kind] = getattr(import_module(module), name)
+    return entry
+
+
+def make_family(cfg: StudyConfig) -> Family:
+    """The configured family, its options validated by its own schema."""
+    cls = family_class(cfg.model.kind)
+    return cls(cls.Options.model_validate(cfg.model.options()), cfg.pretrain)

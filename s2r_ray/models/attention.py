@@ -1,0 +1,158 @@
+"""Composition attention (CrabNet/Roost-like): a composition as a set of element tokens.
+
+Input: the `elements` featurizer's rows, K atomic numbers (0 = padding) then K atomic fractions,
+as float32, unscaled. Each element is embedded by a trainable linear map of its standardised
+pymatgen properties (so an element rare in the source still starts from chemistry, not from a
+random vector), its fraction is added as a sinusoidal encoding of the fraction and of its
+logarithm (dopant levels and majority elements both resolved), a small pre-norm transformer
+encoder lets the elements see each other, and the fraction-weighted mean of the tokens goes
+through an MLP head. Nothing depends on token order, so the prediction is a function of the
+composition alone; padding is masked out of attention and weighted 0 in the pooling.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from s2r_ray.data.featurizers.elements import embedding_table
+from s2r_ray.models import base
+from s2r_ray.models.torch_family import TorchFamily
+
+FRACTION_FREQUENCIES = 8  # sin/cos pairs per encoded quantity: resolution ~1/2^8 of its range
+LOG_FRACTION_FLOOR = 1e-5  # below the featurizer's smallest fraction (5e-5)
+
+
+def split_inputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(atomic numbers as long, fractions) from (batch, 2K) featurizer rows."""
+    if x.dim() != 2 or x.shape[1] % 2:
+        raise ValueError(f"expected (batch, 2K) rows of K Z then K fractions, got {tuple(x.shape)}")
+    k = x.shape[1] // 2
+    return x[:, :k].round().long(), x[:, k:]
+
+
+def _compact(z: torch.Tensor, frac: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elements moved before padding (stable), then padding-only slots cut: attention cost
+    follows the widest composition of the batch, not K."""
+    padding = z == 0
+    order = torch.argsort(padding.to(torch.uint8), dim=1, stable=True)
+    width = max(int((~padding).sum(dim=1).max()), 1)
+    order = order[:, :width]
+    return z.gather(1, order), frac.gather(1, order)
+
+
+class Head(nn.Sequential):
+    """Pooled composition -> one value: the part fine-tuning re-initialises."""
+
+    def __init__(self, d_model: int, hidden: int, dropout: float) -> None:
+        super().__init__(
+            nn.Linear(d_model, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        )
+
+    def reset_parameters(self) -> None:
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                layer.reset_parameters()
+
+
+class CompositionAttention(nn.Module):
+    """Element-property embedding + fraction encoding -> transformer encoder -> pooled -> head."""
+
+    def __init__(
+        self,
+        d_model: int = 64,
+        n_heads: int = 4,
+        n_layers: int = 2,
+        ff_width: int = 128,
+        head_hidden: int = 64,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        properties = torch.from_numpy(embedding_table())
+        self.register_buffer("properties", properties, persistent=False)  # rebuilt, not shipped
+        self.register_buffer(
+            "frequencies",
+            math.pi * 2.0 ** torch.arange(FRACTION_FREQUENCIES, dtype=torch.float32),
+            persistent=False,
+        )
+        self.element = nn.Linear(properties.shape[1], d_model)
+        self.fraction = nn.Linear(4 * FRACTION_FREQUENCIES, d_model)
+        layer = nn.TransformerEncoderLayer(
+            d_model,
+            n_heads,
+            ff_width,
+            dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(
+            layer, n_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
+        )
+        self.head = Head(d_model, head_hidden, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, 2K) featurizer rows -> (batch,) predictions."""
+        z, frac = _compact(*split_inputs(x))
+        tokens = self.element(self.properties[z]) + self.fraction(self._encode_fraction(frac))
+        h = self.encoder(tokens, src_key_padding_mask=z == 0)
+        pooled = (h * frac.unsqueeze(-1)).sum(dim=1)  # fractions sum to 1 and are 0 on padding
+        return self.head(pooled).squeeze(-1)
+
+    def _encode_fraction(self, frac: torch.Tensor) -> torch.Tensor:
+        """sin/cos of the fraction and of its log rescaled to [0, 1], at octave frequencies."""
+        log = torch.log(frac.clamp_min(LOG_FRACTION_FLOOR)) / math.log(LOG_FRACTION_FLOOR)
+        angles = torch.stack([frac, log], dim=-1).unsqueeze(-1) * self.frequencies
+        return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+    def freeze(self, k: int) -> None:
+        """Freeze the embedding (k >= 1) and the first k - 1 encoder layers, as `MLP.freeze`
+        freezes its first k blocks: the lowest layers carry the most generic features."""
+        stages = [nn.ModuleList([self.element, self.fraction]), *self.encoder.layers]
+        for i, stage in enumerate(stages):
+            for p in stage.parameters():
+                p.requires_grad_(i >= k)
+
+
+class AttentionOptions(base.Options):
+    d_model: int = Field(64, ge=8)
+    n_heads: int = Field(4, ge=1)
+    n_layers: int = Field(2, ge=1)
+    ff_width: int = Field(128, ge=8)
+    head_hidden: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> AttentionOptions:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
+        return self
+
+
+class Passthrough:
+    """The `elements` rows are the network's inputs already: atomic numbers must stay exact."""
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(X, dtype=np.float32)
+
+    def state(self) -> dict:
+        return {}
+
+
+class AttentionFamily(TorchFamily):
+    """`model.kind: attention`, on the `elements` featurizer's rows (data.*.featurizer)."""
+
+    Options = AttentionOptions
+    options: AttentionOptions
+
+    def build(self, n_in: int, dropout: float) -> CompositionAttention:
+        return CompositionAttention(**self.options.model_dump(), dropout=dropout)
+
+    def fit_encoder(self, X: np.ndarray) -> Passthrough:
+        return Passthrough()
+
+    def encoder_from_state(self, state: dict) -> Passthrough:
+        return Passthrough()

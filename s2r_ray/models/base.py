@@ -1,0 +1,123 @@
+"""The model seam: what the study asks of a model family, and what it gets back.
+
+The trial, scoring and pretraining code call a `Family` and never ask which one it is: a new
+architecture is one class (and one registry line in `s2r_ray.models`), like a scikit-learn
+estimator: options in the constructor, `pretrain`, `finetune`, `load`, and its own search space
+and notion of an epoch for ASHA. No Ray, no MLflow.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from optuna.distributions import BaseDistribution
+from pydantic import BaseModel, ConfigDict
+
+from s2r_ray.config import FinetuneSpace, PretrainConfig
+
+OnEpoch = Callable[[int, float, float], None]  # (epoch, val MAE, best val MAE so far)
+
+
+class Diverged(ArithmeticError):
+    """Training produced a non-finite loss or error: a failed trial, not a failed study."""
+
+
+class Options(BaseModel):
+    """A family's own config fields (the `model` section besides `kind`); unknown ones are
+    errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Predictor(Protocol):
+    def predict(self, X: np.ndarray, device: str = "cpu") -> np.ndarray: ...
+
+
+@dataclass
+class Pretrained:
+    """A pretraining outcome: the model's state (plain arrays and numbers, cheap to ship and to
+    write to disk) and the evidence that it converged."""
+
+    state: dict
+    source_val_mae: float
+    steps: int
+    converged: bool
+    seconds: float
+    curve: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class FineTuned:
+    predictor: Predictor
+    best_val_mae: float
+    curve: list[float] = field(default_factory=list)
+
+
+def mae(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean(np.abs(np.asarray(y_true, float) - np.asarray(y_pred, float))))
+
+
+def rmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.asarray(y_true, float) - np.asarray(y_pred, float)) ** 2)))
+
+
+class Family(ABC):
+    """A model family. Fine-tuning is deterministic for a given seed and `stop_epoch`, so the
+    scorer can rebuild exactly the model a trial selected."""
+
+    Options: ClassVar[type[Options]] = Options
+
+    def __init__(self, options: Options, pretrain: PretrainConfig):
+        self.options, self.pretrain_hp = options, pretrain
+
+    @abstractmethod
+    def search_space(
+        self, space: FinetuneSpace, baseline: bool
+    ) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
+        """Optuna distributions to search and fixed values, for a cell with or without a
+        pretrained model."""
+
+    @abstractmethod
+    def max_epochs(self, space: FinetuneSpace) -> int:
+        """The most epochs a trial can report: ASHA's horizon, in this family's epochs."""
+
+    @abstractmethod
+    def pretrain(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray,
+        y_val: np.ndarray,
+        *,
+        seed: int,
+        X_extra: np.ndarray | None = None,
+        device: str = "cpu",
+    ) -> Pretrained:
+        """Fit the source rows, stopping on the source hold-out. `X_extra`: unlabelled target
+        train rows a family may use to scale its inputs."""
+
+    @abstractmethod
+    def finetune(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray,
+        y_val: np.ndarray,
+        *,
+        hp: dict,
+        seed: int,
+        pretrained: dict | None = None,
+        device: str = "cpu",
+        on_epoch: OnEpoch | None = None,
+        stop_epoch: int | None = None,
+    ) -> FineTuned:
+        """Train on the experimental rows from a pretrained state (or from scratch when None);
+        `on_epoch` after each epoch; `stop_epoch` replays a trial stopped early."""
+
+    @abstractmethod
+    def load(self, state: dict) -> Predictor:
+        """The pretrained model itself, for its zero-shot error."""

@@ -1,0 +1,532 @@
+"""report.html: the whole study in one self-contained page a scientist can mail.
+
+Built from the report dict and the files beside it (the plots, config.yaml,
+rejected_rows.csv); it writes nothing and fetches nothing. Plots are embedded as base64 PNG,
+the style is inline, there is no script: the page opens offline, in any mail client's browser,
+and prints. Every text from the report or the files is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from s2r_ray import __version__
+from s2r_ray.progress import fmt_duration
+from s2r_ray.protocol import size_key
+
+EXAMPLES_PER_REASON = 3
+CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
+ color:#1d232b;background:#f5f6f8;margin:0}
+main{max-width:1040px;margin:0 auto;padding:24px 32px 48px;background:#fff}
+h1{font-size:26px;margin:0 0 4px}h2{font-size:19px;margin:32px 0 8px;
+ border-bottom:2px solid #e3e6ea;padding-bottom:4px}h3{font-size:16px;margin:20px 0 6px}
+.sub{color:#56606b;margin:0 0 16px}.badge{display:inline-block;padding:1px 8px;border-radius:9px;
+ font-size:13px;font-weight:600;background:#e3e6ea}.complete{background:#d5f0dc;color:#14532d}
+.running{background:#fff1c2;color:#6b4d00}.failed,.interrupted{background:#fbd5d5;color:#7f1d1d}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(210px,1fr));gap:12px;
+ margin:16px 0}.card{border:1px solid #e3e6ea;border-radius:8px;padding:10px 14px}
+.card .k{font-size:13px;color:#56606b}.card .v{font-size:22px;font-weight:600}
+.card .ci{font-size:13px;color:#56606b}
+ul.found li{margin:4px 0}figure{margin:16px 0}figure img{max-width:100%;height:auto;
+ border:1px solid #e3e6ea}figcaption{font-size:13px;color:#56606b}
+table{border-collapse:collapse;margin:8px 0;font-size:13.5px;font-variant-numeric:tabular-nums}
+th,td{padding:4px 9px;border-bottom:1px solid #e3e6ea;text-align:right;vertical-align:top}
+td{white-space:nowrap}.scroll{overflow-x:auto}
+th{background:#f0f2f5}td.l,th.l{text-align:left}tr:nth-child(even) td{background:#fafbfc}
+.note{border-left:4px solid #e0a800;background:#fffaeb;padding:6px 12px;margin:6px 0}
+.note code{color:#6b4d00}pre{background:#f0f2f5;padding:12px;overflow-x:auto;font-size:12.5px;
+ columns:3 260px;column-rule:1px solid #dde1e6}
+.muted{color:#56606b;font-size:13px}
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(x: object, digits: int = 4) -> str:
+    """A number as a person reads it: 4 significant digits, whole sizes with separators."""
+    if x is None:
+        return "–"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if abs(x) >= 1000:  # a size: 85,600 rather than 8.56e+04
+        return f"{float(f'{x:.{digits}g}'):,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def _ci(bounds: Sequence | None, digits: int = 4) -> str:
+    return "" if not bounds else f"[{_num(bounds[0], digits)}, {_num(bounds[1], digits)}]"
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], left: int = 1) -> str:
+    """A table whose first `left` columns are text (left-aligned) and the rest numbers; no
+    header row when `headers` is empty. Scrolls sideways rather than squeezing its numbers."""
+
+    def cells(tag: str, row: Sequence[object]) -> str:
+        return "".join(
+            f"<{tag}{' class=l' if i < left else ''}>{_e(v)}</{tag}>" for i, v in enumerate(row)
+        )
+
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    head = f"<thead><tr>{cells('th', headers)}</tr></thead>" if headers else ""
+    return f'<div class="scroll"><table>{head}<tbody>{body}</tbody></table></div>'
+
+
+def _section(title: str, anchor: str, body: str) -> str:
+    return f'<section id="{anchor}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+def _image(path: Path | None, alt: str, caption: str) -> str:
+    if path is None or not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
+
+
+def _units(report: dict) -> str:
+    return f" {report['units']}" if report.get("units") else ""
+
+
+def _in_units(report: dict) -> str:
+    return f" ({report['units']})" if report.get("units") else ""
+
+
+def _largest(report: dict) -> dict | None:
+    """The largest transfer size at the fit's m: where the measured gain is best seen."""
+    m = (report.get("fit") or {}).get("m")
+    sizes = [s for s in report.get("sizes") or [] if m is None or s.get("m") == m]
+    return sizes[-1] if sizes else None
+
+
+# -- the answer, in numbers and words ---------------------------------------------------------
+
+
+def _cards(report: dict) -> str:
+    """The headline numbers, each with its interval."""
+    fit, u = report.get("fit") or {}, _in_units(report)
+    cards: list[tuple[str, object, Sequence | None]] = []
+    if fit.get("C") is not None:
+        codes = {d["code"] for d in report.get("diagnostics", [])}
+        what = "not identified" if "alpha_not_identified" in codes else "how fast simulation helps"
+        cards.append((f"α ({what})", fit.get("alpha"), fit.get("alpha_ci90")))
+        cards.append((f"C, the transfer gap{u}", fit["C"], fit.get("C_ci90")))
+    largest, base = _largest(report), report.get("baseline")
+    if largest:
+        label = f"test MAE at n = {_num(largest['n'])}{u}"
+        cards.append((label, largest["test_mae_mean"], largest.get("test_mae_ci90")))
+    if base and base.get("test_mae_mean") is not None:
+        label = f"test MAE without pretraining{u}"
+        cards.append((label, base["test_mae_mean"], base.get("test_mae_ci90")))
+    ext = (report.get("extrapolation") or [None])[0]
+    if ext and ext.get("mae") is not None:
+        label = f"predicted MAE at n = {_num(ext['n'], 3)}{u}"
+        cards.append((label, ext["mae"], ext.get("mae_ci90")))
+    html_cards = "".join(
+        f'<div class="card"><div class="k">{_e(label)}</div><div class="v">'
+        f'{_e(_num(value, 3))}</div><div class="ci">{_e(_ci(bounds, 3))}</div></div>'
+        for label, value, bounds in cards
+    )
+    return f'<div class="cards">{html_cards}</div>' if cards else ""
+
+
+def _cut(alpha: float) -> str:
+    """How much of the error above C a tenfold increase of n removes, as a percentage."""
+    return f"{100 * (1 - 10**-alpha):.0f}%"
+
+
+def _law_words(report: dict) -> list[str]:
+    """The fitted law and what each parameter means for the reader's next simulation."""
+    fit, u = report.get("fit") or {}, _units(report)
+    level = f"{round(100 * (fit.get('ci') or 0.9))}%"
+    if fit.get("C") is None:
+        why = next(
+            (d["message"] for d in report.get("diagnostics", []) if d["code"] == "too_few_sizes"),
+            "the finished sizes do not support a fit yet",
+        )
+        return [f"No scaling law yet: {why}."]
+    used = fit.get("sizes_used") or []
+    where = f" at m = {_num(fit['m'])} experimental training rows" if fit.get("m") else ""
+    out = [
+        f"Fitted law: E(n) = D·n^−α + C with D = {_num(fit['D'])} {_ci(fit.get('D_ci90'))}, "
+        f"α = {_num(fit.get('alpha'), 3)} {_ci(fit.get('alpha_ci90'), 3)}, "
+        f"C = {_num(fit['C'])} {_ci(fit.get('C_ci90'))}{u} ({level} bootstrap intervals over "
+        f"repetitions), from {len(used)} sizes n = {_num(min(used))} … {_num(max(used))}{where}."
+    ]
+    return out + _meaning(fit, {d["code"] for d in report.get("diagnostics", [])}, u)
+
+
+def _meaning(fit: dict, codes: set[str], u: str) -> list[str]:
+    """What α and C say, in words, as far as the diagnostics let them say anything."""
+    alpha, bounds, C = fit.get("alpha"), fit.get("alpha_ci90"), _num(fit["C"])
+    if alpha is None:
+        return [
+            "The curve is flat: within the noise, more simulated rows do not change the error, "
+            f"which stays at C = {C}{u}"
+        ]
+    if "alpha_not_identified" in codes:
+        return [
+            "What α and C mean here: nothing firm yet. The errors do not fall clearly enough "
+            "against their noise to say how fast more simulation helps or where the error "
+            "levels off (see the notes): do not quote α or C, or extrapolate far."
+        ]
+    span = f" (between {_cut(bounds[0])} and {_cut(bounds[1])})" if bounds else ""
+    edge = (
+        " α sits at the edge of its allowed range: the form fits poorly."
+        if "alpha_at_bound" in codes
+        else ""
+    )
+    if "C_at_bound" in codes:
+        gap = (
+            "What C means: C = 0 here, no levelling off is seen yet, so the law assumes the "
+            "error keeps falling as a pure power law; the transfer gap is not measured."
+        )
+    elif "C_indistinguishable_from_zero" in codes:
+        gap = (
+            f"What C means: the error would level off at C = {C}{u}, the transfer gap that no "
+            "number of simulated rows closes, but its interval reaches 0: the data cannot tell "
+            "a gap from none, so read C as an upper bound."
+        )
+    else:
+        gap = (
+            f"What C means: the error levels off at C = {C}{u}, the transfer gap between this "
+            "simulation and experiment that no number of simulated rows closes."
+        )
+    return [
+        f"What α means: each tenfold increase in simulated rows cuts the part of the error "
+        f"above C by {_cut(alpha)}{span}.{edge}",
+        gap,
+    ]
+
+
+def _findings(report: dict) -> list[str]:
+    """Measured gain, predictions, target and references: one sentence each."""
+    u, out = _units(report), []
+    largest, base = _largest(report), report.get("baseline")
+    if largest and largest.get("test_mae_mean") is not None:
+        text = (
+            f"Measured: at the largest size n = {_num(largest['n'])}, test MAE "
+            f"{_num(largest['test_mae_mean'])} {_ci(largest.get('test_mae_ci90'))}{u}"
+        )
+        gain = largest.get("paired_gain")
+        if base and base.get("test_mae_mean") is not None and gain:
+            text += (
+                f", against {_num(base['test_mae_mean'])} {_ci(base.get('test_mae_ci90'))} "
+                f"without pretraining: pretraining lowers it by {_num(gain['mean'])} "
+                f"{_ci(gain.get('ci90'))} on the same splits, better in {gain['wins']} of "
+                f"{gain['repetitions']} repetitions"
+            )
+        out.append(text)
+    for e in report.get("extrapolation") or []:
+        if e.get("mae") is not None:
+            out.append(
+                f"Predicted at {e['factor']:g}× the largest n (n = {_num(e['n'])}): MAE "
+                f"{_num(e['mae'])} {_ci(e.get('mae_ci90'))}{u}"
+            )
+    target = report.get("n_for_target")
+    if target:
+        n = target.get("n")
+        reach = (
+            "unreachable: C is at or above it"
+            if n == "unreachable"
+            else f"n ≈ {_num(n, 3)} {_ci(target.get('n_ci90'), 3)}"
+        )
+        out.append(f"Simulated rows needed for a target MAE of {_num(target['target'])}: {reach}.")
+    for name, mae in (report.get("references") or {}).items():
+        what = (
+            "Simulation alone (the computed value used directly as the prediction, on the "
+            "same test rows)"
+            if name == "simulation_alone"
+            else f"Reference {name} (from the config)"
+        )
+        out.append(f"{what}: MAE {_num(mae)}{u}")
+    eq = report.get("equivalent_samples")
+    if eq and eq.get("points"):
+        p = eq["points"][-1]
+        out.append(
+            f"Worth in experiments: at n = {_num(p['n'])}, pretraining with m = "
+            f"{_num(eq['m_ref'])} experimental rows is as accurate as the baseline with "
+            f"{_num(p['m_eq'], 3)} {_ci(p.get('m_eq_ci90'), 3)} rows ({_num(p['gain_factor'], 3)}×"
+            + (", beyond the measured m: an extrapolation)." if p["extrapolated"] else ").")
+        )
+    return out
+
+
+def _answer(report: dict) -> str:
+    # a sentence whose units end in a period ("a.u.") needs no second one
+    items = [_e(t if t.endswith(".") else f"{t}.") for t in _law_words(report) + _findings(report)]
+    notes = len(report.get("diagnostics") or [])
+    if notes:
+        items.append(f'{notes} note(s) qualify these numbers: see <a href="#notes">Notes</a>.')
+    return _cards(report) + '<ul class="found">' + "".join(f"<li>{t}</li>" for t in items) + "</ul>"
+
+
+# -- tables --------------------------------------------------------------------------------
+
+
+def _size_rows(report: dict) -> tuple[list[str], list[list[object]]]:
+    has_m = any("m" in s for s in report.get("sizes") or [])
+    base = report.get("baseline_by_m") or ([report["baseline"]] if report.get("baseline") else [])
+    headers = ["size", *(["m"] if has_m else [])]
+    u = _in_units(report)
+    headers += ["reps", f"test MAE{u}", "90% CI", "RMSE", "gain vs n=0", "gain 90% CI", "wins"]
+    headers += ["zero-shot MAE", "source hold-out MAE", "pretraining converged", "trials"]
+    rows = []
+    for s in [*base, *(report.get("sizes") or [])]:
+        gain = s.get("paired_gain") or {}
+        planned = s.get("planned_repetitions")
+        rows.append(
+            [
+                size_key(s["n"]),
+                *([_num(s.get("m"))] if has_m else []),
+                f"{s['repetitions']}/{planned}" if planned else s["repetitions"],
+                _num(s.get("test_mae_mean")),
+                _ci(s.get("test_mae_ci90")),
+                _num(s.get("test_rmse_mean")),
+                _num(gain.get("mean")),
+                _ci(gain.get("ci90")),
+                f"{gain['wins']}/{gain['repetitions']}" if gain else "–",
+                _num(s.get("zero_shot_mae")),
+                _num(s.get("source_val_mae")),
+                _num(s.get("pretrain_converged")),
+                _num(s.get("trials"), 3),
+            ]
+        )
+    return headers, rows
+
+
+def _backtest(report: dict) -> str:
+    rows = [
+        [
+            e["k"],
+            _num(e["n_fit_max"]),
+            _num(p["n"]),
+            _num(p["mae"]),
+            _num(p["predicted"]),
+            f"{100 * p['rel_error']:+.1f}%",
+        ]
+        for e in report.get("backtest") or []
+        for p in e["points"]
+    ]
+    if not rows:
+        return '<p class="muted">The backtest needs at least 4 sizes.</p>'
+    headers = ["sizes fitted", "up to n", "held-out n", "measured", "predicted", "error"]
+    return _table(headers, rows, left=0)
+
+
+def _alternatives(report: dict) -> str:
+    rows = [
+        [
+            a["form"] + (" (headline)" if a.get("headline") else ""),
+            a["n_params"],
+            _num(a.get("delta_aicc"), 3),
+            "–" if a.get("backtest_rel_error") is None else f"{100 * a['backtest_rel_error']:.1f}%",
+            _num(a.get("best_extrapolating")),
+        ]
+        for a in report.get("alternatives") or []
+    ]
+    if not rows:
+        return ""
+    headers = ["form", "parameters", "ΔAICc", "backtest error", "best extrapolating"]
+    return "<h3>Other forms fitted to the same points</h3>" + _table(headers, rows)
+
+
+def _target_axis(report: dict, plots: dict[str, Path]) -> str:
+    axis = report.get("target_axis")
+    if not axis:
+        return ""
+    rows = [
+        [
+            _num(e["m"]),
+            _num(e.get("alpha"), 3),
+            _ci(e.get("alpha_ci90"), 3),
+            _num(e.get("C")),
+            _ci(e.get("C_ci90")),
+            ", ".join(_num(n) for n in e.get("sizes_used") or []),
+        ]
+        for e in axis["scaling_in_n"]
+    ]
+    body = _image(
+        plots.get("target_axis"),
+        "E(n) at each m and E(m) with and without pretraining",
+        "Left: test MAE against n at each number m of experimental training rows, with each "
+        "m's fitted law. Right: test MAE against m at each n; n = 0 (dashed) is no pretraining.",
+    )
+    body += "<h3>E(n) per experimental training size m</h3>"
+    body += _table(["m", "α", "α 90% CI", "C", "C 90% CI", "sizes used"], rows, left=0)
+    eq = report.get("equivalent_samples")
+    body += "<h3>Equivalent experimental sample size</h3>"
+    if not eq:
+        body += '<p class="muted">Needs baseline cells (n = 0) at 3 or more m.</p>'
+        return body
+    body += (
+        f"<p>How many experimental rows the baseline (no pretraining) would need to match the "
+        f"pretrained model trained on m = {_e(_num(eq['m_ref']))} rows.</p>"
+    )
+    rows = [
+        [
+            _num(p["n"]),
+            _num(p["mae"]),
+            _num(p["m_eq"], 3),
+            _ci(p.get("m_eq_ci90"), 3),
+            _num(p["gain_factor"], 3),
+            _num(p["extrapolated"]),
+        ]
+        for p in eq["points"]
+    ]
+    headers = ["n", "MAE", "equivalent m", "90% CI", "× m", "extrapolated"]
+    return body + _table(headers, rows, left=0)
+
+
+def _counts(report: dict) -> str:
+    counts = report.get("counts") or {}
+    if not counts:
+        return ""
+    return _table(["count", "value"], [[k.replace("_", " "), _num(v)] for k, v in counts.items()])
+
+
+def _rejected(path: Path | None) -> str:
+    if path is None or not path.is_file():
+        return ""
+    rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if rows.empty:
+        return "<h3>Rejected rows</h3><p>None: every input row was used.</p>"
+    by = rows.groupby(["side", "reason"], sort=True).size().reset_index(name="rows")
+    examples = rows.groupby("reason", sort=True).head(EXAMPLES_PER_REASON)
+    return (
+        f"<h3>Rejected rows ({len(rows):,})</h3>"
+        + _table(["side", "reason", "rows"], by.itertuples(index=False), left=2)
+        + f"<p class=muted>A few examples (all of them are in {_e(path.name)}):</p>"
+        + _table(
+            ["reason", "side", "file", "row", "column", "value"],
+            (
+                [r.reason, r.side, Path(r.file).name, r.row, r.column, r.value]
+                for r in examples.itertuples(index=False)
+            ),
+            left=6,
+        )
+    )
+
+
+TIMING_LABELS = {
+    "wall_seconds": "wall time",
+    "trial_train_seconds": "training inside trials",
+    "pretrain_seconds": "pretraining",
+    "score_seconds": "scoring on the test split",
+}
+
+
+def _timing(report: dict) -> str:
+    rows = []
+    for key, value in (report.get("timing") or {}).items():
+        if key in TIMING_LABELS and value is not None:
+            rows.append([TIMING_LABELS[key], fmt_duration(value), f"{value:,.1f} s"])
+        elif key == "training_fraction" and value is not None:
+            rows.append(["share of wall × slots spent training", f"{100 * value:.0f}%", ""])
+        else:
+            rows.append([key.replace("_", " "), _num(value), ""])
+    progress = report.get("progress") or {}
+    if progress:
+        rows.append(["cells finished", f"{progress['cells_done']}/{progress['cells_planned']}", ""])
+    return _table([], rows) if rows else '<p class="muted">Not recorded yet.</p>'
+
+
+# -- the page ------------------------------------------------------------------------------
+
+
+def render_html(
+    report: dict, plots: dict[str, Path], config: Path | None, rejected: Path | None
+) -> str:
+    """The page for `report`; `plots` maps a plot's name (scaling, backtest, target_axis) to
+    its PNG; config (config.yaml) and rejected (rejected_rows.csv) are shown when present."""
+    status = str(report.get("status", ""))
+    study, prop = _e(report.get("study", "")), _e(report.get("property") or "test error")
+    progress = report.get("progress") or {}
+    provisional = (
+        f'<p class="note">Provisional: the study is {_e(status)} '
+        f"({progress.get('cells_done', '?')}/{progress.get('cells_planned', '?')} cells "
+        "finished); this page is rewritten as sizes complete.</p>"
+        if status != "complete"
+        else ""
+    )
+    notes = "".join(
+        f'<p class="note"><code>{_e(d["code"])}</code> {_e(d["message"])}</p>'
+        for d in report.get("diagnostics") or []
+    )
+    headers, rows = _size_rows(report)
+    config_text = config.read_text() if config is not None and config.is_file() else ""
+    mlflow = report.get("mlflow") or {}
+    axis = _target_axis(report, plots)
+    sections = [
+        _section("What the study found", "found", provisional + _answer(report)),
+        _section(
+            "Scaling plot and paired gain",
+            "scaling",
+            _image(
+                plots.get("scaling"),
+                "test MAE against simulated rows n, with the fitted law",
+                "Top: mean test MAE over repetitions (black, 90% intervals) against the number n "
+                "of simulated rows used for pretraining, the fitted law D·n^−α + C with its 90% "
+                "band (blue) and its extrapolation (open circles), the MAE without pretraining "
+                "(red line, band: its interval) and references (dashed). Bottom: the paired gain "
+                "(MAE without pretraining − MAE with it, on the same splits) per size.",
+            ),
+        ),
+        _section(
+            "Backtest: would the law have predicted the larger sizes?",
+            "backtest",
+            _image(
+                plots.get("backtest"),
+                "backtest of the law",
+                "The law fitted on the first k sizes only, then compared with each larger size "
+                "measured later: relative error of the prediction.",
+            )
+            + _backtest(report)
+            + _alternatives(report),
+        ),
+        *([_section("The experimental axis m", "m-axis", axis)] if axis else []),
+        _section("Per size", "sizes", _table(headers, rows)),
+        _section("Notes", "notes", notes or "<p>None.</p>"),
+        _section("Data", "data", _counts(report) + _rejected(rejected)),
+        _section("Timing", "timing", _timing(report)),
+        _section(
+            "Config", "config", f"<pre>{_e(config_text)}</pre>" if config_text else "<p>–</p>"
+        ),
+    ]
+    footer = (
+        f"<p class=muted>Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
+        f"s2r-ray {_e(__version__)}"
+        + (
+            f"; MLflow {_e(mlflow.get('tracking_uri', ''))}, study run "
+            f"{_e(mlflow.get('study_run_id', ''))}"
+            if mlflow
+            else ""
+        )
+        + ".</p>"
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{study}: {prop} scaling study</title><style>{CSS}</style></head><body><main>"
+        f"<h1>{study}: how {prop} error scales with simulated data</h1>"
+        f'<p class="sub"><span class="badge {_e(status)}">{_e(status)}</span> '
+        f"{prop}{_e(_in_units(report))}: experimental test error of a model pretrained on n "
+        "simulated rows and fine-tuned on experiments.</p>"
+        + "".join(sections)
+        + footer
+        + "</main></body></html>"
+    )

@@ -1,0 +1,89 @@
+"""`s2r status DIR`: where a running or finished study stands, read from its folder alone (no
+Ray, no MLflow), so it works from any shell that sees the folder, while the driver runs or after.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from collections import Counter
+
+from s2r_ray.folder import STATE, StudyFolder
+from s2r_ray.progress import Rate, fmt_duration
+from s2r_ray.protocol import cell_grid, size_key
+from s2r_ray.report import fit_line
+
+
+def attempt_start(folder: StudyFolder, state: dict) -> float:
+    """When the current attempt began: study.json's `attempt_started_at`, else the time
+    study.json was last written (at the attempt's start, seconds after loading the data)."""
+    return float(state.get("attempt_started_at") or (folder.path / STATE).stat().st_mtime)
+
+
+def driver_alive(folder: StudyFolder) -> bool:
+    """Whether an s2r process holds the folder's driver lock (`StudyFolder.claim`). A study
+    whose state says running while no process holds it was killed without a word."""
+    path = folder.path / ".driver.lock"
+    if not path.is_file():
+        return False
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def size_rows(planned: Counter[int], records: list[dict]) -> list[tuple[str, int, int, int]]:
+    """(size, finished, planned, failed) per size, baseline first."""
+    done = Counter(r["n"] for r in records)
+    failed = Counter(r["n"] for r in records if r.get("status") != "ok")
+    return [(size_key(n), done[n], planned[n], failed[n]) for n in sorted(planned)]
+
+
+def cell_rate(records: list[dict], total: int, since: float) -> Rate:
+    """The rate of the cells finished since `since` (the attempt's start); earlier cells count
+    as done only."""
+    times = sorted(r["finished_at"] for r in records if r.get("finished_at", 0) >= since)
+    rate = Rate(total, len(records) - len(times), start=since)
+    for t in times:
+        rate.add(t)
+    return rate
+
+
+def status_text(folder: StudyFolder, now: float | None = None) -> str:
+    """Cells done/planned per size, failures, time so far, rate and ETA, the current fit."""
+    now = time.time() if now is None else now
+    cfg, state, records = folder.config(), folder.state(), folder.ledger()
+    planned = Counter(c.n for c in cell_grid(cfg))
+    total, status = sum(planned.values()), state.get("status", "running")
+    failed = sum(1 for r in records if r.get("status") != "ok")
+    before, attempts = float(state.get("elapsed_seconds", 0.0)), state.get("attempts", 1)
+    lines = [
+        f"study {cfg.name} in {folder.path}: {status}, attempt {attempts}; "
+        f"{len(records)}/{total} cells finished, {failed} failed"
+    ]
+    lines.append(f"  {'size':>10} {'finished':>9} {'planned':>8} {'failed':>7}")
+    lines += [f"  {s:>10} {d:>9} {p:>8} {f:>7}" for s, d, p, f in size_rows(planned, records)]
+    if status == "running" and driver_alive(folder):
+        start = attempt_start(folder, state)
+        lines.append(
+            f"  time so far {fmt_duration(before + now - start)} (this attempt "
+            f"{fmt_duration(now - start)}); {cell_rate(records, total, start).describe(now)}"
+        )
+    elif status == "running":
+        lines.append(
+            f"  time {fmt_duration(before)} in earlier attempts; no s2r process holds this "
+            "folder, so the last attempt was killed before it could record its end: the same "
+            "`s2r run` command resumes it"
+        )
+    else:
+        lines.append(f"  time {fmt_duration(before)} over {attempts} attempt(s)")
+        if status != "complete":
+            lines.append("  the same `s2r run` command resumes it, keeping every finished cell")
+    report_path = folder.path / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    lines.append(f"  {fit_line(report)}" if report else "  fit: no report yet")
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""What the fault tests share: a study run as a real `s2r run` process with its own Ray, and
+the clean-up of exactly the Ray processes that such a run started."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class StudyProcess:
+    """`s2r run CONFIG --out OUT` in its own process group, with a private Ray temp dir so that
+    every Ray process it starts can be found (and killed) by that dir alone."""
+
+    def __init__(self, config: Path, out: Path, db: Path, *extra: str):
+        self.ray_tmp = tempfile.mkdtemp(prefix="s2r", dir="/tmp")  # short: Unix socket paths
+        env = os.environ | {
+            "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
+            "RAY_TMPDIR": self.ray_tmp,
+            "PYTHONUNBUFFERED": "1",
+        }
+        cmd = [sys.executable, "-m", "s2r_ray.cli", "run", str(config), "--out", str(out), *extra]
+        self.started = time.time()
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def wait(self, timeout: float) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+    def kill_group(self) -> None:
+        """kill -9 of the driver's whole process group, as a lost job allocation would."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.communicate(timeout=30)
+
+    def cleanup(self) -> None:
+        """Kill what is left of this run's Ray (after a kill -9 its agents can linger)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        kill_ray_processes(self.ray_tmp)
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _read(pid: int, what: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/{what}").read_bytes()
+    except OSError:  # gone, or not ours to read
+        return b""
+
+
+def kill_ray_processes(ray_tmp: str) -> int:
+    """Kill every process whose environment names this Ray temp dir: ours and no one else's."""
+    mark = f"RAY_TMPDIR={ray_tmp}".encode()
+    victims = [pid for pid in _pids() if mark in _read(pid, "environ").split(b"\0")]
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return len(victims)
+
+
+def descendants(root: int) -> list[tuple[int, str]]:
+    """(pid, command line) of every process below `root`."""
+    parent = {}
+    for pid in _pids():
+        stat = _read(pid, "stat").decode(errors="replace")
+        if stat:
+            parent[pid] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], {root}
+    while frontier:
+        children = {pid for pid, ppid in parent.items() if ppid in frontier}
+        found += [(pid, _read(pid, "cmdline").replace(b"\0", b" ").decode()) for pid in children]
+        frontier = children
+    return found
+
+
+def wait_for(predicate, timeout: float, what: str, proc: StudyProcess | None = None) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if proc is not None and proc.proc.poll() is not None:
+            raise AssertionError(f"the study exited before {what}: {proc.proc.communicate()}")
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def ledger_lines(out: Path) -> list[dict]:
+    """The raw ledger, duplicates included (StudyFolder.ledger() would hide them)."""
+    path = out / "cells.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line]
+
+
+def write_config(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def runs(db: Path, kind: str, status: str | None = None) -> list:
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("s2r-ray")
+    query = f"tags.`s2r.kind` = '{kind}'"
+    if status:
+        query += f" and attributes.status = '{status}'"
+    return client.search_runs([exp.experiment_id], query, max_results=5000)

@@ -1,0 +1,313 @@
+"""A study survives what a cluster does to it: kill -9, SIGTERM, diverging trials, a dead trial
+process, a lost node, resources no node has. Real processes, real Ray, real MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+from faults import (
+    StudyProcess,
+    descendants,
+    kill_ray_processes,
+    ledger_lines,
+    runs,
+    wait_for,
+    write_config,
+)
+from mlflow.tracking import MlflowClient
+
+from s2r_ray.config import ConfigError, build_config
+from s2r_ray.folder import StudyFolder
+from s2r_ray.sweep import run_study
+
+pytestmark = pytest.mark.ray
+
+# Deterministic per cell: every trial is a seeded random draw (startup_trials = trials_per_cell)
+# and ASHA never stops one (grace period past the longest trial), so an interrupted and an
+# uninterrupted run give the same MAE for every cell they both finished.
+CHAIN = {
+    "name": "chain",
+    "sizes": [40, 120, 300],
+    "repetitions": 2,
+    "data": {"synthetic": {"n_source": 600, "n_target": 120, "n_features": 6}},
+    "model": {"hidden": [32, 16]},
+    "pretrain": {"patience": 3, "max_steps": 1500},
+    "finetune": {"epochs": [6, 10]},
+    "tune": {"trials_per_cell": 2, "startup_trials": 2, "grace_period": 11},
+    "report": {"n_boot": 200},
+}
+CELLS, TRIALS, PRETRAININGS = 8, 16, 6
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, tmp_path_factory):
+    """The same study, uninterrupted."""
+    tmp = tmp_path_factory.mktemp("reference")
+    cfg = build_config({**CHAIN, "tracking": {"uri": f"sqlite:///{tmp / 'm.db'}"}})
+    run_study(cfg, tmp / "out", echo=lambda line: None)
+    return {r["cell"]: r["mae"] for r in StudyFolder(tmp / "out").ledger()}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """kill -9 after two cells, resume, SIGTERM, resume to the end: what each step left."""
+    tmp = tmp_path_factory.mktemp("chain")
+    config, out, db = write_config(tmp / "chain.yaml", CHAIN), tmp / "out", tmp / "m.db"
+    steps: dict = {}
+    procs: list[StudyProcess] = []
+    try:
+        killed = StudyProcess(config, out, db)
+        procs.append(killed)
+        wait_for(lambda: len(ledger_lines(out)) >= 2, 300, "two cells", killed)
+        killed.kill_group()
+        steps["killed"] = {
+            "cells": {r["cell"] for r in ledger_lines(out)},
+            "pretrained": StudyFolder(out).pretrained_keys(),
+            "leftover_ray_processes": kill_ray_processes(killed.ray_tmp),
+        }
+
+        resumed = StudyProcess(config, out, db)
+        procs.append(resumed)
+
+        def new_trials() -> list[float]:
+            starts = [r.info.start_time / 1000 for r in runs(db, "trial")]
+            return [t for t in starts if t > resumed.started]
+
+        wait_for(lambda: bool(new_trials()), 300, "a new trial", resumed)
+        first_trial = min(new_trials())
+        sent = time.time()
+        resumed.proc.send_signal(signal.SIGTERM)
+        code, stdout, stderr = resumed.wait(timeout=120)
+        steps["terminated"] = {
+            "code": code,
+            "stdout": stdout,
+            "stderr": stderr,
+            "seconds_to_exit": time.time() - sent,
+            "seconds_to_first_trial": first_trial - resumed.started,
+            "report": json.loads((out / "report.json").read_text()),
+            "running_runs": MlflowClient(f"sqlite:///{db}").search_runs(
+                ["1"], "attributes.status = 'RUNNING'"
+            ),
+        }
+
+        finished = StudyProcess(config, out, db)
+        procs.append(finished)
+        code, stdout, stderr = finished.wait(timeout=600)
+        steps["finished"] = {"code": code, "stdout": stdout, "stderr": stderr}
+        print(
+            f"restart to first new trial: {steps['terminated']['seconds_to_first_trial']:.1f} s;"
+            f" SIGTERM to exit: {steps['terminated']['seconds_to_exit']:.1f} s"
+        )
+    finally:
+        for p in procs:
+            p.cleanup()
+    return out, db, steps
+
+
+def test_sigterm_stops_cleanly_and_says_how_to_resume(chain):
+    _, _, steps = chain
+    t = steps["terminated"]
+    assert "resuming: " in t["stdout"] and "pretrainings on disk" in t["stdout"]
+    assert t["code"] == 128 + signal.SIGTERM, t["stderr"]
+    assert t["seconds_to_exit"] < 60  # a hang guard: it exits within seconds
+    assert "Traceback" not in t["stderr"]
+    assert "resume with: s2r run" in t["stderr"] and "--out" in t["stderr"]
+    assert t["report"]["status"] == "interrupted"
+    assert t["running_runs"] == []  # no MLflow run left RUNNING
+
+
+def test_a_killed_study_resumes_without_losing_or_repeating_work(chain, reference):
+    out, db, steps = chain
+    f = steps["finished"]
+    assert f["code"] == 0, f["stderr"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete"
+    # one study, one ledger record per cell
+    assert len(runs(db, "study")) == 1
+    cells = [r["cell"] for r in ledger_lines(out)]
+    assert len(cells) == len(set(cells)) == CELLS
+    # every planned trial ran to its end once; only trials in flight at a stop ran again
+    assert len(runs(db, "trial", "FINISHED")) == TRIALS
+    assert len(runs(db, "trial")) <= TRIALS + 2 * 2
+    # a pretraining that had finished before the kill was never run again
+    assert len(steps["killed"]["pretrained"]) >= 1
+    assert len(runs(db, "pretrain", "FINISHED")) == PRETRAININGS
+    # the cells finished before the kill have exactly the uninterrupted run's results
+    maes = {r["cell"]: r["mae"] for r in ledger_lines(out)}
+    for cell in steps["killed"]["cells"]:
+        assert maes[cell] == pytest.approx(reference[cell], rel=1e-9), cell
+    assert report["timing"]["trials"] == TRIALS
+
+
+def test_running_a_finished_study_again_runs_nothing(chain):
+    out, db, _ = chain
+    trials = len(runs(db, "trial"))
+    proc = StudyProcess(out / "config.yaml", out, db)
+    try:
+        code, stdout, _ = proc.wait(timeout=120)
+    finally:
+        proc.cleanup()
+    assert code == 0 and "already complete" in stdout and "fit E(n)" in stdout
+    assert len(runs(db, "trial")) == trials
+    assert len(ledger_lines(out)) == CELLS
+
+
+def test_diverging_training_fails_trials_and_cells_not_the_study(ray_session, tmp_path):
+    """Pretraining at lr 1e30 diverges (its cells fail without trials); fine-tuning rates drawn
+    up to 1e30 make some baseline trials diverge (FAILED runs; the cell keeps the others)."""
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    raw = {
+        **CHAIN,
+        "sizes": [40],
+        "pretrain": {"lr": 1e30, "max_steps": 200},
+        "finetune": {"lr": [1e-3, 1e30], "epochs": [3, 5]},
+        "tracking": {"uri": uri},
+    }
+    report = run_study(build_config(raw), tmp_path / "out", echo=lambda line: None)
+    assert report["status"] == "complete"
+    records = {r["cell"]: r for r in StudyFolder(tmp_path / "out").ledger()}
+    assert len(records) == 4
+    for cell in ("n40-mall-r0", "n40-mall-r1"):
+        assert records[cell]["status"] == "failed"
+        assert (
+            "pretraining failed" in records[cell]["error"] and "diverged" in records[cell]["error"]
+        )
+    failed_trials = runs(tmp_path / "m.db", "trial", "FAILED")
+    assert failed_trials, "some fine-tuning rates near 1e30 must diverge"
+    assert sum(r.get("failed_trials", 0) for r in records.values()) == len(failed_trials)
+    failed_cells = sum(r["status"] == "failed" for r in records.values())
+    assert report["counts"]["cells_failed"] == failed_cells >= 2
+    assert any(d["code"] == "failed_cells" for d in report["diagnostics"])
+    assert not runs(tmp_path / "m.db", "pretrain", "RUNNING")
+
+
+def test_a_trial_whose_process_dies_is_retried(ray_session, tmp_path):
+    """kill -9 of the trial actor's process mid-trial: Tune retries the trial."""
+    db = tmp_path / "m.db"
+    raw = {
+        **CHAIN,
+        "sizes": [40],
+        "repetitions": 1,
+        "finetune": {"epochs": [40, 60]},
+        "tune": {"trials_per_cell": 2, "startup_trials": 2, "grace_period": 61},
+        "tracking": {"uri": f"sqlite:///{db}"},
+    }
+    killed: list[int] = []
+
+    def kill_a_running_trial() -> None:
+        def running_trial() -> bool:
+            return bool(db.exists() and runs(db, "trial", "RUNNING"))
+
+        wait_for(running_trial, 120, "a running trial")
+        actors = [pid for pid, cmd in descendants(os.getpid()) if "ImplicitFunc" in cmd]
+        os.kill(actors[0], signal.SIGKILL)
+        killed.append(actors[0])
+
+    killer = threading.Thread(target=kill_a_running_trial, daemon=True)
+    killer.start()
+    report = run_study(build_config(raw), tmp_path / "out", echo=lambda line: None)
+    killer.join(timeout=5)
+    assert killed, "no trial actor was found to kill"
+    assert report["status"] == "complete"
+    records = StudyFolder(tmp_path / "out").ledger()
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    trial_keys = [r.data.params["trial_key"] for r in runs(db, "trial")]
+    assert len(runs(db, "trial", "FINISHED")) == 4  # 2 cells x 2 trials, the killed one rerun
+    assert len(trial_keys) == 5 and len(set(trial_keys)) == 4
+    assert not runs(db, "trial", "RUNNING")
+
+
+def test_an_impossible_pretraining_bundle_is_an_error_naming_the_field(ray_session, tmp_path):
+    raw = {
+        **CHAIN,
+        "tune": {"pretrain_resources": {"cpu": 1, "gpu": 1}},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'm.db'}"},
+    }
+    start = time.time()
+    with pytest.raises(
+        ConfigError, match=r"tune.pretrain_resources: \{cpu: 1, gpu: 1\} fits on no"
+    ):
+        run_study(build_config(raw), tmp_path / "out", echo=lambda line: None)
+    assert time.time() - start < 30  # the issue's bound: an error, not a hang
+    assert StudyFolder(tmp_path / "out").state()["status"] == "failed"
+
+
+CLUSTER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, threading, time
+    from pathlib import Path
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from s2r_ray.config import build_config
+    from s2r_ray.folder import StudyFolder
+    from s2r_ray.sweep import run_study
+
+    cfg, out = build_config(json.loads(sys.argv[1])), Path(sys.argv[2])
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    worker = cluster.add_node(num_cpus=2)
+    ray.init(address=cluster.address)
+    lost = {}
+
+    def remove_worker_node():
+        while len(StudyFolder(out).ledger()) < 2:
+            time.sleep(0.2)
+        lost["cells_before"] = len(StudyFolder(out).ledger())
+        lost["at"] = time.time()
+        cluster.remove_node(worker, allow_graceful=False)
+
+    threading.Thread(target=remove_worker_node, daemon=True).start()
+    try:
+        report = run_study(cfg, out, echo=print)
+        lost["seconds_after"] = time.time() - lost["at"]
+        print("RESULT " + json.dumps({"status": report["status"], **lost}))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    """
+)
+
+
+def test_a_study_survives_losing_a_worker_node(tmp_path):
+    """Two Ray nodes on this machine (ray.cluster_utils.Cluster); the worker node is removed
+    once two cells are done; the study still completes every cell."""
+    db = tmp_path / "m.db"
+    raw = {
+        **CHAIN,
+        "tune": {**CHAIN["tune"], "max_failures": 3, "pretrain_slots": 1},
+        "tracking": {"uri": f"sqlite:///{db}"},
+    }
+    script = tmp_path / "cluster_study.py"
+    script.write_text(CLUSTER_SCRIPT)
+    ray_tmp = f"/tmp/s2rc{os.getpid()}"
+    env = os.environ | {"RAY_TMPDIR": ray_tmp}
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), json.dumps(raw), str(tmp_path / "out")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        kill_ray_processes(ray_tmp)
+    result = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert result, done.stdout[-3000:] + done.stderr[-3000:]
+    lost = json.loads(result[0].removeprefix("RESULT "))
+    rerun = len(runs(db, "trial")) - TRIALS
+    print(f"lost node: {lost}; trials run again: {rerun}")
+    assert lost["status"] == "complete"
+    records = StudyFolder(tmp_path / "out").ledger()
+    assert len(records) == CELLS and all(r["status"] == "ok" for r in records)
+    assert len(runs(db, "trial", "FINISHED")) == TRIALS
+    assert len(runs(db, "pretrain", "FINISHED")) == PRETRAININGS  # none computed twice
+    assert not runs(db, "trial", "RUNNING")

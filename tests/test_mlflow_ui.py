@@ -1,0 +1,271 @@
+"""The MLflow UI as a reviewer meets it, checked in a real browser: a tiny study's store served by
+`mlflow server`, its pages rendered by headless Chromium, assertions on the rendered DOM. The
+screenshots stay under the test's tmp dir (`pytest --basetemp DIR` keeps them where you look)."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from s2r_ray import review, tracking
+from s2r_ray.cli import main
+from s2r_ray.config import build_config
+from s2r_ray.folder import StudyFolder
+from s2r_ray.sweep import run_study
+
+pytestmark = pytest.mark.ray
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+STUDY = {
+    "name": "demo",  # as in the README's search strings, like its size 300
+    "sizes": [30, 100, 300],  # three sizes: a fit, and so a fit history
+    "repetitions": 1,
+    "data": {"synthetic": {"n_source": 500, "n_target": 120, "n_features": 6}},
+    "model": {"hidden": [16]},
+    "pretrain": {"patience": 2, "max_steps": 300},
+    "finetune": {"epochs": [2, 3]},
+    "tune": {"trials_per_cell": 2, "grace_period": 1},
+    "report": {"n_boot": 100},
+}
+BROWSER_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=15000",  # the single-page app fetches and renders before the dump
+    "--window-size=1400,1200",
+]
+
+
+@dataclass(frozen=True)
+class Served:
+    """A finished tiny study and the `mlflow server` over its store."""
+
+    url: str
+    client: MlflowClient
+    experiment_id: str
+    study_run_id: str
+    out: Path
+    shots: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(db: Path, port: int, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    with log.open("w") as fh:
+        return subprocess.Popen(cmd, cwd=db.parent, env=env, stdout=fh, stderr=subprocess.STDOUT)
+
+
+def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"mlflow server exited {server.returncode}:\n{log.read_text()}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"mlflow server not healthy after {timeout} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, tmp_path_factory) -> Iterator[Served]:
+    """The server starts while the study runs (it takes seconds to come up) and is stopped by
+    its PID (SIGTERM ends its worker too)."""
+    tmp = tmp_path_factory.mktemp("mlflow_ui")
+    db, port = tmp / "mlruns.db", _free_port()
+    client = MlflowClient(f"sqlite:///{db}")
+    # made before s2r tags an experiment's kind (start_study adds it); artifacts in tmp
+    experiment_id = client.create_experiment("s2r-ray", (tmp / "artifacts").as_uri())
+    server = _start_server(db, port, tmp / "server.log")
+    try:
+        cfg = build_config({**STUDY, "tracking": {"uri": f"sqlite:///{db}"}})
+        report = run_study(cfg, tmp / "out", echo=lambda line: None)
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, server, tmp / "server.log")
+        study_run_id = report["mlflow"]["study_run_id"]
+        yield Served(url, client, experiment_id, study_run_id, tmp / "out", tmp / "screenshots")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="module")
+def printed(served) -> dict[str, str]:
+    """The links `s2r report` prints, pointed at the test's server instead of `mlflow ui`'s."""
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["report", str(served.out)]) == 0
+    pairs = re.findall(r"^  (.+?):\s+(http\S+)$", out.getvalue(), re.MULTILINE)
+    return {label: url.replace(review.LOCAL_UI, served.url) for label, url in pairs}
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.skip("Debian's chromium is not installed: apt-get install -y chromium")
+    return path
+
+
+def render(chromium: str, url: str, shot: Path) -> str:
+    """The page's DOM once the single-page app has rendered it; a screenshot of it at `shot`."""
+    shot.parent.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=shot.parent) as profile:
+        cmd = [chromium, *BROWSER_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}"]
+        done = subprocess.run(
+            [*cmd, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=True
+        )
+    assert shot.stat().st_size > 10_000, f"no screenshot of {url}"
+    return done.stdout
+
+
+def text(dom: str) -> str:
+    """What a person reads on the page: no scripts, styles or tags; spaces collapsed."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.DOTALL)
+    dom = re.sub(r"</?(strong|em)>", "", dom)  # markdown's bold and italics sit inside words
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
+
+
+def listed_runs(dom: str) -> list[str]:
+    """The run names the runs list renders as rows (a nested run shows once expanded)."""
+    return re.findall(r'href="#/experiments/\d+/runs/[0-9a-f]{32}"><span[^>]*>([^<]+)<', dom)
+
+
+def test_the_experiment_page_lists_the_study_as_one_row(chromium, served):
+    e, s = served.experiment_id, served.study_run_id
+    dom = render(
+        chromium,
+        f"{served.url}/#/experiments/{e}/runs?workflowType=machine_learning",
+        served.shots / "experiment.png",
+    )
+    page = text(dom)
+    assert "No data available" not in page  # the runs, not the GenAI trace overview
+    # the description above the runs list: the studies view, then the study's own row
+    assert "Studies, one row each: open the studies view" in page
+    assert re.search(r"demo \d{4}-\d\d-\d\d \d\d:\d\d complete · 4/4 cells", page)
+    assert f'href="{html.escape(review.run_path(e, s))}"' in dom
+    assert listed_runs(dom) == ["demo"]  # its sizes and trials nested under it
+
+
+def test_the_printed_links_show_every_study_and_this_study_as_one_row(chromium, served, printed):
+    assert set(printed) == {"study run", "its runs as one tree", "every study, one row"}
+    studies = render(chromium, printed["every study, one row"], served.shots / "studies.png")
+    tree = render(chromium, printed["its runs as one tree"], served.shots / "study_tree.png")
+    assert listed_runs(studies) == ["demo"]
+    runs = served.client.search_runs(
+        [served.experiment_id], review.study_filter(served.study_run_id)
+    )
+    assert listed_runs(tree) == ["demo"]  # all its runs, oldest first: the study holds the rest
+    assert f"{len(runs)} matching runs" in text(tree)
+
+
+def test_the_study_run_page_shows_the_summary_and_the_plots(chromium, served, printed):
+    dom = render(chromium, printed["study run"], served.shots / "study_run.png")
+    page, report = text(dom), json.loads((served.out / "report.json").read_text())
+    assert "Description demo (complete): test MAE of y against the number n" in page
+    assert f"Fit: E(n) = {review.fmt(report['fit']['D'])}·n^−α + C with α = " in page
+    assert "n=300" in page and "Extrapolation" in page and "Verdict" in page
+    for d in report["diagnostics"]:
+        assert d["message"] in page
+    for plot in ("scaling.png", "backtest.png"):
+        src = f"get-artifact?path={plot}&run_uuid={served.study_run_id}"
+        assert f'<img src="{html.escape(src)}"' in dom
+        with urllib.request.urlopen(f"{served.url}/{src}") as r:  # what the browser fetches
+            assert r.read(8) == b"\x89PNG\r\n\x1a\n"
+    artifact = review.artifact_path(served.experiment_id, served.study_run_id, "scaling.png")
+    dom = render(chromium, f"{served.url}/{artifact}", served.shots / "scaling_artifact.png")
+    assert re.search(r'<img alt="scaling.png" src="blob:', dom)  # the UI loaded and shows it
+
+
+def test_a_size_run_lists_its_trials(chromium, served):
+    c, e = served.client, served.experiment_id
+    (run,) = c.search_runs([e], "tags.`s2r.kind` = 'size' and tags.`s2r.n` = '300'")
+    url = f"{served.url}/{review.run_path(e, run.info.run_id)}"
+    dom = render(chromium, url, served.shots / "size_run.png")
+    page = text(dom)
+    assert "demo · n=300" in page and "Parent run demo" in page
+    assert "Description demo · n=300: test MAE" in page
+    children = c.search_runs([e], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    names = sorted(r.info.run_name for r in children)
+    assert names == ["n=300 r0 trial 00", "n=300 r0 trial 01", "pretrain n=300 r0"]
+    child_runs = page.split("Child runs", 1)[1].split("Source", 1)[0]
+    assert all(name in child_runs for name in names)
+
+
+SEARCHES = {
+    "studies": "tags.s2r.kind = 'study'",
+    "best trial": "tags.s2r.study = 'demo' and tags.s2r.n = '300' and tags.s2r.selected = 'true'",
+    "size's trials": "tags.s2r.study = 'demo' and tags.s2r.kind = 'trial' and tags.s2r.n = '300'",
+    "failed trials": (
+        "tags.s2r.study = 'demo' and tags.s2r.kind = 'trial' and attributes.status = 'FAILED'"
+    ),
+    "capped pretraining": (
+        "tags.s2r.study = 'demo' and tags.s2r.kind = 'pretrain' and metrics.converged = 0"
+    ),
+    "fit history": "tags.s2r.study = 'demo' and tags.s2r.kind = 'study'",
+}
+
+
+def test_the_readme_search_strings_find_what_they_say(served):
+    readme = README.read_text()
+    assert all(f"`{s}`" in readme for s in SEARCHES.values())
+    c, e = served.client, [served.experiment_id]
+    every = c.search_runs(e, "", max_results=1000)
+    trials = [r for r in every if r.data.tags["s2r.kind"] == "trial"]
+    c.set_terminated(trials[0].info.run_id, "FAILED")  # as a trial that raised or diverged ends
+    found = {k: c.search_runs(e, s, max_results=1000) for k, s in SEARCHES.items()}
+
+    assert [r.info.run_name for r in found["studies"]] == ["demo"]
+    (selected,) = [r for r in StudyFolder(served.out).ledger() if r["n"] == 300]
+    assert [r.data.params["trial_key"] for r in found["best trial"]] == [selected["best_trial"]]
+    assert sorted(r.info.run_name for r in found["size's trials"]) == [
+        "n=300 r0 trial 00",
+        "n=300 r0 trial 01",
+    ]
+    assert [r.info.run_id for r in found["failed trials"]] == [trials[0].info.run_id]
+    capped = {
+        r.info.run_id
+        for r in every
+        if r.data.tags["s2r.kind"] == "pretrain" and r.data.metrics["converged"] == 0
+    }
+    assert {r.info.run_id for r in found["capped pretraining"]} == capped
+    (study,) = found["fit history"]
+    assert [m.step for m in c.get_metric_history(study.info.run_id, "alpha")] == [3]
+
+
+def test_experiments_are_tagged_as_model_training(served):
+    c = served.client
+    assert c.get_experiment(served.experiment_id).tags[tracking.KIND_TAG] == tracking.TRAINING
+    ctx = tracking.start_study(c.tracking_uri, "new one", "s", {}, [10], {})
+    assert c.get_experiment(ctx.experiment_id).tags[tracking.KIND_TAG] == tracking.TRAINING
