@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from s2r_ray.config import ConfigError, UserError, load_config
+from s2r_ray.review import fmt
 
 DESCRIPTION = """\
 Sim2Real scaling studies. For each source size n, a model is pretrained on n simulated
@@ -18,34 +19,27 @@ alpha says how fast more simulation helps, C is the transfer gap that no amount 
 """
 
 
-def _fmt(x: float | None, digits: int = 4) -> str:
-    return "-" if x is None else f"{x:.{digits}g}"
-
-
 def _ci_text(ci: list | None, digits: int = 4) -> str:
     """' [lo, hi]', where a bound may be 'unreachable'; '' without an interval."""
     if not ci:
         return ""
-    return " [" + ", ".join(v if isinstance(v, str) else _fmt(v, digits) for v in ci) + "]"
+    return " [" + ", ".join(v if isinstance(v, str) else fmt(v, digits) for v in ci) + "]"
 
 
 def _worth(point: dict, m_ref: float) -> str:
     """What n simulated rows are worth: experimental rows beyond m_ref, per simulated row."""
     n, m_eq = point["n"], point["m_eq"]
     if m_eq == "unreachable":
-        return (
-            f"  at n = {n}: below the no-pretraining floor C0, so no number of experimental "
-            "rows alone is expected to match it"
-        )
+        return f"  at n = {n}: below the fitted floor C0 of E0(m): no m on that curve matches it"
 
     def per_row(m: float | str) -> float | str:
         return "unbounded" if isinstance(m, str) else (m - m_ref) / n
 
     ci = point.get("m_eq_ci90")
     return (
-        f"  at n = {n}: one simulated row is worth {_fmt(per_row(m_eq), 2)}"
+        f"  at n = {n}: one simulated row is worth {fmt(per_row(m_eq), 2)}"
         f"{_ci_text(ci and [per_row(v) for v in ci], 2)} experimental rows "
-        f"(no pretraining needs m = {_fmt(m_eq, 3)}{_ci_text(ci, 3)})"
+        f"(no pretraining needs m = {fmt(m_eq, 3)}{_ci_text(ci, 3)})"
     )
 
 
@@ -55,7 +49,7 @@ def _axis_lines(report: dict) -> list[str]:
     axis, eq = report.get("target_axis"), report.get("equivalent_samples")
     if axis:
         gaps = ", ".join(
-            f"m = {e['m']:g}: {_fmt(e['C'], 3)}{_ci_text(e.get('C_ci90'), 3)}"
+            f"m = {e['m']:g}: {fmt(e['C'], 3)}{_ci_text(e.get('C_ci90'), 3)}"
             for e in axis["scaling_in_n"]
             if e.get("C") is not None
         )
@@ -63,7 +57,7 @@ def _axis_lines(report: dict) -> list[str]:
     if eq:
         b, m_ref = eq["baseline_curve"], eq["m_ref"]
         lines.append(
-            f"  no pretraining: E0(m) = {_fmt(b['D0'])} m^-{_fmt(b['beta'], 3)} + {_fmt(b['C0'])}"
+            f"  no pretraining: E0(m) = {fmt(b['D0'])} m^-{fmt(b['beta'], 3)} + {fmt(b['C0'])}"
             f", fitted on m = {', '.join(str(m) for m in b['m_used'])}"
         )
         lines.append(
@@ -95,32 +89,32 @@ def summary_text(report: dict) -> str:
         lines.append(
             (f"  {s['m']:>5g}" if by_m else "")
             + f"  {s.get('n', 0):>9} {s.get('repetitions', 0):>5} "
-            f"{_fmt(s.get('test_mae_mean')):>9} "
-            f"{'[' + _fmt(ci[0]) + ', ' + _fmt(ci[1]) + ']':>21} {_fmt(gain):>12}"
+            f"{fmt(s.get('test_mae_mean')):>9} "
+            f"{'[' + fmt(ci[0]) + ', ' + fmt(ci[1]) + ']':>21} {fmt(gain):>12}"
         )
     for name, value in (report.get("references") or {}).items():
-        lines.append(f"  reference {name}: {_fmt(value)}")
+        lines.append(f"  reference {name}: {fmt(value)}")
     fit = report.get("fit") or {}
     if fit.get("C") is not None:
         a, c = fit.get("alpha_ci90") or [None, None], fit.get("C_ci90") or [None, None]
-        alpha = _fmt(fit.get("alpha"), 3) if fit.get("alpha") is not None else "(not identified)"
+        alpha = fmt(fit.get("alpha"), 3) if fit.get("alpha") is not None else "(not identified)"
         lines.append(
-            f"  fit E(n) = {_fmt(fit['D'])} n^-{alpha} + {_fmt(fit['C'])}"
-            f"   alpha 90% CI [{_fmt(a[0], 3)}, {_fmt(a[1], 3)}],"
-            f" C 90% CI [{_fmt(c[0])}, {_fmt(c[1])}]"
+            f"  fit E(n) = {fmt(fit['D'])} n^-{alpha} + {fmt(fit['C'])}"
+            f"   alpha 90% CI [{fmt(a[0], 3)}, {fmt(a[1], 3)}],"
+            f" C 90% CI [{fmt(c[0])}, {fmt(c[1])}]"
         )
         for e in report.get("extrapolation") or []:
             ci = e.get("mae_ci90") or [None, None]
             lines.append(
-                f"  at {e['factor']:g}x the largest n (n={e['n']:.3g}): MAE {_fmt(e.get('mae'))}"
-                f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+                f"  at {e['factor']:g}x the largest n (n={e['n']:.3g}): MAE {fmt(e.get('mae'))}"
+                f" [{fmt(ci[0])}, {fmt(ci[1])}]"
             )
         target = report.get("n_for_target")
         if target:
             n = target.get("n")
             lines.append(
-                f"  n for target MAE {_fmt(target.get('target'))}: "
-                f"{_fmt(n) if isinstance(n, float) else n}"
+                f"  n for target MAE {fmt(target.get('target'))}: "
+                f"{fmt(n) if isinstance(n, float) else n}"
             )
     lines += _axis_lines(report)
     for d in report.get("diagnostics") or []:
@@ -360,7 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     actions = jobs.add_subparsers(dest="action", required=True)
     actions.add_parser("list", parents=[cluster], help="every job, oldest first")
-    for name, what in (("status", "its status"), ("logs", "its output"), ("stop", "stop it")):
+    for name, what in (
+        ("status", "a job's status"),
+        ("logs", "a job's output so far (or, with --follow, until it ends)"),
+        ("stop", "stop a job"),
+    ):
         action = actions.add_parser(name, parents=[cluster], help=what)
         action.add_argument("id", help="the job id s2r submit printed")
         if name == "logs":

@@ -9,7 +9,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from s2r_ray import tracking
-from s2r_ray.config import ConfigError, StudyConfig
+from s2r_ray.config import ConfigError, Resources, StudyConfig
 from s2r_ray.folder import StudyFolder
 from s2r_ray.models.base import Family, Pretrained
 from s2r_ray.progress import Rate
@@ -89,11 +89,7 @@ class Pretrainings:
         if not todo:
             return
         res = cfg.tune.pretrain_resources
-        self.slots = min(
-            len(todo),
-            cfg.tune.pretrain_slots
-            or max(1, int(ray.cluster_resources().get("CPU", 1) // (2 * res.cpu))),
-        )
+        self.slots = min(len(todo), cfg.tune.pretrain_slots or _default_slots(res))
         bundle = {"CPU": res.cpu} | ({"GPU": res.gpu} if res.gpu else {})
         self._group = placement_group([bundle] * self.slots, strategy="PACK")
         try:
@@ -153,6 +149,15 @@ class Pretrainings:
         if self._group is not None:
             remove_placement_group(self._group)
             self._group = None
+
+
+def _default_slots(res: Resources) -> int:
+    """Half the cluster's CPUs, and no more bundles than its GPUs can hold."""
+    total = ray.cluster_resources()
+    slots = int(total.get("CPU", 1) // (2 * res.cpu))
+    if res.gpu:
+        slots = min(slots, int(total.get("GPU", 0) // res.gpu))
+    return max(1, slots)
 
 
 def _finished_line(key: str, p: Pretrained) -> str:

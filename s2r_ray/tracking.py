@@ -22,6 +22,8 @@ from mlflow.tracking import MlflowClient
 from s2r_ray import review
 from s2r_ray.protocol import Cell, size_key
 
+# Over HTTP, MLflow prints two lines to stdout for every run that ends: a study has thousands
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 DEFAULT_URI = "sqlite:///mlruns.db"
 _MAX_PARAM = 6000
 _MAX_TAG = 8000  # MLflow truncates (or refuses) a longer run tag

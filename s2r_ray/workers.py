@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import ray
 import torch
@@ -16,7 +17,16 @@ _KEEP = 4
 def setup_worker(cpus: float) -> str:
     """One thread per reserved CPU (trials share nodes); CUDA only when Ray granted a GPU."""
     torch.set_num_threads(max(1, math.floor(cpus)))
-    return "cuda" if torch.cuda.is_available() and ray.get_gpu_ids() else "cpu"
+    if not ray.get_gpu_ids():
+        return "cpu"
+    if not torch.cuda.is_available():
+        warnings.warn(
+            "Ray granted this worker a GPU but torch has no CUDA (a CPU build of torch?): "
+            "training on the CPU",
+            stacklevel=2,
+        )
+        return "cpu"
+    return "cuda"
 
 
 def fetch_pretrained(key: str, reducer: ray.actor.ActorHandle) -> Pretrained:

@@ -10,17 +10,16 @@ import io
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import browser
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -44,18 +43,6 @@ STUDY = {
     "tune": {"trials_per_cell": 2, "grace_period": 1},
     "report": {"n_boot": 100},
 }
-BROWSER_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=15000",  # the single-page app fetches and renders before the dump
-    "--window-size=1400,1200",
-]
 
 
 @dataclass(frozen=True)
@@ -130,24 +117,14 @@ def printed(served) -> dict[str, str]:
     return {label: url.replace(review.LOCAL_UI, served.url) for label, url in pairs}
 
 
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.skip("Debian's chromium is not installed: apt-get install -y chromium")
-    return path
-
-
-def render(chromium: str, url: str, shot: Path) -> str:
+def render(url: str, shot: Path) -> str:
     """The page's DOM once the single-page app has rendered it; a screenshot of it at `shot`."""
     shot.parent.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=shot.parent) as profile:
-        cmd = [chromium, *BROWSER_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}"]
-        done = subprocess.run(
-            [*cmd, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=True
-        )
+    # 15 s of virtual time: the app fetches its runs and renders them before the dump
+    args = (f"--screenshot={shot}", "--window-size=1400,1200", "--dump-dom")
+    dom = browser.run(url, *args, wait_ms=15_000, timeout=180)
     assert shot.stat().st_size > 10_000, f"no screenshot of {url}"
-    return done.stdout
+    return dom
 
 
 def text(dom: str) -> str:
@@ -162,10 +139,9 @@ def listed_runs(dom: str) -> list[str]:
     return re.findall(r'href="#/experiments/\d+/runs/[0-9a-f]{32}"><span[^>]*>([^<]+)<', dom)
 
 
-def test_the_experiment_page_lists_the_study_as_one_row(chromium, served):
+def test_the_experiment_page_lists_the_study_as_one_row(served):
     e, s = served.experiment_id, served.study_run_id
     dom = render(
-        chromium,
         f"{served.url}/#/experiments/{e}/runs?workflowType=machine_learning",
         served.shots / "experiment.png",
     )
@@ -178,10 +154,10 @@ def test_the_experiment_page_lists_the_study_as_one_row(chromium, served):
     assert listed_runs(dom) == ["demo"]  # its sizes and trials nested under it
 
 
-def test_the_printed_links_show_every_study_and_this_study_as_one_row(chromium, served, printed):
+def test_the_printed_links_show_every_study_and_this_study_as_one_row(served, printed):
     assert set(printed) == {"study run", "its runs as one tree", "every study, one row"}
-    studies = render(chromium, printed["every study, one row"], served.shots / "studies.png")
-    tree = render(chromium, printed["its runs as one tree"], served.shots / "study_tree.png")
+    studies = render(printed["every study, one row"], served.shots / "studies.png")
+    tree = render(printed["its runs as one tree"], served.shots / "study_tree.png")
     assert listed_runs(studies) == ["demo"]
     runs = served.client.search_runs(
         [served.experiment_id], review.study_filter(served.study_run_id)
@@ -190,8 +166,8 @@ def test_the_printed_links_show_every_study_and_this_study_as_one_row(chromium, 
     assert f"{len(runs)} matching runs" in text(tree)
 
 
-def test_the_study_run_page_shows_the_summary_and_the_plots(chromium, served, printed):
-    dom = render(chromium, printed["study run"], served.shots / "study_run.png")
+def test_the_study_run_page_shows_the_summary_and_the_plots(served, printed):
+    dom = render(printed["study run"], served.shots / "study_run.png")
     page, report = text(dom), json.loads((served.out / "report.json").read_text())
     assert "Description demo (complete): test MAE of y against the number n" in page
     assert f"Fit: E(n) = {review.fmt(report['fit']['D'])}·n^−α + C with α = " in page
@@ -204,15 +180,15 @@ def test_the_study_run_page_shows_the_summary_and_the_plots(chromium, served, pr
         with urllib.request.urlopen(f"{served.url}/{src}") as r:  # what the browser fetches
             assert r.read(8) == b"\x89PNG\r\n\x1a\n"
     artifact = review.artifact_path(served.experiment_id, served.study_run_id, "scaling.png")
-    dom = render(chromium, f"{served.url}/{artifact}", served.shots / "scaling_artifact.png")
+    dom = render(f"{served.url}/{artifact}", served.shots / "scaling_artifact.png")
     assert re.search(r'<img alt="scaling.png" src="blob:', dom)  # the UI loaded and shows it
 
 
-def test_a_size_run_lists_its_trials(chromium, served):
+def test_a_size_run_lists_its_trials(served):
     c, e = served.client, served.experiment_id
     (run,) = c.search_runs([e], "tags.`s2r.kind` = 'size' and tags.`s2r.n` = '300'")
     url = f"{served.url}/{review.run_path(e, run.info.run_id)}"
-    dom = render(chromium, url, served.shots / "size_run.png")
+    dom = render(url, served.shots / "size_run.png")
     page = text(dom)
     assert "demo · n=300" in page and "Parent run demo" in page
     assert "Description demo · n=300: test MAE" in page
