@@ -54,6 +54,9 @@ def pretrain_cell(
     return result
 
 
+FETCH_TIMEOUT_S = 10.0
+
+
 class Pretrainings:
     """All pretraining of a study, and which of it has finished.
 
@@ -126,18 +129,22 @@ class Pretrainings:
             return
         ended, _ = ray.wait(list(self.refs.values()), num_returns=len(self.refs), timeout=0)
         for key in [k for k, ref in self.refs.items() if ref in set(ended)]:
-            ref = self.refs.pop(key)
-            self._rate.add()
-            progress = f" | {self._rate.done}/{self._rate.total}, {self._rate.describe()}"
             try:
-                p = ray.get(ref)
+                # Bounded: this runs in Tune's loop, and a result lost with its node is rebuilt
+                # by Ray in the slots, which may wait for trials that only this loop ends.
+                p = ray.get(self.refs[key], timeout=FETCH_TIMEOUT_S)
+            except ray.exceptions.GetTimeoutError:
+                continue  # still arriving or being rebuilt: asked again at the next step
             except Exception as e:  # a failed pretraining fails its cells, not the study
                 self.failed[key] = str(e).strip().splitlines()[-1][-300:]
-                self._echo(f"pretraining {key} FAILED: {self.failed[key]}{progress}")
+                line = f"pretraining {key} FAILED: {self.failed[key]}"
             else:
                 self._folder.save_pretrained(key, p)
-                self._echo(_finished_line(key, p) + progress)
+                line = _finished_line(key, p)
+            del self.refs[key]
             self._done.add(key)
+            self._rate.add()
+            self._echo(f"{line} | {self._rate.done}/{self._rate.total}, {self._rate.describe()}")
         if not self.refs:
             self.release()
 
