@@ -10,10 +10,7 @@ import io
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ from s2r_ray import review, tracking
 from s2r_ray.cli import main
 from s2r_ray.config import build_config
 from s2r_ray.folder import StudyFolder
+from s2r_ray.local_servers import LOOPBACK, free_port, start_group, stop_group, wait_http
 from s2r_ray.sweep import run_study
 
 pytestmark = pytest.mark.ray
@@ -57,55 +55,28 @@ class Served:
     shots: Path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_server(db: Path, port: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}"]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    with log.open("w") as fh:
-        return subprocess.Popen(cmd, cwd=db.parent, env=env, stdout=fh, stderr=subprocess.STDOUT)
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"mlflow server exited {server.returncode}:\n{log.read_text()}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=2):
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"mlflow server not healthy after {timeout} s:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="module")
 def served(ray_session, tmp_path_factory) -> Iterator[Served]:
-    """The server starts while the study runs (it takes seconds to come up) and is stopped by
-    its PID (SIGTERM ends its worker too)."""
+    """The server starts while the study runs (it takes seconds to come up) and is stopped
+    with its whole process group."""
     tmp = tmp_path_factory.mktemp("mlflow_ui")
-    db, port = tmp / "mlruns.db", _free_port()
+    db, port, log = tmp / "mlruns.db", free_port(), tmp / "server.log"
     client = MlflowClient(f"sqlite:///{db}")
     # made before s2r tags an experiment's kind (start_study adds it); artifacts in tmp
     experiment_id = client.create_experiment("s2r-ray", (tmp / "artifacts").as_uri())
-    server = _start_server(db, port, tmp / "server.log")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}"]
+    cmd += ["--host", LOOPBACK, "--port", str(port), "--workers", "1"]
+    cmd += ["--artifacts-destination", str(tmp / "mlartifacts")]
+    server = start_group(cmd, log, os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true"})
     try:
         cfg = build_config({**STUDY, "tracking": {"uri": f"sqlite:///{db}"}})
         report = run_study(cfg, tmp / "out", echo=lambda line: None)
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, server, tmp / "server.log")
+        url = f"http://{LOOPBACK}:{port}"
+        wait_http(f"{url}/health", server, 180, log)
         study_run_id = report["mlflow"]["study_run_id"]
         yield Served(url, client, experiment_id, study_run_id, tmp / "out", tmp / "screenshots")
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_group(server)
 
 
 @pytest.fixture(scope="module")
