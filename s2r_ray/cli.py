@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run a scaling study from a YAML config",
-        description="Run a study; prints one line per finished cell and the fit.",
+        description="Run a study, or resume it: the same command on the same --out picks "
+        "it up where it stopped. Prints one line per finished cell and the fit.",
     )
     run.add_argument("config", help="study config, e.g. configs/demo.yaml")
     run.add_argument("--out", help="output folder (default runs/<study name>)")
@@ -301,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser(
         "report",
-        help="re-render report.json and plots of a study folder",
+        help="re-render report.json, report.html and plots of a study folder",
         description="Rebuild the report of a finished or running study from its "
         "cell ledger (cells.jsonl) and print it.",
     )
