@@ -208,13 +208,10 @@ class TuneConfig(_Strict):
         "trials of cells already pretrained keep the rest",
     )
     max_failures: int = Field(
-        1, ge=0, description="retries of a trial that raises or whose worker or node dies"
-    )
-    placement_timeout_s: float = Field(
-        300.0,
-        gt=0,
-        description="how long to wait for the cluster (e.g. an autoscaler) to offer the "
-        "resources of a trial or pretraining before giving up with an error",
+        1,
+        ge=0,
+        description="retries of a job (trial, pretraining, scoring) whose process or node "
+        "dies, and of a trial that raises",
     )
 
 

@@ -46,7 +46,6 @@ EXECUTION_FIELDS = (
     "tune.pretrain_resources",
     "tune.pretrain_slots",
     "tune.max_failures",
-    "tune.placement_timeout_s",
 )
 
 

@@ -65,14 +65,15 @@ def folder_report(
     return report
 
 
-@ray.remote(num_cpus=0, concurrency_groups={"reads": 2})
+@ray.remote(num_cpus=0, concurrency_groups={"files": 2})
 class Reducer:
     """One per study, pinned to the driver's node so that <out> is a local folder: it appends
-    the ledger, keeps the report current, and serves pretrained networks to trials on any node.
+    the ledger, keeps the report current, and keeps the pretrained networks: pretraining jobs
+    on any node save them here, and trials on any node read them.
 
     Every record is appended to the ledger and fsynced before anything else, so a crash later
     in the study loses no finished cell; a cell already in the ledger is never appended again.
-    Reads of pretrained networks run in their own threads, so a trial never waits for a fit.
+    Pretrained networks are read and written in their own threads, so no job waits for a fit.
     """
 
     def __init__(
@@ -89,9 +90,14 @@ class Reducer:
         if self._records:  # a resumed study: its report and plots reflect the ledger at once
             self._refresh("running", log_fit=False)
 
-    @ray.method(concurrency_group="reads")
+    @ray.method(concurrency_group="files")
     def pretrained(self, key: str) -> Pretrained:
         return self._folder.load_pretrained(key)
+
+    @ray.method(concurrency_group="files")
+    def save_pretrained(self, key: str, pretrained: Pretrained) -> None:
+        """A pretraining job's network, written here because <out> is local to this node."""
+        self._folder.save_pretrained(key, pretrained)
 
     def add_cell(self, record: dict) -> str | None:
         """Take one finished cell's record; return the progress line to print (None for a cell

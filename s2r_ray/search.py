@@ -29,13 +29,14 @@ def trial_seed(study_seed: int, trial_key: str) -> int:
 
 
 class CellSearcher(Searcher):
-    """Asks the Optuna study of the first ready cell (plan order: baselines, then small n).
+    """Hands Tune every unit of the study's work: pretrainings, trials and scorings.
 
-    A cell is ready when its pretraining is done, so Tune never parks a trial waiting for it;
-    until some cell is ready, `suggest` returns None and Tune asks again. When all trials of a
-    cell have ended, the next suggestion is that cell's scoring job (its best configuration by
-    validation MAE, replayed and scored on test), ahead of any new trial, so finished cells
-    reach the reducer while the study runs; `on_cell_done` receives the cell record.
+    First a finished cell's scoring job (its best configuration by validation MAE, replayed and
+    scored on test), so finished cells reach the reducer while the study runs; `on_cell_done`
+    receives the cell record. Then a pretraining, when a slot is free. Then a trial, from the
+    Optuna study of the first ready cell (plan order: baselines, then small n). A cell is ready
+    when its pretraining is done, so Tune never parks a trial waiting for it; until some work
+    is ready, `suggest` returns None and Tune asks again.
 
     Each cell's Optuna study lives in the study folder's journal, and everything its scoring
     needs (the trial's key, seed, hyperparameters, epochs) is stored on the Optuna trial, so a
@@ -63,6 +64,8 @@ class CellSearcher(Searcher):
         self._seed = seed
         self._storage = storage
         self._pretrainings = pretrainings
+        self._pretraining: dict[str, str] = {}  # Tune trial id -> pretraining key
+        self._source_cells = {c.pretrain_id: Cell(c.n, c.repetition) for c in cells if c.n}
         self._on_cell_done = on_cell_done
         self._studies: dict[str, optuna.Study] = {}
         self._ended: Counter[str] = Counter()  # trials that count towards trials_per_cell
@@ -118,6 +121,10 @@ class CellSearcher(Searcher):
             return Searcher.FINISHED
         if self._to_score:
             return self._score(trial_id, self._to_score.popleft())
+        if key := self._pretrainings.next():
+            self._pretraining[trial_id] = key
+            cell = self._source_cells[key]
+            return {"cell": cell.to_dict(), "trial_key": f"{key}-pretrain", "pretrain": key}
         live = Counter(c.id for c, _ in self._live.values())
         for cell in list(self._open):
             error = self._pretrainings.error(cell)
@@ -148,6 +155,12 @@ class CellSearcher(Searcher):
     ) -> None:
         if trial_id in self._scoring:
             self._scored(self._scoring.pop(trial_id), result, error)
+            return
+        if trial_id in self._pretraining:
+            key = self._pretraining.pop(trial_id)
+            if not self._stopping:  # a job stopped with the study is neither done nor failed
+                done = not error and result and "pretraining" in result
+                self._pretrainings.ended(key, json.loads(result["pretraining"]) if done else None)
             return
         if trial_id not in self._live:  # already ended by stop()
             return

@@ -1,9 +1,11 @@
-"""The study, top to bottom: study folder -> data -> plan -> pretraining tasks -> one Tune
-experiment of fine-tuning trials -> scoring per cell -> the reducer's live fit -> report.
+"""The study, top to bottom: study folder -> data -> plan -> one Tune experiment of every
+pretraining, fine-tuning trial and scoring -> the reducer's live fit -> report.
 
-Pretraining runs once per (n, r) as Ray tasks submitted up front (small n first). The searcher
-only hands out trials of cells whose pretraining is done, so trials of all sizes interleave on
-the cluster without a barrier between sizes, and no trial ever idles waiting for a model.
+Pretraining runs once per (n, r), small n first, a few at a time (`tune.pretrain_slots`). The
+searcher only hands out trials of cells whose pretraining is done, so trials of all sizes
+interleave on the cluster without a barrier between sizes, and no trial ever idles waiting for
+a model. All of it is Tune's work, so one scheduler hands out the cluster and a job lost with
+its node is retried like any trial.
 
 Everything a later process needs is in the study folder as soon as it exists (see
 `s2r_ray.folder`), so the same command on the same folder resumes a killed study: finished
@@ -42,11 +44,11 @@ from s2r_ray.data import load_dataset
 from s2r_ray.folder import StudyFolder
 from s2r_ray.models import make_family
 from s2r_ray.models.base import Family
-from s2r_ray.pretraining import Pretrainings
+from s2r_ray.pretraining import Pretrainings, default_slots
 from s2r_ray.protocol import Plan, make_plan
 from s2r_ray.reducer import Reducer, folder_report
 from s2r_ray.search import CellSearcher, PerCellASHA
-from s2r_ray.trial import finetune_trial
+from s2r_ray.trial import study_job
 
 Echo = Callable[[str], None]
 
@@ -114,12 +116,11 @@ def init_ray(address: str | None) -> bool:
 
 
 class _Progress(tune.Callback):
-    """Runs in Tune's loop: saves and prints each finished pretraining, and prints each cell's
-    reducer line as soon as it is ready."""
+    """Runs in Tune's loop: prints each cell's reducer line as soon as it is ready."""
 
-    def __init__(self, pretrainings: Pretrainings, echo: Echo):
+    def __init__(self, echo: Echo):
         self.pending: list[ray.ObjectRef] = []
-        self._pretrainings, self._echo = pretrainings, echo
+        self._echo = echo
 
     def __getstate__(self) -> dict:
         return {}  # live handles of this driver only; nothing to restore
@@ -135,7 +136,6 @@ class _Progress(tune.Callback):
                 self._echo(line)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
-        self._pretrainings.poll()
         self.drain()
 
 
@@ -154,8 +154,15 @@ def _check_resources(cfg: StudyConfig) -> None:
             )
 
 
-def _resources(res: Resources) -> dict[str, float]:
-    return {"cpu": res.cpu, "gpu": res.gpu}
+def _job_resources(cfg: StudyConfig) -> Callable[[dict], tune.PlacementGroupFactory]:
+    """Tune's resource request per job: pretrainings get `tune.pretrain_resources`."""
+
+    def bundle(res: Resources) -> tune.PlacementGroupFactory:
+        gpu = {"GPU": res.gpu} if res.gpu else {}
+        return tune.PlacementGroupFactory([{"CPU": res.cpu} | gpu])
+
+    trial, pretraining = bundle(cfg.tune.resources), bundle(cfg.tune.pretrain_resources)
+    return lambda config: pretraining if "pretrain" in config else trial
 
 
 def _dataset_tags(cfg: StudyConfig) -> dict[str, str]:
@@ -277,13 +284,14 @@ def _tune(
     orphans: int,
     echo: Echo,
 ) -> None:
-    """Pretraining tasks and the one Tune experiment of every cell's trials and scoring."""
+    """The one Tune experiment of every pretraining, trial and scoring of the study."""
     recorded = {r["cell"] for r in folder.ledger()}
     needed = list(dict.fromkeys(c.pretrain_id for c in plan.cells if c.id not in recorded and c.n))
     plan_ref = ray.put(plan)
     family = make_family(cfg)
-    pretrainings = Pretrainings(plan, plan_ref, family, cfg, ctx, folder, needed, echo)
-    progress = _Progress(pretrainings, echo)
+    slots = cfg.tune.pretrain_slots or default_slots(cfg.tune.pretrain_resources)
+    pretrainings = Pretrainings(needed, folder.pretrained_keys(), slots, echo)
+    progress = _Progress(echo)
     try:
         searcher = CellSearcher(
             plan.cells,
@@ -307,9 +315,9 @@ def _tune(
             )
         trainable = tune.with_resources(
             tune.with_parameters(
-                finetune_trial, plan=plan_ref, reducer=reducer, family=family, cfg=cfg, ctx=ctx
+                study_job, plan=plan_ref, reducer=reducer, family=family, cfg=cfg, ctx=ctx
             ),
-            _resources(cfg.tune.resources),
+            _job_resources(cfg),
         )
         attempt = folder.state().get("attempts", 1)
         tuner = tune.Tuner(
@@ -339,7 +347,6 @@ def _tune(
             signals.in_tune = False
         searcher.stop()  # trials Tune stopped on a signal count as interrupted
     finally:
-        pretrainings.release()
         progress.drain(timeout=None)
 
 

@@ -1,5 +1,6 @@
-"""The Ray Tune trainable: one fine-tuning trial of one cell, logged from inside the trial, or
-the scoring of a cell whose trials have all ended."""
+"""The Ray Tune trainable: every unit of the study's work runs in a (reused) Tune trial actor, so
+one scheduler hands out the cluster: a cell's pretraining, one fine-tuning trial of a cell
+(logged from inside the trial), or the scoring of a cell whose trials have all ended."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from ray import tune
 from s2r_ray import tracking
 from s2r_ray.config import StudyConfig
 from s2r_ray.models.base import Diverged, Family
+from s2r_ray.pretraining import pretrain_job
 from s2r_ray.protocol import Cell, Plan
 from s2r_ray.scoring import score_cell
 from s2r_ray.search import METRIC
 from s2r_ray.tracking import TrackingContext
-from s2r_ray.workers import fetch_pretrained, setup_worker
+from s2r_ray.workers import fetch_pretrained, ray_node, setup_worker
 
 
-def finetune_trial(
+def study_job(
     config: dict,
     *,
     plan: Plan,
@@ -29,7 +31,8 @@ def finetune_trial(
     cfg: StudyConfig,
     ctx: TrackingContext,
 ) -> None:
-    """Train on the cell's target train rows, report validation MAE each epoch for ASHA.
+    """A pretraining when the config names one (see `pretrain_job`); else train on the
+    cell's target train rows and report validation MAE each epoch for ASHA.
 
     Fine-tuning trials never read the test split; a scoring job (a config with "score") rebuilds
     the selected trial's model and evaluates it once. `train_seconds` excludes logging, so the
@@ -37,24 +40,26 @@ def finetune_trial(
     whose loss diverges ends FAILED with a last report saying so; one that raises is retried by
     Tune (`tune.max_failures`).
     """
-    device = setup_worker(cfg.tune.resources.cpu)
     cell = Cell(**config["cell"])
+    if "pretrain" in config:
+        summary = pretrain_job(plan, cell, family, cfg, ctx, reducer)
+        value = summary.get("final_source_val_mae", math.inf)
+        tune.report({METRIC: value, "pretraining": json.dumps(summary, default=float)})
+        return
+    device = setup_worker(cfg.tune.resources.cpu)
     pre = None
     if not cell.is_baseline:
         pre = fetch_pretrained(cell.pretrain_id, reducer)
     if "score" in config:
-        # Scoring runs as a Tune job in a warm trial actor: as a separate Ray task it would wait
-        # for a free CPU that reused trial actors never give back until every trial has ended.
         record = score_cell(plan, cell, config["score"], pre, family, cfg, device)
         # One JSON field: Tune flattens nested results, and wants the scheduler's metric.
         tune.report({METRIC: record["val_mae"], "record": json.dumps(record, default=float)})
         return
     state = None if pre is None else pre.state
     params = {**config["hp"], "seed": config["seed"], "trial_key": config["trial_key"]}
+    params |= {"device": device, "ray_node": ray_node()}
     try:
-        with tracking.nested_run(
-            ctx, cell, "trial", config["trial_key"], params | {"device": device}
-        ) as run:
+        with tracking.nested_run(ctx, cell, "trial", config["trial_key"], params) as run:
             start, overhead = time.perf_counter(), 0.0
 
             def on_epoch(epoch: int, val_mae: float, best: float) -> None:

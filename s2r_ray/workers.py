@@ -29,6 +29,11 @@ def setup_worker(cpus: float) -> str:
     return "cuda"
 
 
+def ray_node() -> str:
+    """The Ray node this runs on, in each run's params: which runs a lost node took with it."""
+    return ray.get_runtime_context().get_node_id()
+
+
 def fetch_pretrained(key: str, reducer: ray.actor.ActorHandle) -> Pretrained:
     """The pretrained network of a cell, read from the study folder through the reducer (on the
     driver's node) and kept per process: a reused trial actor usually runs several trials of

@@ -249,27 +249,41 @@ CLUSTER_SCRIPT = textwrap.dedent(
     from pathlib import Path
 
     import ray
+    from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
     from s2r_ray.config import build_config
     from s2r_ray.folder import StudyFolder
     from s2r_ray.sweep import run_study
 
-    cfg, out = build_config(json.loads(sys.argv[1])), Path(sys.argv[2])
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    worker = cluster.add_node(num_cpus=2)
+    cfg, out, db = build_config(json.loads(sys.argv[1])), Path(sys.argv[2]), sys.argv[3]
+    # a head that runs no work (as on most clusters) and two workers: the work of the lost one
+    # can only go to the other, whose CPUs Tune's trial actors hold
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = {n.node_id: n for n in (cluster.add_node(num_cpus=2), cluster.add_node(num_cpus=2))}
     ray.init(address=cluster.address)
     lost = {}
 
-    def remove_worker_node():
-        folder = StudyFolder(out)
-        while len(folder.pretrained_keys()) < 6 or len(folder.ledger()) < 2:
-            time.sleep(0.2)
-        lost["cells_before"] = len(StudyFolder(out).ledger())
-        lost["at"] = time.time()
-        cluster.remove_node(worker, allow_graceful=False)
+    def running_pretraining():
+        client = MlflowClient(f"sqlite:///{db}")
+        exp = client.get_experiment_by_name("s2r-ray")
+        query = "tags.`s2r.kind` = 'pretrain' and attributes.status = 'RUNNING'"
+        for run in client.search_runs([exp.experiment_id], query) if exp else []:
+            if run.data.params.get("ray_node") in workers:
+                return run
+        return None
 
-    threading.Thread(target=remove_worker_node, daemon=True).start()
+    def remove_a_node_while_it_pretrains():
+        folder = StudyFolder(out)
+        while not (folder.ledger() and (run := running_pretraining())):
+            time.sleep(0.2)
+        lost["pretraining"] = f"n{run.data.params['n']}-r{run.data.params['repetition']}"
+        lost["cells_before"] = len(folder.ledger())
+        lost["pretrained_before"] = sorted(folder.pretrained_keys())
+        lost["at"] = time.time()
+        cluster.remove_node(workers[run.data.params["ray_node"]], allow_graceful=False)
+
+    threading.Thread(target=remove_a_node_while_it_pretrains, daemon=True).start()
     try:
         report = run_study(cfg, out, echo=print)
         lost["seconds_after"] = time.time() - lost["at"]
@@ -281,14 +295,18 @@ CLUSTER_SCRIPT = textwrap.dedent(
 )
 
 
-def test_a_study_survives_losing_a_worker_node(tmp_path):
-    """Two Ray nodes on this machine (ray.cluster_utils.Cluster); the worker node, with its
-    trials and the pretrained networks in its object store, is removed once every pretraining
-    has ended and two cells are done; the study still completes every cell, and no network is
-    computed again: trials read them from the study folder."""
+def test_a_study_survives_losing_a_node_in_the_middle_of_a_pretraining(tmp_path):
+    """Two worker nodes on this machine (ray.cluster_utils.Cluster); the one running a
+    pretraining is removed with it, its trials and whatever its object store held. The
+    pretraining runs again on the other node, whose CPUs Tune's trial actors held (a study
+    hung here when pretraining ran beside Tune); the study completes every cell, and no
+    network that had reached the study folder is computed again."""
     db = tmp_path / "m.db"
     raw = {
         **CHAIN,
+        # slower pretraining (a few seconds each), one at a time: one is caught running
+        "data": {"synthetic": {**CHAIN["data"]["synthetic"], "n_source": 3000}},
+        "pretrain": {"patience": 40, "max_steps": 30000},
         "tune": {**CHAIN["tune"], "max_failures": 3, "pretrain_slots": 1},
         "tracking": {"uri": f"sqlite:///{db}"},
     }
@@ -298,7 +316,7 @@ def test_a_study_survives_losing_a_worker_node(tmp_path):
     env = os.environ | {"RAY_TMPDIR": ray_tmp}
     try:
         done = subprocess.run(
-            [sys.executable, str(script), json.dumps(raw), str(tmp_path / "out")],
+            [sys.executable, str(script), json.dumps(raw), str(tmp_path / "out"), str(db)],
             env=env,
             capture_output=True,
             text=True,
@@ -312,11 +330,14 @@ def test_a_study_survives_losing_a_worker_node(tmp_path):
     rerun = len(runs(db, "trial")) - TRIALS
     print(f"lost node: {lost}; trials run again: {rerun}")
     assert lost["status"] == "complete"
+    assert lost["pretraining"] not in lost["pretrained_before"]
     records = StudyFolder(tmp_path / "out").ledger()
     assert len(records) == CELLS and all(r["status"] == "ok" for r in records)
-    # the trials on the lost node (its 2 CPUs' worth) ran again, or, once their retries were
-    # spent, failed; every other trial finished once
+    # every pretraining finished exactly once; the lost one has one more run, ended KILLED
+    finished = [r.info.run_name for r in runs(db, "pretrain", "FINISHED")]
+    assert len(finished) == len(set(finished)) == PRETRAININGS
+    assert len(runs(db, "pretrain")) == PRETRAININGS + 1
+    # the trials on the lost node ran again, or, once their retries were spent, failed
     finished = {r.data.params["trial_key"] for r in runs(db, "trial", "FINISHED")}
     assert len(finished) >= TRIALS - 2 and len(runs(db, "trial")) <= TRIALS + 2
-    assert len(runs(db, "pretrain", "FINISHED")) == PRETRAININGS  # none computed twice
-    assert not runs(db, "trial", "RUNNING")
+    assert not runs(db, "trial", "RUNNING") and not runs(db, "pretrain", "RUNNING")

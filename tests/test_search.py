@@ -7,6 +7,7 @@ import optuna
 
 from s2r_ray.config import FinetuneSpace, PretrainConfig
 from s2r_ray.models.mlp import MLPFamily, MLPOptions
+from s2r_ray.pretraining import Pretrainings
 from s2r_ray.protocol import Cell
 from s2r_ray.search import CellSearcher, Searcher
 
@@ -26,17 +27,11 @@ def test_fixed_values_are_not_searched():
     assert "lr" not in dists and "epochs" not in dists
 
 
-class _Pretrainings:
-    """The two questions the searcher asks of the study's pretraining."""
+SUMMARY = {"final_source_val_mae": 0.3, "steps": 200, "converged": 1.0, "seconds": 2.0}
 
-    def __init__(self, ready: dict[str, bool], failed: dict[str, str] | None = None):
-        self.is_ready, self.failed = ready, failed or {}
 
-    def ready(self, cell: Cell) -> bool:
-        return cell.is_baseline or self.is_ready[cell.pretrain_id]
-
-    def error(self, cell: Cell) -> str | None:
-        return self.failed.get(cell.pretrain_id)
+def _pretrainings(*needed: str, slots: int = 1) -> Pretrainings:
+    return Pretrainings(list(needed), set(), slots, lambda line: None)
 
 
 def _searcher(cells, pretrainings, done, storage=None, per_cell=2) -> CellSearcher:
@@ -55,9 +50,10 @@ def _searcher(cells, pretrainings, done, storage=None, per_cell=2) -> CellSearch
 
 def test_searcher_waits_for_pretraining_scores_each_cell_once_and_first():
     cells = [Cell(0, 0), Cell(100, 0)]
-    pre = _Pretrainings({"n100-r0": False})
     done = []
-    s = _searcher(cells, pre, done)
+    s = _searcher(cells, _pretrainings("n100-r0"), done)
+    p = s.suggest("p")  # pretraining first: the cells waiting on it start sooner
+    assert p["pretrain"] == "n100-r0" and p["cell"]["n"] == 100 and "hp" not in p
     a, b = s.suggest("a"), s.suggest("b")
     assert a["cell"]["n"] == 0 and b["cell"]["n"] == 0
     assert a["trial_key"] == "n0-mall-r0-t00" and b["trial_key"] == "n0-mall-r0-t01"
@@ -66,7 +62,7 @@ def test_searcher_waits_for_pretraining_scores_each_cell_once_and_first():
     s.on_trial_complete("a", {"best_val_mae": 0.5, "training_iteration": 7, "train_seconds": 1.0})
     s.on_trial_complete("b", {"best_val_mae": 0.3, "training_iteration": 4, "train_seconds": 2.0})
     assert not done  # the cell's record comes from its scoring job
-    pre.is_ready["n100-r0"] = True
+    s.on_trial_complete("p", {"best_val_mae": 0.3, "pretraining": json.dumps(SUMMARY)})
     score = s.suggest("s0")  # scoring jumps ahead of the now-ready n=100 trials
     assert score["trial_key"] == "n0-mall-r0-score" and score["cell"] == a["cell"]
     best = score["score"]
@@ -92,7 +88,9 @@ def test_searcher_waits_for_pretraining_scores_each_cell_once_and_first():
 
 def test_a_failed_pretraining_fails_its_cells_without_trials():
     done = []
-    s = _searcher([Cell(100, 0)], _Pretrainings({"n100-r0": True}, {"n100-r0": "diverged"}), done)
+    s = _searcher([Cell(100, 0)], _pretrainings("n100-r0"), done)
+    s.suggest("p")
+    s.on_trial_complete("p", {"best_val_mae": math.inf, "pretraining": '{"error": "diverged"}'})
     assert s.suggest("a") == Searcher.FINISHED
     assert done == [
         {
@@ -113,7 +111,7 @@ def test_a_restarted_searcher_continues_each_cell_from_the_journal(tmp_path):
     storage = lambda: optuna.storages.JournalStorage(  # noqa: E731
         optuna.storages.journal.JournalFileBackend(journal)
     )
-    cells, pre = [Cell(0, 0)], _Pretrainings({})
+    cells, pre = [Cell(0, 0)], _pretrainings()
     first = _searcher(cells, pre, [], storage(), per_cell=2)
     a, b = first.suggest("a"), first.suggest("b")
     first.on_trial_complete("a", {"best_val_mae": 0.5, "training_iteration": 3})
@@ -136,3 +134,27 @@ def test_a_restarted_searcher_continues_each_cell_from_the_journal(tmp_path):
     third = _searcher(cells, pre, [], storage(), per_cell=2)
     third.skip({"n0-mall-r0"})  # the ledger holds the cell: nothing left to do
     assert third.suggest("e") == Searcher.FINISHED
+
+
+def test_pretrainings_run_in_slots_and_a_lost_one_fails_its_cells():
+    lines: list[str] = []
+    pre = Pretrainings(["n50-r0", "n50-r1", "n200-r0"], {"n50-r1"}, 1, lines.append)
+    assert pre.loaded == ["n50-r1"] and pre.ready(Cell(50, 1))  # on disk: never recomputed
+    assert pre.next() == "n50-r0" and pre.next() is None  # the one slot is taken
+    assert not pre.ready(Cell(50, 0)) and pre.ready(Cell(0, 0))
+    pre.ended("n50-r0", SUMMARY)
+    assert pre.ready(Cell(50, 0)) and pre.error(Cell(50, 0)) is None
+    assert pre.next() == "n200-r0" and pre.next() is None
+    pre.ended("n200-r0", None)  # Tune gave up on it (its retries were spent)
+    assert not pre.ready(Cell(200, 0)) and "failed" in pre.error(Cell(200, 0))
+    assert lines[0].startswith("pretraining n50-r0: source hold-out MAE 0.3 after 200 steps")
+    assert lines[1].startswith("pretraining n200-r0 FAILED") and "2/2" in lines[1]
+
+
+def test_a_pretraining_stopped_with_the_study_is_not_a_failure():
+    done = []
+    s = _searcher([Cell(100, 0)], _pretrainings("n100-r0"), done)
+    s.suggest("p")
+    s.stop()
+    s.on_trial_complete("p", None)
+    assert not done and s.suggest("q") == Searcher.FINISHED
