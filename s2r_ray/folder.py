@@ -47,6 +47,8 @@ EXECUTION_FIELDS = (
     "tune.pretrain_slots",
     "tune.max_failures",
 )
+# Execution fields a later version retired: a study folder written before it still loads.
+RETIRED_FIELDS = ("tune.placement_timeout_s",)
 
 
 class StudyMismatch(ConfigError):
@@ -132,6 +134,13 @@ class StudyFolder:
             raw = yaml.safe_load(path.read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise ConfigError(f"{path}: cannot read the study's config ({e})") from None
+        for field in RETIRED_FIELDS:
+            *parents, leaf = field.split(".")
+            section = raw
+            for key in parents:
+                section = section.get(key) if isinstance(section, dict) else None
+            if isinstance(section, dict):
+                section.pop(leaf, None)
         return build_config(raw, origin=str(path))
 
     def check_same_study(self, cfg: StudyConfig) -> None:

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 
 from s2r_ray.cli import main
 from s2r_ray.config import ConfigError, build_config
@@ -61,6 +62,18 @@ def test_another_study_is_refused_naming_the_fields_that_differ(tmp_path):
         folder.write_config(other)
     assert "seed: 0 there, 3 here" in str(e.value) and "--fresh" in str(e.value)
     assert folder.config().sizes == [50, 200]  # never overwritten
+
+
+def test_a_folder_written_before_a_field_was_retired_still_loads(tmp_path):
+    folder = StudyFolder(tmp_path)
+    folder.write_config(build_config(RAW))
+    stored = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    stored["tune"]["placement_timeout_s"] = 300.0  # an execution field an older version had
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(stored))
+    assert folder.config().sizes == [50, 200]
+    folder.check_same_study(build_config(RAW))  # and it resumes
+    with pytest.raises(ConfigError, match="placement_timeout_s"):
+        build_config({**RAW, "tune": {"placement_timeout_s": 300.0}})  # not in a user's config
 
 
 def test_fresh_moves_the_old_study_aside(tmp_path):
