@@ -48,7 +48,7 @@ EXECUTION_FIELDS = (
     "tune.max_failures",
 )
 # Execution fields a later version retired: a study folder written before it still loads.
-RETIRED_FIELDS = ("tune.placement_timeout_s",)
+RETIRED_FIELDS = ("tune.placement_timeout_s",)  # section.field
 
 
 class StudyMismatch(ConfigError):
@@ -135,12 +135,9 @@ class StudyFolder:
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             raise ConfigError(f"{path}: cannot read the study's config ({e})") from None
         for field in RETIRED_FIELDS:
-            *parents, leaf = field.split(".")
-            section = raw
-            for key in parents:
-                section = section.get(key) if isinstance(section, dict) else None
-            if isinstance(section, dict):
-                section.pop(leaf, None)
+            section, leaf = field.split(".")
+            if isinstance(raw, dict) and isinstance(raw.get(section), dict):
+                raw[section].pop(leaf, None)
         return build_config(raw, origin=str(path))
 
     def check_same_study(self, cfg: StudyConfig) -> None:

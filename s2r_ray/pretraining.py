@@ -87,12 +87,12 @@ class Pretrainings:
         self._done: set[str] = set(self.loaded)
         self._running: set[str] = set()
         self.failed: dict[str, str] = {}
-        self.slots, self._echo = slots, echo
+        self._slots, self._echo = slots, echo
         self._rate = Rate(len(self._todo), unit="pretrainings")
 
     def next(self) -> str | None:
         """The next pretraining to start, if a slot is free."""
-        if not self._todo or len(self._running) >= self.slots:
+        if not self._todo or len(self._running) >= self._slots:
             return None
         key = self._todo.pop(0)
         self._running.add(key)

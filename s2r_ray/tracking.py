@@ -1,7 +1,7 @@
 """MLflow, in one place: the run hierarchy (study / size / pretraining + trials), names and tags.
 
 Every process talks to the store through an explicit `MlflowClient` and run ids, never the global
-active run, so trials in reused actors, Ray tasks and the reducer can log side by side. Swapping
+active run, so jobs in reused trial actors and the reducer can log side by side. Swapping
 MLflow for another tracker touches this file only.
 """
 
