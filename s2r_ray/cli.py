@@ -370,10 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # opt in with RAY_USAGE_STATS_ENABLED=1
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UserError, FileNotFoundError) as e:  # the user's to fix: the message, no traceback
+    except UserError as e:  # the user's to fix: one line naming what; anything else is ours
         print(f"s2r: error: {e}", file=sys.stderr)
         return 2
 

@@ -220,6 +220,11 @@ class TrackingConfig(_Strict):
         None, description="default: $MLFLOW_TRACKING_URI or sqlite:///mlruns.db"
     )
     experiment: str = "s2r-ray"
+    artifact_location: str | None = Field(
+        None,
+        description="where a new experiment keeps its artifacts (default: mlartifacts/ beside "
+        "a SQLite store; a tracking server's own store); an existing experiment keeps its own",
+    )
 
 
 class ReportConfig(_Strict):

@@ -130,7 +130,8 @@ class Reducer:
         line += f" | {self._rate.describe(record['finished_at'])}"
         if self._arrived[n] == self._planned[n]:
             self._complete.append(n)
-            self._refresh("running", log_fit=True)
+            # the fit is stepped by completed sizes n > 0; the baseline adds no step of its own
+            self._refresh("running", log_fit=n > 0)
             self._close_size(n)
             line += f" | {size_key(n)} complete: {self._size_line(n)} | {fit_line(self._report)}"
         return line

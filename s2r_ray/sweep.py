@@ -17,9 +17,11 @@ Either way Ray is shut down if this process started it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -36,12 +38,14 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # ours stops the stud
 import optuna
 import ray
 from ray import tune
+from ray._private import services
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from s2r_ray import tracking
-from s2r_ray.config import ConfigError, Resources, StudyConfig
+from s2r_ray.config import ConfigError, Resources, StudyConfig, UserError
 from s2r_ray.data import load_dataset
 from s2r_ray.folder import StudyFolder
+from s2r_ray.local_servers import LOOPBACK
 from s2r_ray.models import make_family
 from s2r_ray.models.base import Family
 from s2r_ray.pretraining import Pretrainings, default_slots
@@ -51,6 +55,10 @@ from s2r_ray.search import CellSearcher, PerCellASHA
 from s2r_ray.trial import study_job
 
 Echo = Callable[[str], None]
+
+
+class ClusterError(UserError):
+    """The Ray cluster to join does not answer."""
 
 
 class StudyInterrupted(Exception):
@@ -103,16 +111,56 @@ class _StopOnSignal(tune.Stopper):
 
 
 def init_ray(address: str | None) -> bool:
-    """Join a cluster when an address is given (or RAY_ADDRESS is set), else start a local Ray.
-    Returns whether this call started Ray (and so should stop it)."""
+    """Join a cluster when an address is given (or RAY_ADDRESS is set), else start a new local
+    Ray whatever an earlier cluster left behind. Returns whether this call connected (and so
+    should shut down)."""
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=_answering(address), logging_level=logging.WARNING)
     else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        start_local_ray()
     return True
+
+
+def start_local_ray(**options: object) -> None:
+    """A new Ray on this machine only (`address="local"`: never a cluster that a
+    `ray_current_cluster` file names), its agents on loopback. Ray 2.60 binds its gRPC ports on
+    every interface whatever it is told, so token authentication stays on (Ray's default: it
+    makes ~/.ray/auth_token when there is none; its note saying so is left out), and it reports
+    no usage unless the user opted in."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR
+    )
+    ray.init(
+        address="local",
+        _node_ip_address=LOOPBACK,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        **options,
+    )
+
+
+def _answering(address: str) -> str:
+    """The GCS address to join: `auto` finds the running Ray; one that does not answer is a
+    one-line error now, not a wait on a GCS that is gone."""
+    if address.startswith("ray://"):
+        return address
+    try:
+        target = services.get_ray_address_from_environment(address, None)
+    except ConnectionError:
+        raise ClusterError(f"--address {address}: no running Ray found on this machine") from None
+    host, _, port = target.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except (OSError, ValueError):
+        raise ClusterError(
+            f"--address {address}: no Ray answers at {target}; start the cluster (ray start "
+            "--head), or leave --address and RAY_ADDRESS unset for a local Ray"
+        ) from None
+    return target
 
 
 class _Progress(tune.Callback):
@@ -189,7 +237,7 @@ def run_study(
     signals = _Signals()
     signals.install()
     try:
-        return _run(cfg, Path(out), address, fresh, echo, signals)
+        return _run(cfg, Path(out).resolve(), address, fresh, echo, signals)
     finally:
         signals.restore()
 
@@ -228,6 +276,13 @@ def _run(
         status="running", attempts=int(state.get("attempts", 0)) + 1, attempt_started_at=start
     )
 
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    artifact_root = tracking.artifact_root(uri, cfg.tracking.artifact_location)
+    # From here on every path is absolute and the driver works in its study folder: a Ray job's
+    # working directory is a temporary copy that a node starting on this machine may replace
+    # under it, and MLflow resolves its defaults against the working directory.
+    cwd = os.getcwd()
+    os.chdir(out)
     started_ray, ctx, reducer, report = False, None, None, None
     status = "failed"
     try:
@@ -235,16 +290,28 @@ def _run(
         signals.install()  # ray.init installs a SIGTERM handler of its own
         _check_resources(cfg)
         ctx = tracking.start_study(
-            tracking.resolve_uri(cfg.tracking.uri),
+            uri,
             cfg.tracking.experiment,
             cfg.name,
             cfg.model_dump(mode="json"),
             cfg.sizes,
             _dataset_tags(cfg),
             previous=state.get("mlflow"),
+            artifacts_at=artifact_root,
         )
         folder.update_state(mlflow=tracking.ids(ctx))
-        echo(f"MLflow: {ctx.uri} (experiment {cfg.tracking.experiment!r}, run {ctx.study_run_id})")
+        artifacts = tracking.artifact_location(ctx)
+        echo(
+            f"MLflow: {ctx.uri} (experiment {cfg.tracking.experiment!r}, run {ctx.study_run_id}; "
+            f"artifacts in {artifacts})"
+        )
+        if tracking.in_ray_temp(artifacts):
+            echo(
+                f"warning: experiment {cfg.tracking.experiment!r} keeps its artifacts in a Ray "
+                "job's temporary folder, which Ray deletes (an experiment's location is fixed "
+                "when it is created): set tracking.experiment to a new name, whose artifacts go "
+                "beside the store or to tracking.artifact_location"
+            )
         orphans = tracking.end_orphans(ctx)  # runs a killed attempt could not end
         if "mlflow" not in state:
             tracking.log(ctx, ctx.study_run_id, params={"counts": counts})  # rejected rows too
@@ -269,6 +336,8 @@ def _run(
         folder.update_state(status=status, elapsed_seconds=round(wall, 2))
         if started_ray:
             ray.shutdown()
+        with contextlib.suppress(OSError):  # a job's copy may be gone
+            os.chdir(cwd)
     if status == "interrupted":
         raise StudyInterrupted(signals.signum or signal.SIGINT, report)
     return report

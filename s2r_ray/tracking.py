@@ -44,6 +44,24 @@ def resolve_uri(configured: str | None) -> str:
     return uri
 
 
+def artifact_root(uri: str, configured: str | None = None) -> str | None:
+    """Where a new experiment keeps its artifacts, chosen rather than inherited: the config's
+    location, else a folder beside a SQLite store. MLflow's own default, ./mlruns under the
+    driver's working directory, is for a Ray job a temporary copy that Ray deletes. A tracking
+    server (None here) chooses its own."""
+    if configured:
+        return configured if "://" in configured else str(Path(configured).expanduser().resolve())
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        return str(Path(uri[len(prefix) :]).parent / "mlartifacts")
+    return None
+
+
+def in_ray_temp(location: str) -> bool:
+    """Whether an artifact location lies in a Ray job's unpacked working directory."""
+    return "/runtime_resources/" in location or "/_ray_pkg_" in location
+
+
 @cache
 def _client(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
@@ -136,9 +154,11 @@ def start_study(
     sizes: list[int],
     tags: dict[str, str],
     previous: dict[str, Any] | None = None,
+    artifacts_at: str | None = None,
 ) -> TrackingContext:
     """The study run and one child run per size (and the baseline), created before any trial so
-    that trials and pretraining can nest under them from any node.
+    that trials and pretraining can nest under them from any node. A new experiment keeps its
+    artifacts at `artifacts_at`, by default `artifact_root(uri)`; an existing one keeps its own.
 
     `previous` (the ids a killed or interrupted attempt stored in the study folder) resumes
     them instead: the same runs, those not finished set back to RUNNING, so one study is one
@@ -160,7 +180,9 @@ def start_study(
         return ctx
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        exp_id = client.create_experiment(experiment, tags={KIND_TAG: TRAINING})
+        exp_id = client.create_experiment(
+            experiment, artifacts_at or artifact_root(uri), tags={KIND_TAG: TRAINING}
+        )
     else:
         exp_id = exp.experiment_id
         _mark_training(client, exp)
@@ -182,6 +204,11 @@ def start_study(
     ctx = TrackingContext(uri, exp_id, study_id, size_ids, base)
     describe_experiment(ctx)
     return ctx
+
+
+def artifact_location(ctx: TrackingContext) -> str:
+    """Where the study's experiment keeps artifacts (fixed when the experiment was created)."""
+    return ctx.client.get_experiment(ctx.experiment_id).artifact_location
 
 
 def _mark_training(client: MlflowClient, exp: Experiment) -> None:

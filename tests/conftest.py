@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Every Ray the suite starts, here or in a child process, reports no usage and asks for this
+# session's token (its gRPC ports listen beyond loopback); nothing is written to ~/.ray.
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,6 +44,8 @@ def ray_session():
     """One local Ray for the whole session: ray.init per test costs seconds and mixes badly."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    from s2r_ray.sweep import start_local_ray
+
+    start_local_ray(num_cpus=2, log_to_driver=True)
     yield ray
     ray.shutdown()

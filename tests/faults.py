@@ -23,9 +23,18 @@ class StudyProcess:
     """`s2r run CONFIG --out OUT` in its own process group, with a private Ray temp dir so that
     every Ray process it starts can be found (and killed) by that dir alone."""
 
-    def __init__(self, config: Path, out: Path, db: Path, *extra: str):
-        self.ray_tmp = tempfile.mkdtemp(prefix="s2r", dir="/tmp")  # short: Unix socket paths
-        env = os.environ | {
+    def __init__(
+        self,
+        config: Path,
+        out: Path,
+        db: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        ray_tmp: str | None = None,
+    ):
+        # short: Unix socket paths
+        self.ray_tmp = ray_tmp or tempfile.mkdtemp(prefix="s2r", dir="/tmp")
+        env = (os.environ if env is None else env) | {
             "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
             "RAY_TMPDIR": self.ray_tmp,
             "PYTHONUNBUFFERED": "1",
@@ -120,6 +129,8 @@ def write_config(path: Path, raw: dict) -> Path:
 def runs(db: Path, kind: str, status: str | None = None) -> list:
     client = MlflowClient(f"sqlite:///{db}")
     exp = client.get_experiment_by_name("s2r-ray")
+    if exp is None:  # the study has not reached MLflow yet
+        return []
     query = f"tags.`s2r.kind` = '{kind}'"
     if status:
         query += f" and attributes.status = '{status}'"

@@ -62,8 +62,6 @@ def served(ray_session, tmp_path_factory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("mlflow_ui")
     db, port, log = tmp / "mlruns.db", free_port(), tmp / "server.log"
     client = MlflowClient(f"sqlite:///{db}")
-    # made before s2r tags an experiment's kind (start_study adds it); artifacts in tmp
-    experiment_id = client.create_experiment("s2r-ray", (tmp / "artifacts").as_uri())
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}"]
     cmd += ["--host", LOOPBACK, "--port", str(port), "--workers", "1"]
     cmd += ["--artifacts-destination", str(tmp / "mlartifacts")]
@@ -74,6 +72,9 @@ def served(ray_session, tmp_path_factory) -> Iterator[Served]:
         url = f"http://{LOOPBACK}:{port}"
         wait_http(f"{url}/health", server, 180, log)
         study_run_id = report["mlflow"]["study_run_id"]
+        experiment = client.get_experiment_by_name("s2r-ray")
+        assert experiment.artifact_location == str(tmp / "mlartifacts")  # chosen: beside the store
+        experiment_id = experiment.experiment_id
         yield Served(url, client, experiment_id, study_run_id, tmp / "out", tmp / "screenshots")
     finally:
         stop_group(server)
@@ -216,3 +217,8 @@ def test_experiments_are_tagged_as_model_training(served):
     assert c.get_experiment(served.experiment_id).tags[tracking.KIND_TAG] == tracking.TRAINING
     ctx = tracking.start_study(c.tracking_uri, "new one", "s", {}, [10], {})
     assert c.get_experiment(ctx.experiment_id).tags[tracking.KIND_TAG] == tracking.TRAINING
+    # one made before s2r set an experiment's kind is tagged when a study joins it
+    old = c.create_experiment("made by hand", str(served.out.parent / "by-hand"))
+    assert tracking.KIND_TAG not in c.get_experiment(old).tags
+    tracking.start_study(c.tracking_uri, "made by hand", "s", {}, [10], {})
+    assert c.get_experiment(old).tags[tracking.KIND_TAG] == tracking.TRAINING

@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,44 +30,89 @@ CONFIG = "tests/micro_study.yaml"
 TOKEN = "0123456789abcdef" * 2
 
 
+@dataclass
+class Cluster:
+    """A `ray start` cluster on this machine's loopback: its dashboard URL and temp folder."""
+
+    url: str
+    temp: Path
+
+
 @contextmanager
-def ray_head(auth: dict[str, str]) -> Iterator[str]:
-    """`ray start --head --block` in its own process group, every port chosen here (other Ray
-    instances on the machine keep theirs), HOME private (no ~/.ray/auth_token written or read),
-    `s2r` on its PATH as on a cluster node. Yields the dashboard URL; stopping it must leave no
-    process behind."""
+def ray_cluster(auth: dict[str, str], head_cpus: int = 2, workers: int = 0) -> Iterator[Cluster]:
+    """`ray start --head --block` (and `workers` worker nodes of 2 CPUs), each in its own process
+    group, bound to loopback, every port chosen here (other Ray instances on the machine keep
+    theirs), HOME private (no ~/.ray/auth_token written or read), `s2r` on its PATH as on a
+    cluster node. Stopping it must leave no process behind; its temp folder is removed."""
     temp = Path(tempfile.mkdtemp(prefix="s2r-", dir="/tmp"))  # short: Unix socket paths
     bin_dir = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
     env |= {"HOME": str(temp), "PATH": f"{bin_dir}:{env.get('PATH', '')}", **auth}
-    dashboard = free_port()
-    ports = {
-        "--port": free_port(),
-        "--dashboard-port": dashboard,
-        "--dashboard-agent-listen-port": free_port(),
-        "--ray-client-server-port": free_port(),
-        "--metrics-export-port": free_port(),
-    }
-    args = [f"{bin_dir}/ray", "start", "--head", "--block", "--node-ip-address", LOOPBACK]
-    args += ["--dashboard-host", LOOPBACK, "--temp-dir", str(temp), "--num-cpus", "2"]
-    args += ["--include-dashboard", "true", "--disable-usage-stats"]
-    args += [str(w) for flag, port in ports.items() for w in (flag, port)]
-    log = temp / "head.log"
-    group = start_group(args, log, env)
+    dashboard, gcs = free_port(), free_port()
+    head = [f"{bin_dir}/ray", "start", "--head", "--port", str(gcs), "--temp-dir", str(temp)]
+    head += ["--dashboard-host", LOOPBACK, "--dashboard-port", str(dashboard)]
+    head += ["--include-dashboard", "true", "--ray-client-server-port", str(free_port())]
+    nodes = [(head, head_cpus)]
+    nodes += [([f"{bin_dir}/ray", "start", "--address", f"{LOOPBACK}:{gcs}"], 2)] * workers
+    groups = []
     try:
-        url = f"http://{LOOPBACK}:{dashboard}"
-        answer = 401 if auth["RAY_AUTH_MODE"] == "token" else 200
-        wait_http(f"{url}/api/version", group, 180, log, status=answer)
-        yield url
+        for i, (args, cpus) in enumerate(nodes):
+            args = [*args, "--block", "--node-ip-address", LOOPBACK, "--num-cpus", str(cpus)]
+            args += ["--disable-usage-stats"]
+            for flag in (
+                "--dashboard-agent-listen-port",
+                "--dashboard-agent-grpc-port",
+                "--metrics-export-port",
+                "--runtime-env-agent-port",
+                "--node-manager-port",
+                "--object-manager-port",
+            ):
+                args += [flag, str(free_port())]
+            log = temp / f"node{i}.log"
+            groups.append(start_group(args, log, env))
+            if i == 0:
+                url = f"http://{LOOPBACK}:{dashboard}"
+                answer = 401 if auth["RAY_AUTH_MODE"] == "token" else 200
+                wait_http(f"{url}/api/version", groups[0], 180, log, status=answer)
+        if workers:
+            _wait_for_nodes(gcs, 1 + workers, env)
+        yield Cluster(url, temp)
     finally:
-        stop_group(group, leader_first=True)
-        assert not group.members(), "processes of the Ray head survived its stop"
+        for group in reversed(groups):
+            stop_group(group, leader_first=True)
+        assert not any(g.members() for g in groups), "processes of the Ray cluster survived"
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _wait_for_nodes(gcs: int, count: int, env: dict[str, str], timeout_s: float = 180) -> None:
+    """Until `count` nodes are alive, as `ray list nodes` sees them."""
+    deadline = time.monotonic() + timeout_s
+    cmd = [str(Path(sys.executable).parent / "ray"), "list", "nodes", "--format", "json"]
+    cmd += ["--address", f"{LOOPBACK}:{gcs}", "--filter", "state=ALIVE"]
+    while time.monotonic() < deadline:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        listed = done.stdout.strip() if done.returncode == 0 else ""
+        if listed.startswith("[") and len(json.loads(listed)) >= count:  # or "No resource..."
+            return
+        time.sleep(1)
+    raise AssertionError(f"the cluster did not reach {count} alive nodes in {timeout_s:.0f} s")
+
+
+@contextmanager
+def ray_head(auth: dict[str, str]) -> Iterator[str]:
+    """A one-node cluster; yields its dashboard URL."""
+    with ray_cluster(auth) as cluster:
+        yield cluster.url
+
+
+def suite_auth() -> dict[str, str]:
+    """The suite's own token (tests/conftest.py): a head started here asks for it."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.environ["RAY_AUTH_TOKEN"]}
 
 
 @pytest.fixture(scope="module")
 def head() -> Iterator[str]:
-    with ray_head({"RAY_AUTH_MODE": "disabled"}) as url:
+    with ray_head(suite_auth()) as url:
         yield url
 
 
@@ -143,3 +189,49 @@ def test_a_study_runs_as_a_job(head, tmp_path, capsys, monkeypatch):
     first = min(r.info.start_time for r in trials) / 1000
     with capsys.disabled():
         print(f"\nsubmit to first trial: {first - submitted:.1f} s")
+
+
+def test_a_submitted_study_keeps_its_artifacts_after_the_cluster_is_gone(
+    tmp_path, capsys, monkeypatch
+):
+    """The path users take: a head without CPUs and a worker node as separate `ray start`
+    processes, the tracking store named only by MLFLOW_TRACKING_URI (as on a cluster), `s2r
+    submit`. The experiment is created by the job's driver, which runs in Ray's unpacked copy
+    of the project; its artifacts must still land beside the store, so they outlive the
+    cluster and its temporary folder."""
+    monkeypatch.chdir(REPO)
+    out, db = tmp_path / "out", tmp_path / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    with ray_cluster(suite_auth(), head_cpus=0, workers=1) as cluster:
+        assert main(["submit", CONFIG, "--address", cluster.url, "--out", str(out)]) == 0
+        job = re.search(r"as job (\S+) to ", capsys.readouterr().out).group(1)
+        status = _wait_for_job(cluster.url, job, timeout_s=600)
+        logs = JobSubmissionClient(cluster.url).get_job_logs(job)
+        assert status == "SUCCEEDED", logs[-6000:]
+        temp = cluster.temp
+    assert not temp.exists()  # the cluster and everything Ray kept for it are gone
+
+    client = MlflowClient(f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("s2r-ray")
+    print(f"\nexperiment artifact location: {exp.artifact_location}")
+    assert exp.artifact_location == str(tmp_path / "mlartifacts")
+    assert f"artifacts in {tmp_path / 'mlartifacts'}" in logs
+    study_run = json.loads((out / "study.json").read_text())["mlflow"]["study_run_id"]
+    stored = {a.path for a in client.list_artifacts(study_run)}
+    assert {"report.json", "scaling.png", "report.html", "cells.jsonl"} <= stored, stored
+    fetched = Path(client.download_artifacts(study_run, "report.json", str(tmp_path / "dl")))
+    assert json.loads(fetched.read_text()) == json.loads((out / "report.json").read_text())
+
+
+def _wait_for_job(url: str, job: str, timeout_s: float) -> str:
+    """The job's final status; fails with its logs when it has not ended in `timeout_s`."""
+    client = JobSubmissionClient(url)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.get_job_status(job).value
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(2)
+    raise AssertionError(
+        f"job {job} did not end within {timeout_s:.0f} s: {client.get_job_logs(job)[-3000:]}"
+    )
