@@ -10,13 +10,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 class StudyProcess:
@@ -51,9 +55,28 @@ class StudyProcess:
             start_new_session=True,
         )
 
-    def wait(self, timeout: float) -> tuple[int, str, str]:
-        out, err = self.proc.communicate(timeout=timeout)
+    def wait(self, timeout: float, what: str = "") -> tuple[int, str, str]:
+        """(exit code, stdout, stderr); an AssertionError naming the hang (`what`: the step,
+        such as ' after SIGTERM') if it has not exited within `timeout` s, after killing it."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.cleanup()
+            out, err = self.output()
+            raise AssertionError(
+                f"the study did not exit within {timeout:g} s{what}: it hangs\n"
+                f"stdout: ...{out[-2000:]}\nstderr: ...{err[-3000:]}"
+            ) from None
         return self.proc.returncode, out, err
+
+    def output(self) -> tuple[str, str]:
+        """What the process printed, once it has ended; '' if its pipes stay open (a process
+        it started may hold them) for 30 s."""
+        try:
+            out, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            return "", "(the pipes stayed open after the study exited)"
+        return out or "", err or ""
 
     def kill_group(self) -> None:
         """kill -9 of the driver's whole process group, as a lost job allocation would."""
@@ -107,10 +130,31 @@ def wait_for(predicate, timeout: float, what: str, proc: StudyProcess | None = N
     deadline = time.time() + timeout
     while not predicate():
         if proc is not None and proc.proc.poll() is not None:
-            raise AssertionError(f"the study exited before {what}: {proc.proc.communicate()}")
+            raise AssertionError(f"the study exited before {what}: {proc.output()}")
         if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"{what} did not happen within {timeout:g} s")
         time.sleep(0.2)
+
+
+def call_within(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """fn() in a daemon thread: its result, or its exception re-raised here; an AssertionError
+    naming `what` if it has neither returned nor raised within `timeout` s (a hang)."""
+    done: dict = {}
+
+    def target() -> None:
+        try:
+            done["result"] = fn()
+        except BaseException as error:  # re-raised in the caller's thread
+            done["error"] = error
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AssertionError(f"{what} did not return within {timeout:g} s: it hangs")
+    if "error" in done:
+        raise done["error"]
+    return done["result"]
 
 
 def ledger_lines(out: Path) -> list[dict]:

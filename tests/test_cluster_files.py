@@ -174,7 +174,9 @@ def test_aws_config_matches_ray_launcher_schema():
     }
     commands = [c for key, cs in config.items() if key.endswith("_commands") for c in cs]
     for command in commands:
-        result = subprocess.run(["bash", "-n", "-c", command], capture_output=True, text=True)
+        result = subprocess.run(
+            ["bash", "-n", "-c", command], capture_output=True, text=True, timeout=60
+        )
         assert result.returncode == 0, f"{command!r}: {result.stderr}"
 
 
@@ -199,7 +201,7 @@ def test_kubernetes_manifests():
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: str(p.relative_to(CLUSTER)))
 def test_shell_scripts_parse(path):
-    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 
 

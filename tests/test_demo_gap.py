@@ -10,8 +10,10 @@ a quarter of the demo's cost (~40 s on 2 cores).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -73,16 +75,72 @@ def test_the_gap_C_is_resolved_above_zero(report: dict) -> None:
     }
 
 
+def _m_eq_by_hand(eq: dict, mae: float) -> float | None:
+    """Solve E0(m) = D0 m^-beta + C0 = mae for m on the report's baseline curve; None where
+    mae is at or below the floor C0 (no m reaches it)."""
+    b = eq["baseline_curve"]
+    gap = mae - b["C0"]
+    return (b["D0"] / gap) ** (1 / b["beta"]) if gap > 0 else None
+
+
 def test_equivalent_sample_sizes_come_with_intervals(report: dict) -> None:
-    eq = report["equivalent_samples"]
+    eq, m_values = report["equivalent_samples"], load_config(DEMO).target_sizes
+    assert eq["m_ref"] == max(m_values) and eq["baseline_curve"]["m_used"] == m_values
+    # the baseline curve is the one the n = 0 cells trace (a 3-parameter fit to their means)
+    b = eq["baseline_curve"]
+    for row in report["baseline_by_m"]:
+        e0 = b["D0"] * row["m"] ** -b["beta"] + b["C0"]
+        assert e0 == pytest.approx(row["test_mae_mean"], abs=0.03), (row, b)
+    # each point: the pretrained MAE at (n, m_ref), and the m where E0 reaches it
+    means = {s["n"]: s["test_mae_mean"] for s in report["sizes"] if s["m"] == eq["m_ref"]}
     assert [p["n"] for p in eq["points"]] == SIZES
     for p in eq["points"]:
-        assert p["m_eq_ci90"] is not None and len(p["m_eq_ci90"]) == 2, p
+        assert p["mae"] == pytest.approx(means[p["n"]], rel=1e-9), p
+        m_eq = _m_eq_by_hand(eq, p["mae"])
+        assert m_eq is not None and p["m_eq"] == pytest.approx(m_eq, rel=1e-6), (p, m_eq)
+        assert p["gain_factor"] == pytest.approx(m_eq / eq["m_ref"], rel=1e-6), p
+        assert p["extrapolated"] == (m_eq > max(m_values)), p
+        lo, hi = p["m_eq_ci90"]
+        assert lo <= p["m_eq"] <= hi, p
+    # the growth rate is the slope of log m_eq against log n
+    logs = np.log([[p["n"], p["m_eq"]] for p in eq["points"]])
+    assert eq["growth_rate"] == pytest.approx(np.polyfit(logs[:, 0], logs[:, 1], 1)[0], rel=1e-6)
+    lo, hi = eq["growth_rate_ci90"]
+    assert 0 < lo <= eq["growth_rate"] <= hi, eq  # more simulated rows are worth more
     smallest = eq["points"][0]  # the mildest extrapolation of E0(m) beyond the largest m
     assert isinstance(smallest["m_eq"], float) and smallest["m_eq"] > eq["m_ref"]
+
+
+WORTH = re.compile(
+    r"at n = (\d+): one simulated row is worth (\S+) \[(\S+), (\S+)\] experimental rows "
+    r"\(no pretraining needs m = (\S+) \[(\S+), (\S+)\]\)"
+)
+
+
+def _printed(text: str, want: float | str, digits: int) -> None:
+    """text is want printed to `digits` significant digits (or the same word)."""
+    if isinstance(want, str):
+        assert text == want, (text, want)
+    else:
+        assert float(text) == pytest.approx(want, rel=0.5 * 10 ** (1 - digits)), (text, want)
 
 
 def test_the_summary_says_what_a_simulated_row_is_worth(report: dict) -> None:
     text = summary_text(report)
     assert "transfer gap C by m" in text and "no pretraining: E0(m) =" in text
     assert "at n = 100: one simulated row is worth" in text, text
+    eq = report["equivalent_samples"]
+    m_ref, by_n = eq["m_ref"], {p["n"]: p for p in eq["points"]}
+    lines = [WORTH.search(line) for line in text.splitlines() if "simulated row is worth" in line]
+    assert [int(found.group(1)) for found in lines if found] == SIZES, text
+    for found in lines:
+        n = int(found.group(1))
+        point = by_n[n]
+        # by hand: m_eq solves E0(m_eq) = E(n) on the baseline curve; per row, (m_eq - m_ref)/n
+        m_eq = _m_eq_by_hand(eq, point["mae"])
+        ci = point["m_eq_ci90"]
+        worth = [(m - m_ref) / n if isinstance(m, float) else "unbounded" for m in [m_eq, *ci]]
+        for printed, want in zip(found.groups()[1:4], worth, strict=True):
+            _printed(printed, want, 2)
+        for printed, want in zip(found.groups()[4:], [m_eq, *ci], strict=True):
+            _printed(printed, want, 3)

@@ -23,6 +23,45 @@ TINY = [
 ]
 
 
+def _law(fit: dict, n: float) -> float:
+    """E(n) = D n^-alpha + C as the report states it (alpha None: a flat fit, D = 0)."""
+    return fit["C"] + (0.0 if fit["alpha"] is None else fit["D"] * n ** -fit["alpha"])
+
+
+def _check_the_fit(report: dict) -> None:
+    """The fit against what three sizes of band-gap MAEs (0.2-0.8 eV) can justify."""
+    fit, sizes = report["fit"], report["sizes"]
+    maes = {s["n"]: s["test_mae_mean"] for s in sizes}
+    print(f"fit: {fit}; extrapolation: {report['extrapolation']}; MAE by n: {maes}")
+    assert fit["sizes_used"] == [300, 3000, 20000] and fit["m"] is None, fit
+    # D, C >= 0 and a least-squares floor: above every mean, lowering C would fit all better
+    assert fit["D"] >= 0 and 0 <= fit["C"] <= max(maes.values()), fit
+    assert fit["alpha"] is None or 0 < fit["alpha"] <= 3, fit
+    for name in ("D", "alpha", "C"):
+        lo, hi = fit[f"{name}_ci90"]
+        assert lo <= hi, (name, fit)
+        if fit[name] is not None:
+            assert lo - 1e-9 <= fit[name] <= hi + 1e-9, (name, fit)
+    # the curve follows the means it was fitted to (3 parameters, 3 sizes: it passes through
+    # them unless noise makes the means rise with n, and then it misses by about that rise)
+    for n, mae in maes.items():
+        assert abs(_law(fit, n) - mae) <= 0.05, (n, mae, _law(fit, n), fit)
+    assert [e["factor"] for e in report["extrapolation"]] == [10, 100]
+    previous = _law(fit, 20000)
+    for e in report["extrapolation"]:
+        assert e["n"] == pytest.approx(20000 * e["factor"])
+        assert e["mae"] == pytest.approx(_law(fit, e["n"]), rel=1e-6), e  # the stated law
+        # no lower than the fitted floor, no higher than the curve at fewer rows
+        assert fit["C"] - 1e-9 <= e["mae"] <= previous + 1e-9, (e, fit)
+        assert 0.15 < e["mae"] < 0.8, e  # a band-gap MAE, not an artefact of the fit
+        lo, hi = e["mae_ci90"]
+        assert lo - 1e-9 <= e["mae"] <= hi + 1e-9 and lo >= 0, e
+        previous = e["mae"]
+    # 10x more simulated rows is no worse than no pretraining at all, within its interval
+    ten_x, baseline = report["extrapolation"][0], report["baseline"]
+    assert ten_x["mae"] <= baseline["test_mae_ci90"][1], (ten_x, baseline)
+
+
 def test_tiny_bandgap_study_runs_on_the_real_pair(ray_session, data_dir, tmp_path):
     cfg = load_config(
         "configs/bandgap_mp.yaml",
@@ -38,7 +77,7 @@ def test_tiny_bandgap_study_runs_on_the_real_pair(ray_session, data_dir, tmp_pat
     refs = report["references"]
     assert refs["matbench_v0.1_record_MODNet"] == 0.3327
     assert 0.3 < refs["simulation_alone"] < 0.45  # MP PBE gap used directly, same test rows
-    assert {"D", "C"} <= set(report["fit"]) and report["extrapolation"]
+    _check_the_fit(report)
     records = StudyFolder(tmp_path / "out").ledger()
     assert len(records) == 8 and all(r["status"] == "ok" for r in records)
     assert all(r["reference_rows"] > 0 for r in records)

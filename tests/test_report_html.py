@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from browser import dump_dom, screenshot
 from matplotlib.image import imread
@@ -120,6 +121,57 @@ def test_a_target_size_axis_adds_its_plot_and_equivalent_samples(tmp_path: Path)
     points = report["equivalent_samples"]["points"]
     assert "Equivalent experimental sample size" in page and len(points) == 5
     assert page.count("<td>400</td>") >= 6  # the per-size table lists each (n, m)
+    _check_equivalent_samples(report, page)
+
+
+def _number(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def _check_equivalent_samples(report: dict, page: str) -> None:
+    """The page's equivalent-sample table and sentence against a hand solution of E0(m) = E(n)
+    on the report's baseline curve, which must recover the law _cells built (E0 = 2 m^-0.3)."""
+    eq = report["equivalent_samples"]
+    b, m_ref = eq["baseline_curve"], eq["m_ref"]
+    assert m_ref == 400 and b["m_used"] == [50, 100, 200, 400], eq
+    assert b["D0"] == pytest.approx(2, rel=0.05) and b["beta"] == pytest.approx(0.3, abs=0.02)
+    assert 0 <= b["C0"] < 0.02, b
+
+    def m_eq(mae: float) -> float:
+        return (b["D0"] / (mae - b["C0"])) ** (1 / b["beta"])
+
+    def true_m_eq(n: int) -> float:  # the construction: transfer at m = 400, E0 = 2 m^-0.3
+        level = 2 * 400**-0.3
+        return (2 / (0.25 + (level - 0.25) * (n / 300) ** -0.35)) ** (1 / 0.3)
+
+    table = page[page.index("<h3>Equivalent experimental sample size</h3>") :]
+    table = table[: table.index("</table>")]
+    rows = re.findall(r"<tr>((?:<td>[^<]*</td>)+)</tr>", table)
+    assert len(rows) == len(eq["points"]) == 5, table
+    for row, p in zip(rows, eq["points"], strict=True):
+        n, mae, m, ci, times, extrapolated = re.findall(r"<td>([^<]*)</td>", row)
+        want = m_eq(p["mae"])
+        assert want == pytest.approx(true_m_eq(p["n"]), rel=0.15), (p, true_m_eq(p["n"]))
+        assert _number(n) == p["n"] and _number(mae) == pytest.approx(p["mae"], rel=6e-4), row
+        assert _number(m) == pytest.approx(want, rel=6e-3), (row, want)
+        assert _number(times) == pytest.approx(want / m_ref, rel=6e-3), (row, want / m_ref)
+        assert extrapolated == ("yes" if want > 400 else "no"), (row, want)
+        lo, hi = (_number(v) for v in ci.strip("[]").split(", "))
+        assert [lo, hi] == pytest.approx(p["m_eq_ci90"], rel=6e-3) and lo <= want <= hi, row
+    # the sentence in "What the study found" is about the largest n
+    last = eq["points"][-1]
+    found = re.search(
+        r"Worth in experiments: at n = ([\d,]+), pretraining with m = ([\d,]+) experimental "
+        r"rows is as accurate as the baseline with ([\d,.]+) \[([\d,.]+), ([\d,.]+)\] rows "
+        r"\(([\d.]+)×, beyond the measured m: an extrapolation\)",
+        page,
+    )
+    assert found, page[page.index("Worth in") - 100 : page.index("Worth in") + 400]
+    n, m, at, lo, hi, times = (_number(v) for v in found.groups())
+    want = m_eq(last["mae"])
+    assert (n, m) == (last["n"], m_ref)
+    assert [at, lo, hi] == pytest.approx([want, *last["m_eq_ci90"]], rel=6e-3), found.group(0)
+    assert times == pytest.approx(want / m_ref, rel=6e-3), found.group(0)
 
 
 def test_chromium_renders_the_page_with_every_image(tmp_path: Path) -> None:

@@ -138,20 +138,53 @@ def test_progress_lines_status_and_html_page_of_the_study(study, capsys):
     assert page.count("data:image/png;base64,") == 2 and "What the study found" in page
 
 
+def _check_the_target_axis(report: dict) -> None:
+    """target_axis and equivalent_samples of the study on n in (0, 60, 400), m in (20, 40, 70),
+    against the report's own tables and, for m_eq, a hand solution of E0(m) = E(n)."""
+    axis, eq = report["target_axis"], report["equivalent_samples"]
+    print(f"equivalent samples: {eq}")
+    assert axis["m_values"] == [20, 40, 70] and axis["n_values"] == [0, 60, 400]
+    assert [e["m"] for e in axis["scaling_in_n"]] == [20, 40, 70]
+    curves = {c["n"]: c for c in axis["learning_curves"]}
+    assert sorted(curves) == [0, 60, 400] and not curves[0]["pretrained"]
+    codes = {d["code"] for d in report["diagnostics"]}
+    assert eq is not None and "no_equivalent_samples" not in codes, report["diagnostics"]
+    # the baseline curve E0(m) = D0 m^-beta + C0 is the n = 0 learning curve over the three m
+    b = eq["baseline_curve"]
+    assert eq["m_ref"] == 70 and b["m_used"] == [20, 40, 70]
+    assert [b["D0"], b["C0"]] == pytest.approx([curves[0]["D"], curves[0]["C"]], rel=1e-9)
+    assert curves[0]["alpha"] in (None, pytest.approx(b["beta"], rel=1e-9))  # None: D0 = 0
+    # each point: the pretrained MAE at (n, m_ref), and by hand the m where E0 reaches it
+    means = {(s["n"], s["m"]): s["test_mae_mean"] for s in report["sizes"]}
+    assert [p["n"] for p in eq["points"]] == [60, 400]
+    for p in eq["points"]:
+        assert p["mae"] == pytest.approx(means[p["n"], 70], rel=1e-9), p
+        gap = p["mae"] - b["C0"]
+        if gap <= 0:  # below the baseline's floor: no m reaches it
+            assert p["m_eq"] == p["gain_factor"] == "unreachable", (p, b)
+            continue
+        m_eq = (b["D0"] / gap) ** (1 / b["beta"]) if b["D0"] > 0 else 0.0
+        assert p["m_eq"] == pytest.approx(m_eq, rel=1e-6), (p, b)
+        assert p["gain_factor"] == pytest.approx(m_eq / 70, rel=1e-6), p
+        assert p["extrapolated"] == (m_eq > 70), p
+
+
 def test_a_target_size_axis_shares_pretraining_across_m(ray_session, tmp_path):
     """With a grid of experimental train sizes m, every (n, m, r) is a cell, pretraining still
-    runs once per (n, r), and the report carries the E(n, m) analysis."""
+    runs once per (n, r), and the report carries the E(n, m) analysis: with the baseline at
+    three m, the equivalent experimental sample size too."""
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    raw = {**TINY, "sizes": [60, 400], "target_sizes": [30, 70], "tracking": {"uri": uri}}
+    raw = {**TINY, "sizes": [60, 400], "target_sizes": [20, 40, 70], "tracking": {"uri": uri}}
     cfg = build_config({**raw, "tune": {"trials_per_cell": 1}, "finetune": {"epochs": [3, 5]}})
     report = run_study(cfg, tmp_path / "out", echo=lambda line: None)
     records = StudyFolder(tmp_path / "out").ledger()
     assert sorted((r["n"], r["m"], r["repetition"]) for r in records) == sorted(
-        (n, m, r) for n in (0, 60, 400) for m in (30, 70) for r in range(2)
+        (n, m, r) for n in (0, 60, 400) for m in (20, 40, 70) for r in range(2)
     )
-    assert {r["train_rows"] for r in records} == {30, 70}
+    assert {r["train_rows"] for r in records} == {20, 40, 70}
     pretrains = _runs(MlflowClient(uri), "pretrain")
     assert len(pretrains) == 2 * 2  # (n, r) pairs, not (n, m, r) cells
-    assert {s["m"] for s in report["sizes"]} == {30, 70}
-    assert [b["m"] for b in report["baseline_by_m"]] == [30, 70]
-    assert "target_axis" in report and "equivalent_samples" in report
+    assert {s["m"] for s in report["sizes"]} == {20, 40, 70}
+    assert [b["m"] for b in report["baseline_by_m"]] == [20, 40, 70]
+
+    _check_the_target_axis(report)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from faults import call_within
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobSubmissionClient
 
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "tests/micro_study.yaml"
 TOKEN = "0123456789abcdef" * 2
+FOLLOW_S = 600  # a micro study: about a minute on 2 busy cores; longer is a hang
 
 
 @dataclass
@@ -165,8 +167,18 @@ def test_a_study_runs_as_a_job(head, tmp_path, capsys, monkeypatch):
     assert f"s2r jobs logs {job} --follow --address {head}" in printed
     assert "note:" not in printed  # absolute folder and store: nothing lands in the job's copy
 
-    assert main(["jobs", "logs", job, "--follow", "--address", head]) == 0  # until it ends
+    # follows until the job ends; one that never ends fails the test, stopped, with its status
+    follow = ["jobs", "logs", job, "--follow", "--address", head]
+    try:
+        code = call_within(lambda: main(follow), FOLLOW_S, f"following the logs of job {job}")
+    except AssertionError as hung:
+        status = JobSubmissionClient(head).get_job_status(job)
+        main(["jobs", "stop", job, "--address", head])
+        pytest.fail(f"{hung}: the job had not ended (status {status})")
+    assert code == 0
     followed = capsys.readouterr().out
+    with capsys.disabled():
+        print(f"\nsubmit to the end of the job: {time.time() - submitted:.1f} s")
     assert main(["jobs", "status", job, "--address", head]) == 0
     assert capsys.readouterr().out.startswith(f"{job}: SUCCEEDED")
     assert main(["jobs", "logs", job, "--address", head]) == 0
