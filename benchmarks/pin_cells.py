@@ -1,0 +1,80 @@
+"""Pin a deterministic study's per-cell results, to show a change of code keeps them.
+
+The study is the fault tests' 8-cell chain (3 sizes and the baseline x 2 repetitions, 2 trials a
+cell drawn at random, no early stopping: grace period past the last epoch), so every number
+depends on the code alone, not on the order trials end in.
+
+    python benchmarks/pin_cells.py --out /tmp/pin-before.json         # on the old code
+    python benchmarks/pin_cells.py --out /tmp/pin-after.json          # on the new code
+    python benchmarks/pin_cells.py --compare /tmp/pin-before.json /tmp/pin-after.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+CHAIN = {
+    "name": "chain",
+    "sizes": [40, 120, 300],
+    "repetitions": 2,
+    "data": {"synthetic": {"n_source": 600, "n_target": 120, "n_features": 6}},
+    "model": {"hidden": [32, 16]},
+    "pretrain": {"patience": 3, "max_steps": 1500},
+    "finetune": {"epochs": [6, 10]},
+    "tune": {"trials_per_cell": 2, "startup_trials": 2, "grace_period": 11},
+    "report": {"n_boot": 200},
+}
+PINNED = ("mae", "single_mae", "zero_shot_mae", "source_val_mae", "val_mae", "best_trial")
+
+
+def pin(out: Path) -> dict:
+    from s2r_ray.config import build_config
+    from s2r_ray.folder import StudyFolder
+    from s2r_ray.sweep import run_study
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = build_config({**CHAIN, "tracking": {"uri": f"sqlite:///{tmp}/m.db"}})
+        run_study(cfg, Path(tmp) / "out", echo=lambda line: None)
+        cells = {
+            r["cell"]: {k: r.get(k) for k in PINNED}
+            for r in StudyFolder(Path(tmp) / "out").ledger()
+        }
+    out.write_text(json.dumps(dict(sorted(cells.items())), indent=1))
+    return cells
+
+
+def compare(before: Path, after: Path) -> int:
+    a, b = json.loads(before.read_text()), json.loads(after.read_text())
+    differ = [
+        f"{cell} {k}: {a[cell][k]!r} -> {b.get(cell, {}).get(k)!r}"
+        for cell in a
+        for k in PINNED
+        if a[cell][k] != b.get(cell, {}).get(k)
+    ]
+    differ += [f"{cell}: only after" for cell in b if cell not in a]
+    print(
+        "\n".join(differ) or f"{len(a)} cells x {len(PINNED)} values: identical to the last digit"
+    )
+    return 1 if differ else 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, help="write the pinned cells here")
+    p.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
+    args = p.parse_args()
+    if args.compare:
+        return compare(*args.compare)
+    if not args.out:
+        p.error("give --out or --compare")
+    pin(args.out)
+    print(f"pinned {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
