@@ -15,6 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from s2r_ray.models import family_class
+from s2r_ray.models.hyperparameters import FinetuneSpace, PretrainConfig
+
 
 class UserError(ValueError):
     """A mistake in what the user gave (config, override, data file): `s2r` prints its one-line
@@ -130,8 +133,6 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _family_options(self) -> ModelConfig:
-        from s2r_ray.models import family_class  # imports torch: only once a model is named
-
         schema = family_class(self.kind).Options
         try:
             options = schema.model_validate(self.options())
@@ -147,39 +148,15 @@ class ModelConfig(_Strict):
         return self
 
 
-class PretrainConfig(_Strict):
-    """Fixed pretraining recipe; training runs to convergence on the source hold-out."""
+class FinetuneConfig(FinetuneSpace):
+    """The `finetune:` section: the family's search space, and beside it (where old configs have
+    it) how many seeds scoring averages, which no search sees."""
 
-    lr: float = Field(2e-3, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-    batch_size: int = Field(128, ge=1)
-    patience: int = Field(8, ge=1, description="evaluations without improvement before stopping")
-    min_steps_per_eval: int = Field(50, ge=1)
-    max_steps: int = Field(20000, ge=1, description="cap; a size that hits it is flagged")
-
-
-class FinetuneSpace(_Strict):
-    """Search space per (n, r) cell; a [lo, hi] pair is a range, a scalar is fixed."""
-
-    lr: tuple[float, float] | float = (3e-4, 3e-2)
-    weight_decay: tuple[float, float] | float = (1e-6, 1e-2)
-    epochs: tuple[int, int] | int = (20, 80)
-    batch_size: list[int] | int = Field(default_factory=lambda: [16, 32, 64])
-    freeze: list[int] | int = Field(default_factory=lambda: [0, 1])
-    dropout: tuple[float, float] | float = (0.0, 0.2)
     ensemble: int = Field(1, ge=1, description="seeds of the best configuration averaged per cell")
 
-    @model_validator(mode="after")
-    def _ranges_ordered(self) -> FinetuneSpace:
-        for name in ("lr", "weight_decay", "epochs", "dropout"):
-            v = getattr(self, name)
-            if isinstance(v, tuple) and v[0] > v[1]:
-                raise ValueError(f"{name}: low {v[0]} is above high {v[1]}")
-        for name in ("lr", "weight_decay"):
-            v = getattr(self, name)
-            if isinstance(v, tuple) and v[0] <= 0:
-                raise ValueError(f"{name}: a log range needs a positive low end")
-        return self
+    def space(self) -> FinetuneSpace:
+        """The search space alone, for the family."""
+        return FinetuneSpace.model_validate(self.model_dump(exclude={"ensemble"}))
 
 
 class Resources(_Strict):
@@ -248,7 +225,7 @@ class StudyConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
-    finetune: FinetuneSpace = Field(default_factory=FinetuneSpace)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)

@@ -14,8 +14,8 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
-from s2r_ray.config import FinetuneSpace
 from s2r_ray.models.base import Family
+from s2r_ray.models.hyperparameters import FinetuneSpace
 from s2r_ray.pretraining import Pretrainings
 from s2r_ray.protocol import Cell
 from s2r_ray.scoring import failed_record

@@ -365,7 +365,7 @@ def _tune(
         searcher = CellSearcher(
             plan.cells,
             family,
-            cfg.finetune,
+            cfg.finetune.space(),
             cfg.tune.trials_per_cell,
             cfg.tune.startup_trials,
             cfg.seed,
@@ -443,7 +443,7 @@ def _finish(
 def _horizon(family: Family, cfg: StudyConfig) -> int:
     """ASHA's horizon, one past the longest trial: ASHA stops every trial that reaches its
     horizon, which would end a trial that completed all its epochs as KILLED."""
-    return family.max_epochs(cfg.finetune) + 1
+    return family.max_epochs(cfg.finetune.space()) + 1
 
 
 def _timing(records: list[dict], wall: float, cfg: StudyConfig) -> dict:

@@ -49,6 +49,15 @@ def test_overrides_are_typed_and_validated():
         parse_override("repetitions")
 
 
+def test_ensemble_stays_under_finetune_but_out_of_the_search_space():
+    """Old configs keep `finetune.ensemble`; scoring reads it, the family's space never has it."""
+    cfg = build_config({**BASE, "finetune": {"ensemble": 3, "lr": [1e-3, 1e-2]}})
+    assert cfg.finetune.ensemble == 3
+    space = cfg.finetune.space()
+    assert "ensemble" not in type(space).model_fields and space.lr == (1e-3, 1e-2)
+    assert space.model_dump() == cfg.finetune.model_dump(exclude={"ensemble"})
+
+
 def test_an_error_from_an_override_names_the_override_not_the_file():
     with pytest.raises(ConfigError) as e:
         build_config(BASE, ["finetune.lr=[0.1, 0.01]"], origin="my.yaml")

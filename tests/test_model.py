@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from s2r_ray.config import PretrainConfig, StudyConfig, SyntheticData
+from s2r_ray.config import StudyConfig, SyntheticData
 from s2r_ray.data.synthetic import make_synthetic
 from s2r_ray.models import make_family
 from s2r_ray.models.base import mae
+from s2r_ray.models.hyperparameters import PretrainConfig
 from s2r_ray.models.mlp import MLP, MLPFamily, MLPOptions, Scaler
-from s2r_ray.models.torch_family import Network
+from s2r_ray.models.network import Network
 from s2r_ray.protocol import make_plan
 
 HP = {"lr": 3e-3, "weight_decay": 1e-4, "epochs": 40, "batch_size": 32, "freeze": 0, "dropout": 0.0}

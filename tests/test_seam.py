@@ -3,7 +3,9 @@ MLP's numbers did not move when it went behind the seam."""
 
 from __future__ import annotations
 
+import ast
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +14,10 @@ import torch
 from optuna.distributions import FloatDistribution
 
 from s2r_ray import models
-from s2r_ray.config import PretrainConfig, build_config
+from s2r_ray.config import build_config
 from s2r_ray.folder import StudyFolder
 from s2r_ray.models.base import Family, FineTuned, Pretrained, mae
+from s2r_ray.models.hyperparameters import PretrainConfig
 from s2r_ray.models.mlp import MLPFamily, MLPOptions
 from s2r_ray.sweep import run_study
 
@@ -106,6 +109,19 @@ def test_an_unknown_family_option_is_a_config_error_naming_it():
         build_config({"name": "x", "sizes": [10], "model": {"hiden": [8]}})
     with pytest.raises(ValueError, match="unknown model kind 'rnn'; known: attention, mlp"):
         build_config({"name": "x", "sizes": [10], "model": {"kind": "rnn"}})
+
+
+def test_the_config_imports_the_models_never_the_reverse():
+    """Families own their settings: no module of the package imports the study config."""
+    package = Path(models.__file__).parent
+    imported = set()
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                imported |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+    assert "s2r_ray.models.base" in imported and "s2r_ray.config" not in imported
 
 
 def test_the_mlp_computes_what_it_did_before_the_seam():

@@ -7,11 +7,11 @@ e.g. a test). Modules are imported on first use.
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from s2r_ray.config import StudyConfig
     from s2r_ray.models.base import Family
+    from s2r_ray.models.hyperparameters import PretrainConfig
 
 FAMILIES: dict[str, str | type[Family]] = {
     "mlp": "s2r_ray.models.mlp:MLPFamily",
@@ -33,7 +33,27 @@ def family_class(kind: str) -> type[Family]:
     return entry
 
 
-def make_family(cfg: StudyConfig) -> Family:
+class ModelChoice(Protocol):
+    """A config's `model` section: the family's kind and its options."""
+
+    @property
+    def kind(self) -> str: ...
+
+    def options(self) -> dict[str, Any]: ...
+
+
+class FamilyConfig(Protocol):
+    """What a family is made from: a study config's `model` and `pretrain` sections (the config
+    imports this package, never the reverse)."""
+
+    @property
+    def model(self) -> ModelChoice: ...
+
+    @property
+    def pretrain(self) -> PretrainConfig: ...
+
+
+def make_family(cfg: FamilyConfig) -> Family:
     """The configured family, its options validated by its own schema."""
     cls = family_class(cfg.model.kind)
     return cls(cls.Options.model_validate(cfg.model.options()), cfg.pretrain)

@@ -17,7 +17,7 @@ import numpy as np
 from optuna.distributions import BaseDistribution
 from pydantic import BaseModel, ConfigDict
 
-from s2r_ray.config import FinetuneSpace, PretrainConfig
+from s2r_ray.models.hyperparameters import FinetuneSpace, PretrainConfig
 
 OnEpoch = Callable[[int, float, float], None]  # (epoch, val MAE, best val MAE so far)
 

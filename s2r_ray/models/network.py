@@ -1,0 +1,59 @@
+"""A torch family's trained network: the module with the input encoding and output scaling that
+give it its units, and its plain-numpy state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Encoder(Protocol):
+    """Raw feature rows -> the network's float32 inputs, fitted once on the source."""
+
+    def transform(self, X: np.ndarray) -> np.ndarray: ...
+
+    def state(self) -> dict: ...
+
+
+class Transferable(Protocol):
+    """What fine-tuning needs of a network beyond nn.Module: a `head` to re-initialise and
+    `freeze(k)` for its k lowest stages."""
+
+    head: nn.Module
+
+    def freeze(self, k: int) -> None: ...
+
+
+@dataclass
+class Network:
+    """A network with the encoding and output scaling that give it its units (the identity
+    scaling until training sets it from the training targets)."""
+
+    module: nn.Module
+    encoder: Encoder
+    n_in: int  # input columns, to rebuild the module from its state
+    y_center: float = 0.0
+    y_scale: float = 1.0
+
+    def predict(self, X: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+        """Predictions in the target's units, computed on `device` (the module moves there: a
+        network rebuilt from its state starts on the CPU)."""
+        self.module.to(device).eval()
+        with torch.no_grad():
+            Z = torch.from_numpy(self.encoder.transform(X)).to(device)
+            out = torch.cat([self.module(b) for b in Z.split(65536)]) if len(Z) else Z[:, 0]
+        return out.cpu().numpy().astype(np.float64) * self.y_scale + self.y_center
+
+    def state(self) -> dict:
+        """Plain numpy form, cheap to ship through the object store and rebuild anywhere."""
+        return {
+            "weights": {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()},
+            "encoder": self.encoder.state(),
+            "n_in": self.n_in,
+            "y_center": self.y_center,
+            "y_scale": self.y_scale,
+        }
