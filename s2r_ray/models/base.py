@@ -79,7 +79,8 @@ class Family(ABC):
         self, space: FinetuneSpace, baseline: bool
     ) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
         """Optuna distributions to search and fixed values, for a cell with or without a
-        pretrained model."""
+        pretrained model. `space` is the config's `finetune:` section less `ensemble`, a
+        scoring setting no search sees."""
 
     @abstractmethod
     def max_epochs(self, space: FinetuneSpace) -> int:
