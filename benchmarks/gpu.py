@@ -41,8 +41,8 @@ from s2r_ray.config import PretrainConfig, SyntheticData, load_config
 from s2r_ray.data.synthetic import make_synthetic
 from s2r_ray.models.mlp import MLP, MLPFamily, MLPOptions, Scaler
 from s2r_ray.models.torch_family import Network
-from s2r_ray.sweep import run_study
-from s2r_ray.workers import setup_worker
+from s2r_ray.study.driver import run_study
+from s2r_ray.study.workers import setup_worker
 
 REPO = Path(__file__).resolve().parents[1]
 SHARING = (1.0, 0.5, 0.25, 0.125)

@@ -23,9 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from s2r_ray import tracking
 from s2r_ray.local_servers import mlflow_server
 from s2r_ray.protocol import Cell
+from s2r_ray.study import tracking
 
 HP = {"lr": 1e-3, "weight_decay": 1e-5, "epochs": 40, "batch_size": 32, "freeze": 0}
 QUIET_URL = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"

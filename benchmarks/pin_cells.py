@@ -34,7 +34,7 @@ PINNED = ("mae", "single_mae", "zero_shot_mae", "source_val_mae", "val_mae", "be
 def pin(out: Path) -> dict:
     from s2r_ray.config import build_config
     from s2r_ray.folder import StudyFolder
-    from s2r_ray.sweep import run_study
+    from s2r_ray.study.driver import run_study
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build_config({**CHAIN, "tracking": {"uri": f"sqlite:///{tmp}/m.db"}})

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from s2r_ray.config import load_config
-from s2r_ray.sweep import run_study
+from s2r_ray.study.driver import run_study
 
 
 def main() -> None:

@@ -140,7 +140,7 @@ def mlflow_lines(out: Path) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from s2r_ray.sweep import StudyInterrupted, run_study
+    from s2r_ray.study.driver import StudyInterrupted, run_study
 
     cfg = load_config(args.config, args.set, quick=args.quick)
     out = Path(args.out or Path("runs") / cfg.name)
@@ -166,7 +166,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from s2r_ray.folder import StudyFolder
-    from s2r_ray.reducer import folder_report
+    from s2r_ray.study.reducer import folder_report
 
     folder = StudyFolder(args.dir)
     if not folder.has_study():
@@ -229,16 +229,16 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from s2r_ray import jobs
+    from s2r_ray.study import submit
 
     cfg = load_config(args.config, args.set, quick=args.quick)  # a bad config stays here
     workdir = Path.cwd()
-    config = jobs.shipped_path(args.config, workdir)
-    words = jobs.run_command(config, args.out, args.set, quick=args.quick, fresh=args.fresh)
-    client = jobs.connect(args.address)
-    for note in jobs.placement_notes(args.out, cfg.tracking.uri):
+    config = submit.shipped_path(args.config, workdir)
+    words = submit.run_command(config, args.out, args.set, quick=args.quick, fresh=args.fresh)
+    client = submit.connect(args.address)
+    for note in submit.placement_notes(args.out, cfg.tracking.uri):
         print(note)
-    job = jobs.submit(client, words, workdir, cfg.name)
+    job = submit.submit(client, words, workdir, cfg.name)
     print(f"submitted study {cfg.name} as job {job} to {client.get_address()}")
     where = f" --address {args.address}" if args.address else ""
     for command in (f"logs {job} --follow", f"status {job}", f"stop {job}"):
@@ -247,19 +247,19 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
-    from s2r_ray import jobs
+    from s2r_ray.study import submit
 
-    client = jobs.connect(args.address)
+    client = submit.connect(args.address)
     if args.action == "list":
-        for job in jobs.list_jobs(client):
-            print(jobs.describe(job))
+        for job in submit.list_jobs(client):
+            print(submit.describe(job))
     elif args.action == "status":
-        job = jobs.info(client, args.id)
+        job = submit.info(client, args.id)
         print(f"{args.id}: {job.status.value}" + (f" ({job.message})" if job.message else ""))
     elif args.action == "logs":
-        jobs.logs(client, args.id, args.follow, lambda text: print(text, end="", flush=True))
+        submit.logs(client, args.id, args.follow, lambda text: print(text, end="", flush=True))
     else:
-        stopped = jobs.stop(client, args.id)
+        stopped = submit.stop(client, args.id)
         print(f"{args.id}: {'stop requested' if stopped else 'already ended'}")
     return 0
 

@@ -6,10 +6,10 @@ The cell record made here is what the ledger, the reducer and the report all rea
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 import numpy as np
 
-from s2r_ray.config import StudyConfig
 from s2r_ray.models.base import Family, Pretrained, mae, rmse
 from s2r_ray.protocol import Cell, Plan
 
@@ -18,33 +18,44 @@ def _finite(x: float | None) -> float | None:
     return None if x is None or not np.isfinite(x) else float(x)
 
 
+class Selected(Protocol):
+    """The trial a cell's tuning selected: what scoring needs to rebuild its model."""
+
+    cell: Cell
+    trial_key: str
+    seed: int
+    hp: dict
+    stop_epoch: int | None
+    selection_val_mae: float
+
+
 def failed_record(cell: Cell, error: str) -> dict:
     return {"cell": cell.id, **cell.to_dict(), "status": "failed", "error": error}
 
 
 def score_cell(
     plan: Plan,
-    cell: Cell,
-    best: dict,
+    selected: Selected,
     pretrained: Pretrained | None,
     family: Family,
-    cfg: StudyConfig,
+    ensemble: int,
     device: str,
 ) -> dict:
     """The cell's result record: test MAE/RMSE of the selected configuration (averaged over
-    `finetune.ensemble` seeds, the first being the trial's own), the zero-shot error of the
+    `ensemble` seeds, the first being the trial's own), the zero-shot error of the
     pretrained model, and the simulation-alone error on the same test rows."""
     start = time.perf_counter()
+    cell = selected.cell
     ds, rep = plan.dataset, plan.repetitions[cell.repetition]
     X_test, y_test = ds.target_X[rep.test], ds.target_y[rep.test]
     state = pretrained.state if pretrained is not None else None
     preds, val = [], None
-    for i in range(cfg.finetune.ensemble):
+    for i in range(ensemble):
         ft = family.finetune(
             *plan.target_split(cell),
-            hp=best["hp"],
-            seed=best["seed"] + i,
-            stop_epoch=best["stop_epoch"],
+            hp=selected.hp,
+            seed=selected.seed + i,
+            stop_epoch=selected.stop_epoch,
             pretrained=state,
             device=device,
         )
@@ -60,9 +71,9 @@ def score_cell(
         "rmse": rmse(y_test, ensemble),
         "single_mae": mae(y_test, preds[0]),
         "val_mae": val,
-        "selection_val_mae": best.get("value"),
-        "best_trial": best["trial_key"],
-        "best_hp": best["hp"],
+        "selection_val_mae": selected.selection_val_mae,
+        "best_trial": selected.trial_key,
+        "best_hp": selected.hp,
         "test_rows": len(rep.test),
         "train_rows": len(rep.target_train(cell.m)),
     }

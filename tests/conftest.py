@@ -44,7 +44,7 @@ def ray_session():
     """One local Ray for the whole session: ray.init per test costs seconds and mixes badly."""
     import ray
 
-    from s2r_ray.sweep import start_local_ray
+    from s2r_ray.study.driver import start_local_ray
 
     start_local_ray(num_cpus=2, log_to_driver=True)
     yield ray

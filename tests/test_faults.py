@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from s2r_ray.config import ConfigError, build_config
 from s2r_ray.folder import StudyFolder
-from s2r_ray.sweep import run_study
+from s2r_ray.study.driver import run_study
 
 pytestmark = pytest.mark.ray
 
@@ -282,7 +282,7 @@ CLUSTER_SCRIPT = textwrap.dedent(
 
     from s2r_ray.config import build_config
     from s2r_ray.folder import StudyFolder
-    from s2r_ray.sweep import run_study
+    from s2r_ray.study.driver import run_study
 
     cfg, out, db = build_config(json.loads(sys.argv[1])), Path(sys.argv[2]), sys.argv[3]
     # a head that runs no work (as on most clusters) and two workers: the work of the lost one

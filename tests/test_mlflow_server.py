@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from s2r_ray.config import load_config
 from s2r_ray.local_servers import mlflow_server
-from s2r_ray.sweep import run_study
+from s2r_ray.study.driver import run_study
 
 pytestmark = pytest.mark.ray
 

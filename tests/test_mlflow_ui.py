@@ -20,12 +20,13 @@ import browser
 import pytest
 from mlflow.tracking import MlflowClient
 
-from s2r_ray import review, tracking
+from s2r_ray import review
 from s2r_ray.cli import main
 from s2r_ray.config import build_config
 from s2r_ray.folder import StudyFolder
 from s2r_ray.local_servers import LOOPBACK, free_port, start_group, stop_group, wait_http
-from s2r_ray.sweep import run_study
+from s2r_ray.study import tracking
+from s2r_ray.study.driver import run_study
 
 pytestmark = pytest.mark.ray
 

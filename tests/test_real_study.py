@@ -6,7 +6,7 @@ import pytest
 
 from s2r_ray.config import load_config
 from s2r_ray.folder import StudyFolder
-from s2r_ray.sweep import run_study
+from s2r_ray.study.driver import run_study
 
 pytestmark = [pytest.mark.ray, pytest.mark.data]
 

@@ -3,7 +3,7 @@
 import pytest
 
 from s2r_ray.config import build_config
-from s2r_ray.reducer import fit_line, report_from_records
+from s2r_ray.study.reducer import fit_line, report_from_records
 
 CFG = build_config(
     {

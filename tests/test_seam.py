@@ -19,7 +19,7 @@ from s2r_ray.folder import StudyFolder
 from s2r_ray.models.base import Family, FineTuned, Pretrained, mae
 from s2r_ray.models.hyperparameters import PretrainConfig
 from s2r_ray.models.mlp import MLPFamily, MLPOptions
-from s2r_ray.sweep import run_study
+from s2r_ray.study.driver import run_study
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
 

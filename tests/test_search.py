@@ -1,15 +1,25 @@
-"""The multiplexing searcher, driven directly: no Ray cluster needed."""
+"""A cell's tuner and the study's searcher, driven directly: no Ray cluster needed."""
 
-import json
 import math
 
 import optuna
 
 from s2r_ray.config import FinetuneSpace, PretrainConfig
 from s2r_ray.models.mlp import MLPFamily, MLPOptions
-from s2r_ray.pretraining import Pretrainings
 from s2r_ray.protocol import Cell
-from s2r_ray.search import CellSearcher, Searcher
+from s2r_ray.study.pretraining import Pretrainings
+from s2r_ray.study.scheduler import Searcher, StudySearcher
+from s2r_ray.study.tuner import CellTuner
+from s2r_ray.study.units import (
+    RESULT,
+    Failure,
+    Pretraining,
+    PretrainingSummary,
+    Scored,
+    Scoring,
+    Trial,
+)
+from s2r_ray.study.units import from_config as unit
 
 MLP = MLPFamily(MLPOptions(), PretrainConfig())
 
@@ -27,55 +37,67 @@ def test_fixed_values_are_not_searched():
     assert "lr" not in dists and "epochs" not in dists
 
 
-SUMMARY = {"final_source_val_mae": 0.3, "steps": 200, "converged": 1.0, "seconds": 2.0}
+SUMMARY = PretrainingSummary(source_val_mae=0.3, steps=200, converged=True, seconds=2.0)
 
 
 def _pretrainings(*needed: str, slots: int = 1) -> Pretrainings:
     return Pretrainings(list(needed), set(), slots, lambda line: None)
 
 
-def _searcher(cells, pretrainings, done, storage=None, per_cell=2) -> CellSearcher:
-    return CellSearcher(
-        cells,
-        MLP,
-        FinetuneSpace(),
-        trials_per_cell=per_cell,
-        startup_trials=1,
-        seed=0,
-        storage=storage or optuna.storages.InMemoryStorage(),
-        pretrainings=pretrainings,
-        on_cell_done=done.append,
+def _tuners(storage=None, per_cell=2):
+    storage = storage or optuna.storages.InMemoryStorage()
+
+    def make(cell: Cell) -> CellTuner:
+        return CellTuner(
+            cell, storage, MLP, FinetuneSpace(), trials_per_cell=per_cell, startup_trials=1, seed=0
+        )
+
+    return make
+
+
+def _searcher(cells, pretrainings, done, storage=None, per_cell=2, recorded=()) -> StudySearcher:
+    return StudySearcher(
+        cells, set(recorded), _tuners(storage, per_cell), pretrainings, done.append
     )
+
+
+def test_a_tuner_alone_asks_tells_and_selects_the_best_trial():
+    tuner = _tuners()(Cell(0, 0))
+    a, b = tuner.ask(), tuner.ask()
+    assert (a.key, b.key) == ("n0-mall-r0-t00", "n0-mall-r0-t01") and not tuner.wants_more()
+    tuner.tell(a, 0.5, stop_epoch=7, train_seconds=1.0)
+    assert not tuner.tuned()
+    tuner.tell(b, 0.3, stop_epoch=4, train_seconds=2.0)
+    assert tuner.tuned()
+    scoring = tuner.scoring()
+    assert scoring.trial == b and scoring.stop_epoch == 4 and scoring.selection_val_mae == 0.3
+    assert tuner.counts() == {"trials": 2, "failed_trials": 0, "trial_seconds": 3.0}
 
 
 def test_searcher_waits_for_pretraining_scores_each_cell_once_and_first():
     cells = [Cell(0, 0), Cell(100, 0)]
     done = []
     s = _searcher(cells, _pretrainings("n100-r0"), done)
-    p = s.suggest("p")  # pretraining first: the cells waiting on it start sooner
-    assert p["pretrain"] == "n100-r0" and p["cell"]["n"] == 100 and "hp" not in p
-    a, b = s.suggest("a"), s.suggest("b")
-    assert a["cell"]["n"] == 0 and b["cell"]["n"] == 0
-    assert a["trial_key"] == "n0-mall-r0-t00" and b["trial_key"] == "n0-mall-r0-t01"
+    p = unit(s.suggest("p"))  # pretraining first: the cells waiting on it start sooner
+    assert p == Pretraining(Cell(100, 0))
+    a, b = unit(s.suggest("a")), unit(s.suggest("b"))
+    assert isinstance(a, Trial) and a.cell.n == 0 and b.cell.n == 0
+    assert a.key == "n0-mall-r0-t00" and b.key == "n0-mall-r0-t01"
     assert s.suggest("x") is None  # the n=100 cell is not pretrained yet
 
     s.on_trial_complete("a", {"best_val_mae": 0.5, "training_iteration": 7, "train_seconds": 1.0})
     s.on_trial_complete("b", {"best_val_mae": 0.3, "training_iteration": 4, "train_seconds": 2.0})
-    assert not done  # the cell's record comes from its scoring job
-    s.on_trial_complete("p", {"best_val_mae": 0.3, "pretraining": json.dumps(SUMMARY)})
-    score = s.suggest("s0")  # scoring jumps ahead of the now-ready n=100 trials
-    assert score["trial_key"] == "n0-mall-r0-score" and score["cell"] == a["cell"]
-    best = score["score"]
-    assert best["trial_key"] == b["trial_key"] and best["value"] == 0.3
-    assert best["stop_epoch"] == 4  # the epochs it completed, to rebuild it exactly
-    assert best["hp"] == b["hp"] and best["seed"] == b["seed"]
+    assert not done  # the cell's record comes from its scoring
+    s.on_trial_complete("p", {RESULT: SUMMARY})
+    score = unit(s.suggest("s0"))  # scoring jumps ahead of the now-ready n=100 trials
+    assert isinstance(score, Scoring) and score.key == "n0-mall-r0-score"
+    assert score.trial == b and score.selection_val_mae == 0.3
+    assert score.stop_epoch == 4  # the epochs it completed, to rebuild it exactly
 
-    c, d = s.suggest("c"), s.suggest("d")
-    assert c["cell"]["n"] == 100 and d["cell"]["n"] == 100
+    c, d = unit(s.suggest("c")), unit(s.suggest("d"))
+    assert c.cell.n == 100 and d.cell.n == 100
     assert s.suggest("e") is None  # all trials issued, but the n=100 cell is not scored yet
-    s.on_trial_complete(
-        "s0", {"record": json.dumps({"cell": "n0-mall-r0", "status": "ok", "mae": 0.4})}
-    )
+    s.on_trial_complete("s0", {RESULT: Scored({"cell": "n0-mall-r0", "status": "ok", "mae": 0.4})})
     (record,) = done
     assert record["mae"] == 0.4 and record["trials"] == 2 and record["trial_seconds"] == 3.0
 
@@ -90,7 +112,7 @@ def test_a_failed_pretraining_fails_its_cells_without_trials():
     done = []
     s = _searcher([Cell(100, 0)], _pretrainings("n100-r0"), done)
     s.suggest("p")
-    s.on_trial_complete("p", {"best_val_mae": math.inf, "pretraining": '{"error": "diverged"}'})
+    s.on_trial_complete("p", {RESULT: Failure("diverged")})
     assert s.suggest("a") == Searcher.FINISHED
     assert done == [
         {
@@ -113,27 +135,25 @@ def test_a_restarted_searcher_continues_each_cell_from_the_journal(tmp_path):
     )
     cells, pre = [Cell(0, 0)], _pretrainings()
     first = _searcher(cells, pre, [], storage(), per_cell=2)
-    a, b = first.suggest("a"), first.suggest("b")
+    a, b = unit(first.suggest("a")), unit(first.suggest("b"))
     first.on_trial_complete("a", {"best_val_mae": 0.5, "training_iteration": 3})
     # the driver dies here, with b running
 
     done: list[dict] = []
     second = _searcher(cells, pre, done, storage(), per_cell=2)
-    second.skip(set())
     assert second.partly_tuned == 1
-    c = second.suggest("c")
-    assert c["trial_key"] == "n0-mall-r0-t02"  # t01 was b, interrupted
+    c = unit(second.suggest("c"))
+    assert c.key == "n0-mall-r0-t02"  # t01 was b, interrupted
     assert second.suggest("d") is None  # 1 ended + 1 running; the interrupted one not counted
     second.on_trial_complete("c", {"best_val_mae": 0.4, "training_iteration": 2})
-    score = second.suggest("s")
-    assert score["score"]["trial_key"] == c["trial_key"] and score["score"]["stop_epoch"] == 2
-    assert a["trial_key"] == "n0-mall-r0-t00" and b["trial_key"] == "n0-mall-r0-t01"
-    second.on_trial_complete("s", {"record": json.dumps({"cell": "n0-mall-r0", "status": "ok"})})
+    score = unit(second.suggest("s"))
+    assert score.trial == c and score.stop_epoch == 2
+    assert a.key == "n0-mall-r0-t00" and b.key == "n0-mall-r0-t01"
+    second.on_trial_complete("s", {RESULT: Scored({"cell": "n0-mall-r0", "status": "ok"})})
     assert done[0]["trials"] == 2  # the interrupted trial does not count
 
-    third = _searcher(cells, pre, [], storage(), per_cell=2)
-    third.skip({"n0-mall-r0"})  # the ledger holds the cell: nothing left to do
-    assert third.suggest("e") == Searcher.FINISHED
+    third = _searcher(cells, pre, [], storage(), per_cell=2, recorded={"n0-mall-r0"})
+    assert third.suggest("e") == Searcher.FINISHED  # the ledger holds the cell
 
 
 def test_pretrainings_run_in_slots_and_a_lost_one_fails_its_cells():
@@ -145,7 +165,7 @@ def test_pretrainings_run_in_slots_and_a_lost_one_fails_its_cells():
     pre.ended("n50-r0", SUMMARY)
     assert pre.ready(Cell(50, 0)) and pre.error(Cell(50, 0)) is None
     assert pre.next() == "n200-r0" and pre.next() is None
-    pre.ended("n200-r0", None)  # Tune gave up on it (its retries were spent)
+    pre.ended("n200-r0", Failure("the job failed"))  # Tune gave up on it (its retries spent)
     assert not pre.ready(Cell(200, 0)) and "failed" in pre.error(Cell(200, 0))
     assert lines[0].startswith("pretraining n50-r0: source hold-out MAE 0.3 after 200 steps")
     assert lines[1].startswith("pretraining n200-r0 FAILED") and "2/2" in lines[1]

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from s2r_ray.cli import main
 from s2r_ray.config import build_config
 from s2r_ray.folder import StudyFolder
-from s2r_ray.sweep import run_study
+from s2r_ray.study.driver import run_study
 
 pytestmark = pytest.mark.ray
 

@@ -11,14 +11,15 @@ from pathlib import Path
 import pandas as pd
 import ray
 
-from s2r_ray import review, tracking
 from s2r_ray.config import StudyConfig
 from s2r_ray.folder import CONFIG, LEDGER, StudyFolder
 from s2r_ray.models.base import Pretrained
 from s2r_ray.progress import Rate
+from s2r_ray.protocol import size_key
 from s2r_ray.report import build_report, fit_line, write_report
 from s2r_ray.scaling import diagnostics as dg
-from s2r_ray.tracking import TrackingContext, size_key
+from s2r_ray.study import tracking
+from s2r_ray.study.tracking import TrackingContext
 
 
 def report_from_records(cfg: StudyConfig, records: list[dict], status: str, extra: dict) -> dict:
@@ -187,34 +188,6 @@ class Reducer:
         return f"MAE {s['test_mae_mean']:.4g} [{lo:.4g}, {hi:.4g}]"
 
     def _close_size(self, n: int) -> None:
-        s = self._size_summary(n)
-        gain = s.get("paired_gain") or {}
-        ci = s.get("test_mae_ci90") or (None, None)
-        gain_ci = gain.get("ci90") or (None, None)
-        converged = s.get("pretrain_converged")
-        tracking.log(
-            self._ctx,
-            self._ctx.size_run(n),
-            {
-                "test_mae_mean": s.get("test_mae_mean"),
-                "test_mae_ci90_lo": ci[0],
-                "test_mae_ci90_hi": ci[1],
-                "test_rmse_mean": s.get("test_rmse_mean"),
-                "single_model_mae_mean": s.get("single_mae_mean"),
-                "paired_gain_mean": gain.get("mean"),
-                "paired_gain_ci90_lo": gain_ci[0],
-                "paired_gain_ci90_hi": gain_ci[1],
-                "paired_gain_wins": gain.get("wins"),
-                "source_val_mae": s.get("source_val_mae"),
-                "pretrain_converged": None if converged is None else float(converged),
-                "zero_shot_mae": s.get("zero_shot_mae"),
-            },
-        )
         records = [r for r in self._records if r["n"] == n]
-        keys = [r["best_trial"] for r in records if r.get("best_trial")]
-        selected = tracking.mark_selected(self._ctx, n, keys)
-        ids = self._ctx.experiment_id, self._ctx.study_run_id
-        note = review.size_note(self._cfg.name, n, s, records, *ids, selected)
-        tracking.describe_size(self._ctx, n, note)
+        tracking.close_size(self._ctx, self._cfg.name, n, self._size_summary(n), records)
         tracking.describe_study(self._ctx, self._report, plots=[])
-        tracking.end(self._ctx, self._ctx.size_run(n))

@@ -34,6 +34,8 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no status tables
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "60")
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # ours stops the study cleanly
+# pretrainings and scorings report their result, not the trials' metric (study.units)
+os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 import optuna
 import ray
@@ -41,18 +43,20 @@ from ray import tune
 from ray._private import services
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from s2r_ray import tracking
 from s2r_ray.config import ConfigError, Resources, StudyConfig, UserError
 from s2r_ray.data import load_dataset
 from s2r_ray.folder import StudyFolder
 from s2r_ray.local_servers import LOOPBACK
 from s2r_ray.models import make_family
 from s2r_ray.models.base import Family
-from s2r_ray.pretraining import Pretrainings, default_slots
-from s2r_ray.protocol import Plan, make_plan
-from s2r_ray.reducer import Reducer, folder_report
-from s2r_ray.search import CellSearcher, PerCellASHA
-from s2r_ray.trial import study_job
+from s2r_ray.protocol import Cell, Plan, make_plan
+from s2r_ray.study import tracking, units
+from s2r_ray.study.pretrained import choose_store
+from s2r_ray.study.pretraining import Pretrainings, default_slots
+from s2r_ray.study.reducer import Reducer, folder_report
+from s2r_ray.study.scheduler import PerCellASHA, StudySearcher
+from s2r_ray.study.tuner import CellTuner
+from s2r_ray.study.work import run_unit
 
 Echo = Callable[[str], None]
 
@@ -97,7 +101,7 @@ class _Signals:
 
 
 class _StopOnSignal(tune.Stopper):
-    def __init__(self, signals: _Signals, searcher: CellSearcher):
+    def __init__(self, signals: _Signals, searcher: StudySearcher):
         self._signals, self._searcher = signals, searcher
 
     def __call__(self, trial_id: str, result: dict) -> bool:
@@ -210,7 +214,9 @@ def _job_resources(cfg: StudyConfig) -> Callable[[dict], tune.PlacementGroupFact
         return tune.PlacementGroupFactory([{"CPU": res.cpu} | gpu])
 
     trial, pretraining = bundle(cfg.tune.resources), bundle(cfg.tune.pretrain_resources)
-    return lambda config: pretraining if "pretrain" in config else trial
+    return lambda config: (
+        pretraining if isinstance(units.from_config(config), units.Pretraining) else trial
+    )
 
 
 def _dataset_tags(cfg: StudyConfig) -> dict[str, str]:
@@ -361,21 +367,30 @@ def _tune(
     slots = cfg.tune.pretrain_slots or default_slots(cfg.tune.pretrain_resources)
     pretrainings = Pretrainings(needed, folder.pretrained_keys(), slots, echo)
     progress = _Progress(echo)
-    try:
-        searcher = CellSearcher(
-            plan.cells,
+    store = choose_store(folder, reducer)
+    journal = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder.journal_path()))
+    )
+
+    def tuner(cell: Cell) -> CellTuner:
+        return CellTuner(
+            cell,
+            journal,
             family,
             cfg.finetune.space(),
-            cfg.tune.trials_per_cell,
-            cfg.tune.startup_trials,
-            cfg.seed,
-            optuna.storages.JournalStorage(
-                optuna.storages.journal.JournalFileBackend(str(folder.journal_path()))
-            ),
+            trials_per_cell=cfg.tune.trials_per_cell,
+            startup_trials=cfg.tune.startup_trials,
+            seed=cfg.seed,
+        )
+
+    try:
+        searcher = StudySearcher(
+            plan.cells,
+            recorded,
+            tuner,
             pretrainings,
             lambda record: progress.pending.append(reducer.add_cell.remote(record)),
         )
-        searcher.skip(recorded)
         if recorded or pretrainings.loaded or searcher.partly_tuned or orphans:
             echo(
                 f"resuming: {len(recorded)}/{len(plan.cells)} cells done, "
@@ -384,7 +399,7 @@ def _tune(
             )
         trainable = tune.with_resources(
             tune.with_parameters(
-                study_job, plan=plan_ref, reducer=reducer, family=family, cfg=cfg, ctx=ctx
+                run_unit, plan=plan_ref, store=store, family=family, cfg=cfg, ctx=ctx
             ),
             _job_resources(cfg),
         )

@@ -8,11 +8,6 @@ import warnings
 import ray
 import torch
 
-from s2r_ray.models.base import Pretrained
-
-_PRETRAINED: dict[str, Pretrained] = {}
-_KEEP = 4
-
 
 def setup_worker(cpus: float) -> str:
     """One thread per reserved CPU (trials share nodes); CUDA only when Ray granted a GPU."""
@@ -32,14 +27,3 @@ def setup_worker(cpus: float) -> str:
 def ray_node() -> str:
     """The Ray node this runs on, in each run's params: which runs a lost node took with it."""
     return ray.get_runtime_context().get_node_id()
-
-
-def fetch_pretrained(key: str, reducer: ray.actor.ActorHandle) -> Pretrained:
-    """The pretrained network of a cell, read from the study folder through the reducer (on the
-    driver's node) and kept per process: a reused trial actor usually runs several trials of
-    the same cell in a row."""
-    if key not in _PRETRAINED:
-        if len(_PRETRAINED) >= _KEEP:
-            _PRETRAINED.pop(next(iter(_PRETRAINED)))
-        _PRETRAINED[key] = ray.get(reducer.pretrained.remote(key))
-    return _PRETRAINED[key]

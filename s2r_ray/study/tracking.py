@@ -258,6 +258,42 @@ def describe_size(ctx: TrackingContext, n: int, note: str) -> None:
     ctx.client.set_tag(ctx.size_run(n), NOTE, note[:_MAX_TAG])
 
 
+def close_size(
+    ctx: TrackingContext, study: str, n: int, summary: dict, records: list[dict]
+) -> None:
+    """Size n's last cell arrived: its summary as metrics, its selected trials tagged, its
+    description written, its run ended."""
+    gain = summary.get("paired_gain") or {}
+    ci = summary.get("test_mae_ci90") or (None, None)
+    gain_ci = gain.get("ci90") or (None, None)
+    converged = summary.get("pretrain_converged")
+    log(
+        ctx,
+        ctx.size_run(n),
+        {
+            "test_mae_mean": summary.get("test_mae_mean"),
+            "test_mae_ci90_lo": ci[0],
+            "test_mae_ci90_hi": ci[1],
+            "test_rmse_mean": summary.get("test_rmse_mean"),
+            "single_model_mae_mean": summary.get("single_mae_mean"),
+            "paired_gain_mean": gain.get("mean"),
+            "paired_gain_ci90_lo": gain_ci[0],
+            "paired_gain_ci90_hi": gain_ci[1],
+            "paired_gain_wins": gain.get("wins"),
+            "source_val_mae": summary.get("source_val_mae"),
+            "pretrain_converged": None if converged is None else float(converged),
+            "zero_shot_mae": summary.get("zero_shot_mae"),
+        },
+    )
+    keys = [r["best_trial"] for r in records if r.get("best_trial")]
+    selected = mark_selected(ctx, n, keys)
+    note = review.size_note(
+        study, n, summary, records, ctx.experiment_id, ctx.study_run_id, selected
+    )
+    describe_size(ctx, n, note)
+    end(ctx, ctx.size_run(n))
+
+
 def mark_selected(ctx: TrackingContext, n: int, keys: list[str]) -> dict[str, str]:
     """Tag the trials that size n's cells selected (the ones their scoring rebuilt and tested)
     so that a search finds them; returns trial key -> run id of those found."""

@@ -1,0 +1,73 @@
+"""Where pretrained networks live while a study runs: one interface, chosen in one place.
+
+A network is written to the study folder the moment it exists. On a local Ray jobs read and
+write the folder themselves; on a cluster they go through the reducer, which runs on the
+driver's node, so the folder need not be on a shared filesystem. Either way a
+reused trial actor keeps the last few networks it read: it usually runs several trials of the
+same cell in a row.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import ray
+
+from s2r_ray.folder import StudyFolder
+from s2r_ray.local_servers import LOOPBACK
+from s2r_ray.models.base import Pretrained
+
+_KEEP = 4
+
+
+class PretrainedStore(Protocol):
+    def save(self, key: str, pretrained: Pretrained) -> None: ...
+
+    def load(self, key: str) -> Pretrained: ...
+
+
+class FolderStore:
+    """The study folder itself: for jobs that run where it is."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def save(self, key: str, pretrained: Pretrained) -> None:
+        StudyFolder(self._path).save_pretrained(key, pretrained)
+
+    def load(self, key: str) -> Pretrained:
+        return _cached(key, lambda: StudyFolder(self._path).load_pretrained(key))
+
+
+class ServedStore:
+    """The study folder through the reducer on the driver's node: for jobs anywhere."""
+
+    def __init__(self, reducer: ray.actor.ActorHandle):
+        self._reducer = reducer
+
+    def save(self, key: str, pretrained: Pretrained) -> None:
+        ray.get(self._reducer.save_pretrained.remote(key, pretrained))
+
+    def load(self, key: str) -> Pretrained:
+        return _cached(key, lambda: ray.get(self._reducer.pretrained.remote(key)))
+
+
+def choose_store(folder: StudyFolder, reducer: ray.actor.ActorHandle) -> PretrainedStore:
+    """The folder when every node listens on loopback (a local Ray: no other machine can ever
+    join it), else the reducer: on a cluster, nodes may join at any time and need not mount
+    the folder."""
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if all(n["NodeManagerAddress"] == LOOPBACK for n in nodes):
+        return FolderStore(str(folder.path))
+    return ServedStore(reducer)
+
+
+_CACHE: dict[str, Pretrained] = {}
+
+
+def _cached(key: str, read) -> Pretrained:
+    if key not in _CACHE:
+        if len(_CACHE) >= _KEEP:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = read()
+    return _CACHE[key]

@@ -1,0 +1,86 @@
+"""The driver's account of pretraining: once per (n, repetition), as a unit of the study's one
+Tune experiment (run by `s2r_ray.study.work`), in its own MLflow run.
+
+Pretraining runs inside the study's one Tune experiment, like the trials and scoring, rather
+than as Ray tasks beside it. Beside it, two schedulers shared the CPUs: after a node was lost,
+a pretraining could only be placed again on CPUs that Tune's idle, cached trial actors held,
+while every remaining cell waited on that pretraining, and the study hung. With one scheduler,
+a pretraining lost with its node is retried like any trial (`tune.max_failures`), and its
+network is in the study folder the moment it exists (`s2r_ray.study.pretrained`), so no later
+loss can take it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import ray
+
+from s2r_ray.config import Resources
+from s2r_ray.progress import Rate
+from s2r_ray.protocol import Cell
+from s2r_ray.study.units import Failure, PretrainingSummary
+
+
+class Pretrainings:
+    """The driver's account of the study's pretraining: what is on disk, running, done, failed.
+
+    A network a previous attempt finished is on disk and never recomputed. The rest is handed
+    out by the searcher, small n first, at most `slots` at a time, so trials of the cells
+    already pretrained keep the other CPUs and a slow large-n pretraining never holds them all.
+    """
+
+    def __init__(
+        self, needed: list[str], on_disk: set[str], slots: int, echo: Callable[[str], None]
+    ):
+        self.loaded = [k for k in needed if k in on_disk]
+        self._todo = [k for k in needed if k not in on_disk]
+        self._done: set[str] = set(self.loaded)
+        self._running: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self._slots, self._echo = slots, echo
+        self._rate = Rate(len(self._todo), unit="pretrainings")
+
+    def next(self) -> str | None:
+        """The next pretraining to start, if a slot is free."""
+        if not self._todo or len(self._running) >= self._slots:
+            return None
+        key = self._todo.pop(0)
+        self._running.add(key)
+        return key
+
+    def ended(self, key: str, outcome: PretrainingSummary | Failure) -> None:
+        """A pretraining ended: with its summary, or failed (it raised, or Tune gave up)."""
+        self._running.discard(key)
+        self._done.add(key)
+        if isinstance(outcome, Failure):
+            self.failed[key] = outcome.error
+            line = f"pretraining {key} FAILED: {outcome.error}"
+        else:
+            line = _finished_line(key, outcome)
+        self._rate.add()
+        self._echo(f"{line} | {self._rate.done}/{self._rate.total}, {self._rate.describe()}")
+
+    def ready(self, cell: Cell) -> bool:
+        """Whether the cell's trials can start."""
+        return cell.is_baseline or (cell.pretrain_id in self._done and not self.error(cell))
+
+    def error(self, cell: Cell) -> str | None:
+        return None if cell.is_baseline else self.failed.get(cell.pretrain_id)
+
+
+def default_slots(res: Resources) -> int:
+    """Half the cluster's CPUs, and no more pretrainings than its GPUs can hold."""
+    total = ray.cluster_resources()
+    slots = int(total.get("CPU", 1) // (2 * res.cpu))
+    if res.gpu:
+        slots = min(slots, int(total.get("GPU", 0) // res.gpu))
+    return max(1, slots)
+
+
+def _finished_line(key: str, s: PretrainingSummary) -> str:
+    how = "converged" if s.converged else "stopped on the step cap (pretrain.max_steps)"
+    return (
+        f"pretraining {key}: source hold-out MAE {s.source_val_mae:.4g} after "
+        f"{s.steps} steps, {how} ({s.seconds:.0f} s)"
+    )

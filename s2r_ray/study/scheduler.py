@@ -1,0 +1,189 @@
+"""The adapter between Tune and the study's work: a searcher that hands Tune every unit
+(pretraining, trial, scoring; see `s2r_ray.study.units`), and an ASHA scheduler per cell that
+only ever sees trials, so a trial is only compared with its own cell's trials."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+
+from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+from ray.tune.search import Searcher
+
+from s2r_ray.protocol import Cell
+from s2r_ray.scoring import failed_record
+from s2r_ray.study import units
+from s2r_ray.study.pretraining import Pretrainings
+from s2r_ray.study.tuner import CellTuner
+from s2r_ray.study.units import METRIC, Failure, Pretraining, Scoring, Trial
+
+
+class StudySearcher(Searcher):
+    """Hands Tune the study's units in order: a finished cell's scoring first, so finished cells
+    reach the reducer while the study runs (`on_cell_done` receives the cell record); then a
+    pretraining, when a slot is free; then a trial from the tuner of the first ready cell (plan
+    order: baselines, then small n). A cell is ready when its pretraining is done, so Tune never
+    parks a trial waiting for it; until some work is ready, `suggest` returns None and Tune
+    asks again. Its state is the journal and the ledger: nothing of it is checkpointed."""
+
+    def __init__(
+        self,
+        cells: list[Cell],
+        recorded: set[str],
+        tuner: Callable[[Cell], CellTuner],
+        pretrainings: Pretrainings,
+        on_cell_done: Callable[[dict], None],
+    ):
+        super().__init__(metric=METRIC, mode="min")
+        self._pretrainings = pretrainings
+        self._pairs = {c.pretrain_id: Cell(c.n, c.repetition) for c in cells if c.n}
+        self._on_cell_done = on_cell_done
+        self._open = [c for c in cells if c.id not in recorded]  # neither recorded nor scoring
+        self._tuners = {c.id: tuner(c) for c in self._open}
+        self._running: dict[str, units.Unit] = {}  # Tune trial id -> unit
+        self._to_score: deque[Scoring] = deque()
+        self._stopping = False
+        self.partly_tuned = sum(not t.tuned() and t.ended > 0 for t in self._tuners.values())
+        for cell in [c for c in self._open if self._tuners[c.id].tuned()]:
+            self._cell_tuned(cell)  # its trials had all ended when the last process stopped
+
+    def stop(self) -> None:
+        """Hand out nothing more; trials still running end as interrupted."""
+        self._stopping = True
+        for tuner in self._tuners.values():
+            tuner.interrupt()
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        unit = self._next()
+        if unit is None or isinstance(unit, str):
+            return unit
+        self._running[trial_id] = unit
+        return units.to_config(unit)
+
+    def _next(self) -> units.Unit | str | None:
+        if self._stopping:
+            return Searcher.FINISHED
+        if self._to_score:
+            return self._to_score.popleft()
+        if key := self._pretrainings.next():
+            return Pretraining(self._pairs[key])
+        for cell in list(self._open):
+            error = self._pretrainings.error(cell)
+            if error is not None:
+                self._record(failed_record(cell, f"pretraining failed: {error}"))
+            elif self._tuners[cell.id].wants_more() and self._pretrainings.ready(cell):
+                return self._tuners[cell.id].ask()
+        return Searcher.FINISHED if not self._open and not self._to_score else None
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        unit = self._running.pop(trial_id, None)
+        if isinstance(unit, Pretraining):
+            if not self._stopping:  # a job stopped with the study is neither done nor failed
+                outcome = None if error else units.result_of(result)
+                self._pretrainings.ended(
+                    unit.key, outcome or Failure("the job failed (see Tune's log)")
+                )
+        elif isinstance(unit, Scoring):
+            scored = None if error else units.result_of(result)
+            record = (
+                scored.record
+                if isinstance(scored, units.Scored)
+                else failed_record(unit.cell, "scoring failed (see Tune's log)")
+            )
+            self._on_cell_done(record | self._tuners[unit.cell.id].counts())
+        elif isinstance(unit, Trial) and not self._stopping:
+            self._trial_ended(unit, result, error)
+
+    def _trial_ended(self, trial: Trial, result: dict | None, error: bool) -> None:
+        tuner = self._tuners[trial.cell.id]
+        value = None if error or not result else result.get(METRIC)
+        if value is None or not math.isfinite(value):
+            tuner.tell(trial, None, error=(result or {}).get("diverged"))
+        else:
+            tuner.tell(
+                trial,
+                value,
+                stop_epoch=result.get("training_iteration"),
+                train_seconds=float(result.get("train_seconds", 0.0)),
+            )
+        if tuner.tuned():
+            self._cell_tuned(trial.cell)
+
+    def _cell_tuned(self, cell: Cell) -> None:
+        """All trials of the cell ended: queue its scoring, or record it failed."""
+        tuner = self._tuners[cell.id]
+        scoring = tuner.scoring()
+        if scoring is None:
+            why = f"all trials failed: {tuner.errors()}"
+            self._record(failed_record(cell, why) | tuner.counts())
+            return
+        self._open.remove(cell)
+        self._to_score.append(scoring)
+
+    def _record(self, record: dict) -> None:
+        self._open = [c for c in self._open if c.id != record["cell"]]
+        self._on_cell_done(record)
+
+    def __getstate__(self) -> dict:
+        """Tune pickles the searcher into its experiment state; the durable state is the
+        journal in the study folder, and the hooks belong to this process only."""
+        return {"_metric": self._metric, "_mode": self._mode}
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: the journal in the study folder is this searcher's state."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore: a restarted study reads the journal."""
+
+
+class PerCellASHA(FIFOScheduler):
+    """One ASHA bracket set per cell: a trial is only stopped for losing to its own cell's trials,
+    never because another size has a different error level."""
+
+    def __init__(self, max_t: int, grace_period: int, reduction_factor: int):
+        super().__init__()
+        self._kwargs = {
+            "metric": METRIC,
+            "mode": "min",
+            "max_t": max_t,
+            "grace_period": min(grace_period, max_t),
+            "reduction_factor": reduction_factor,
+        }
+        self._ashas: dict[str, AsyncHyperBandScheduler] = {}
+        self._metric, self._mode = METRIC, "min"
+
+    def _asha(self, trial) -> AsyncHyperBandScheduler | None:
+        """The bracket set of a trial's cell; None for a pretraining or scoring, which never
+        enter one."""
+        unit = units.from_config(trial.config)
+        if not isinstance(unit, Trial):
+            return None
+        if unit.cell.id not in self._ashas:
+            self._ashas[unit.cell.id] = AsyncHyperBandScheduler(**self._kwargs)
+        return self._ashas[unit.cell.id]
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
+        return True
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        if asha := self._asha(trial):
+            asha.on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        asha = self._asha(trial)
+        return asha.on_trial_result(tune_controller, trial, result) if asha else self.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        if asha := self._asha(trial):
+            asha.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        if asha := self._asha(trial):
+            asha.on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        stopped = sum(a._num_stopped for a in self._ashas.values())
+        return f"Per-cell ASHA over {len(self._ashas)} cells: {stopped} trials stopped early"

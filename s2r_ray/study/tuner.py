@@ -1,0 +1,153 @@
+"""One cell's hyperparameter search on Optuna's public ask/tell API: no Ray in it, so it is
+testable alone, and the Tune searcher is a thin adapter on it.
+
+Each cell's Optuna study lives in the study folder's journal, and everything its scoring needs
+(the trial's seed, hyperparameters, the epoch it stopped at) is stored on the Optuna trial, so a
+restarted study continues each half-tuned cell where it stopped. A trial that was running when
+its process died ends failed without an error of its own, `interrupted`, and does not count:
+the cell runs another in its place.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from s2r_ray.models.base import Family
+from s2r_ray.protocol import Cell
+from s2r_ray.study.units import Scoring, Trial
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def trial_seed(study_seed: int, trial_key: str) -> int:
+    return (study_seed * 7919 + zlib.crc32(trial_key.encode())) % (2**31)
+
+
+def interrupted(t: FrozenTrial) -> bool:
+    """Failed because its process stopped, not because it raised or diverged. (Journals
+    written before this rule mark such trials with an `interrupted` attribute.)"""
+    return t.state == TrialState.FAIL and (
+        t.user_attrs.get("interrupted", False) or "error" not in t.user_attrs
+    )
+
+
+class CellTuner:
+    """Asks a cell's Optuna study for trials until `trials_per_cell` of them have ended (an
+    interrupted one does not count), then names the trial to score: the best by validation
+    MAE."""
+
+    def __init__(
+        self,
+        cell: Cell,
+        storage: optuna.storages.BaseStorage,
+        family: Family,
+        space: Any,
+        *,
+        trials_per_cell: int,
+        startup_trials: int,
+        seed: int,
+    ):
+        self.cell = cell
+        self._family, self._space, self._per_cell = family, space, trials_per_cell
+        self._seed = seed
+        self._study = optuna.create_study(
+            storage=storage, study_name=cell.id, direction="minimize", load_if_exists=True
+        )
+        # Re-seeded by the trials it already has: a resumed cell does not replay its start.
+        self._study.sampler = optuna.samplers.TPESampler(
+            seed=trial_seed(seed, cell.id) + len(self._study.trials),
+            n_startup_trials=startup_trials,
+        )
+        self._live: dict[int, optuna.trial.Trial] = {}
+        for t in self._study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            self._study.tell(t.number, state=TrialState.FAIL)  # its process is gone
+
+    @property
+    def ended(self) -> int:
+        """Trials that count towards `trials_per_cell`."""
+        return sum(not interrupted(t) for t in self._counted_or_not())
+
+    @property
+    def running(self) -> int:
+        return len(self._live)
+
+    def wants_more(self) -> bool:
+        return self.ended + self.running < self._per_cell
+
+    def tuned(self) -> bool:
+        return self.ended >= self._per_cell
+
+    def ask(self) -> Trial:
+        dists, fixed = self._family.search_space(self._space, self.cell.is_baseline)
+        ot = self._study.ask(dists)
+        key = f"{self.cell.id}-t{ot.number:02d}"
+        trial = Trial(self.cell, ot.number, trial_seed(self._seed, key), {**fixed, **ot.params})
+        # the format every journal holds: scoring rebuilds the trial from it alone
+        ot.set_user_attr("config", _stored(trial))
+        self._live[ot.number] = ot
+        return trial
+
+    def tell(
+        self,
+        trial: Trial,
+        value: float | None,
+        *,
+        stop_epoch: int | None = None,
+        train_seconds: float = 0.0,
+        error: str | None = None,
+    ) -> None:
+        """A trial ended: with its best validation MAE, or failed with `error`."""
+        ot = self._live.pop(trial.number)
+        if value is None:
+            ot.set_user_attr("error", error or "raised (see Tune's log)")
+            self._study.tell(ot, state=TrialState.FAIL)
+            return
+        # Rebuild exactly the model this trial scored: same seed, epochs it completed.
+        ot.set_user_attr("stop_epoch", stop_epoch)
+        ot.set_user_attr("train_seconds", float(train_seconds))
+        self._study.tell(ot, value)
+
+    def interrupt(self) -> None:
+        """The study stops: trials still running end failed, without an error of their own."""
+        for ot in self._live.values():
+            self._study.tell(ot, state=TrialState.FAIL)
+        self._live.clear()
+
+    def scoring(self) -> Scoring | None:
+        """The scoring of the best completed trial; None when every trial failed."""
+        if not self._study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            return None
+        best = self._study.best_trial
+        stored = best.user_attrs["config"]
+        trial = Trial(self.cell, best.number, stored["seed"], stored["hp"])
+        return Scoring(trial, best.user_attrs.get("stop_epoch"), best.value)
+
+    def errors(self) -> str:
+        found = {t.user_attrs.get("error", "?") for t in self._counted_or_not()}
+        return "; ".join(sorted(found))
+
+    def counts(self) -> dict[str, float]:
+        """What the cell record says of its tuning."""
+        counted = [t for t in self._counted_or_not() if not interrupted(t)]
+        return {
+            "trials": len(counted),
+            "failed_trials": sum(t.state == TrialState.FAIL for t in counted),
+            "trial_seconds": sum(t.user_attrs.get("train_seconds", 0.0) for t in counted),
+        }
+
+    def _counted_or_not(self) -> list[FrozenTrial]:
+        """Every trial that has ended (a live one has not)."""
+        return [t for t in self._study.get_trials(deepcopy=False) if t.number not in self._live]
+
+
+def _stored(trial: Trial) -> dict[str, Any]:
+    return {
+        "cell": trial.cell.to_dict(),
+        "trial_key": trial.key,
+        "seed": trial.seed,
+        "hp": trial.hp,
+    }

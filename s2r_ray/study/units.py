@@ -1,0 +1,117 @@
+"""The study's units of work and their results, typed: what the scheduler hands Tune, what a
+worker runs, and what comes back. This module is the one place that turns a unit into a Tune
+config and a Tune result back into a typed result.
+
+Three kinds of unit run in the study's one Tune experiment, so one scheduler hands out the
+cluster: a `Pretraining` of an (n, r) pair, a fine-tuning `Trial` of a cell, and the `Scoring`
+of a cell whose trials have all ended. Only trials report the scheduler's metric, each epoch
+(their validation MAE); the other two report once, their typed result under `RESULT`, and never
+enter an ASHA bracket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from s2r_ray.protocol import Cell
+
+METRIC = "best_val_mae"  # a trial's best validation MAE so far: the scheduler's one metric
+RESULT = "s2r_result"  # a pretraining's or scoring's one result
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """Pretrain once per (n, r); every m and every trial of the pair share the network."""
+
+    cell: Cell
+
+    @property
+    def key(self) -> str:
+        return self.cell.pretrain_id
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One fine-tuning configuration of a cell: Optuna trial `number` of the cell's study."""
+
+    cell: Cell
+    number: int
+    seed: int
+    hp: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.cell.id}-t{self.number:02d}"
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Rebuild the cell's selected trial and evaluate it once on test. `stop_epoch` None replays
+    every epoch (a trial that reported none was never stopped early)."""
+
+    trial: Trial
+    stop_epoch: int | None
+    selection_val_mae: float
+
+    @property
+    def cell(self) -> Cell:
+        return self.trial.cell
+
+    @property
+    def key(self) -> str:
+        return f"{self.cell.id}-score"
+
+    @property
+    def trial_key(self) -> str:
+        return self.trial.key
+
+    @property
+    def seed(self) -> int:
+        return self.trial.seed
+
+    @property
+    def hp(self) -> dict[str, Any]:
+        return self.trial.hp
+
+
+Unit = Pretraining | Trial | Scoring
+
+
+@dataclass(frozen=True)
+class PretrainingSummary:
+    """What the driver learns of a finished pretraining (its network is in the store)."""
+
+    source_val_mae: float
+    steps: int
+    converged: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A scored cell's record, as the ledger keeps it (a class, so Tune does not flatten it)."""
+
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A pretraining or scoring that raised: its cells fail, the study goes on."""
+
+    error: str
+
+
+def to_config(unit: Unit) -> dict[str, Any]:
+    """The Tune config of a unit; `cell` stays readable for Tune's trial names and the
+    per-cell scheduler."""
+    return {"cell": unit.cell.id, "unit": unit}
+
+
+def from_config(config: dict[str, Any]) -> Unit:
+    return config["unit"]
+
+
+def result_of(tune_result: dict | None) -> PretrainingSummary | Scored | Failure | None:
+    """The typed result a pretraining or scoring reported; None when it never reported."""
+    return (tune_result or {}).get(RESULT)
