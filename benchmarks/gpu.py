@@ -39,6 +39,7 @@ from torch import nn
 
 from s2r_ray.config import PretrainConfig, SyntheticData, load_config
 from s2r_ray.data.synthetic import make_synthetic
+from s2r_ray.folder import StudyFolder
 from s2r_ray.models.mlp import MLP, MLPFamily, MLPOptions, Scaler
 from s2r_ray.models.torch_family import Network
 from s2r_ray.study.driver import run_study
@@ -239,7 +240,7 @@ def study(out: Path, overrides: list[str], gpu: bool) -> dict:
         start = time.perf_counter()
         report = run_study(cfg, out / "study", echo=lambda line: None)
         wall = time.perf_counter() - start
-    cells = [json.loads(line) for line in (out / "study" / "cells.jsonl").read_text().splitlines()]
+    cells = StudyFolder(out / "study").ledger()
     ok = [c for c in cells if c["status"] == "ok"]
     rebuilt = [abs(c["val_mae"] / c["selection_val_mae"] - 1) for c in ok]
     return {

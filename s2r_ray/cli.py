@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from s2r_ray.config import ConfigError, UserError, load_config
+from s2r_ray.config import UserError, load_config
 from s2r_ray.review import fmt
 
 DESCRIPTION = """\
@@ -140,12 +140,13 @@ def mlflow_lines(out: Path) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from s2r_ray.study.driver import StudyInterrupted, run_study
+    from s2r_ray.api import run_study
+    from s2r_ray.study.driver import StudyInterrupted
 
     cfg = load_config(args.config, args.set, quick=args.quick)
     out = Path(args.out or Path("runs") / cfg.name)
     try:
-        report = run_study(
+        study = run_study(
             cfg,
             out,
             address=args.address,
@@ -158,72 +159,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"s2r: {e}; the study folder {out} keeps everything done so far.", file=sys.stderr)
         print(f"resume with: {resume_command(args, out)}", file=sys.stderr, flush=True)
         return 128 + e.signum
-    print(summary_text(report))
-    print(f"report: {out / 'report.json'}  plot: {out / 'scaling.png'}")
+    print(summary_text(study.report))
+    print(f"report: {study.folder.report_path()}  plot: {study.plots.get('scaling')}")
     print("\n".join(mlflow_lines(out)))
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from s2r_ray.folder import StudyFolder
-    from s2r_ray.study.reducer import folder_report
+    from s2r_ray.api import open_study
 
-    folder = StudyFolder(args.dir)
-    if not folder.has_study():
-        raise ConfigError(f"{args.dir}: not a study folder (no config.yaml)")
-    print(summary_text(folder_report(folder)))
-    print("\n".join(mlflow_lines(folder.path)))
+    study = open_study(args.dir)
+    print(summary_text(study.rebuild_report()))
+    print("\n".join(mlflow_lines(study.path)))
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from s2r_ray.folder import StudyFolder
+    from s2r_ray.api import open_study
     from s2r_ray.status import status_text
 
-    folder = StudyFolder(args.dir)
-    if not folder.has_study():
-        raise ConfigError(f"{args.dir}: not a study folder (no config.yaml)")
-    print(status_text(folder))
+    print(status_text(open_study(args.dir).folder))
     return 0
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
-    import numpy as np
-    import pandas as pd
+    from s2r_ray.api import fit_table
 
-    from s2r_ray.data.tables import DataError, read_table
-    from s2r_ray.report import REQUIRED, build_report, write_report
-
-    if args.n_boot < 10:
-        raise ConfigError(f"--n-boot {args.n_boot}: need at least 10 bootstrap resamples")
-    path = Path(args.table)
-    table = read_table(path, [])
-    missing = [c for c in REQUIRED if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; need {', '.join(REQUIRED)}")
-    # the report drops rows it cannot place; a negative n or MAE is a typo, not a cell to drop
-    numbers = table[["n", "mae"]].apply(pd.to_numeric, errors="coerce")
-    for column in numbers:
-        negative = numbers.index[numbers[column] < 0]
-        if len(negative):
-            raise DataError(
-                f"{path}: row {negative[0] + 1}: {column} = {table.at[negative[0], column]} is "
-                f"negative ({len(negative)} such row(s)); n is a number of source rows "
-                "(0: no pretraining) and mae an error, both >= 0"
-            )
-    if not np.isfinite(numbers.to_numpy(float)).all(axis=1).any():
-        raise DataError(
-            f"{path}: no row with a finite n and mae ({len(table)} rows): nothing to fit"
-        )
-    report = build_report(
-        table,
-        study=path.stem,
-        status="complete",
-        target_mae=args.target_mae,
-        n_boot=args.n_boot,
-        seed=args.seed,
+    report = fit_table(
+        args.table, target_mae=args.target_mae, n_boot=args.n_boot, seed=args.seed, out=args.out
     )
-    write_report(report, Path(args.out))
     print(summary_text(report))
     return 0
 

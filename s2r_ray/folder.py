@@ -16,8 +16,10 @@ What <out> holds, and when each part is written:
   size and at the end. ``rejected_rows.csv``: input rows rejected while loading.
 - ``ray/``: Tune's scratch state of the current attempt (nothing resumes from it).
 - ``superseded/<UTC time>/``: a previous study moved aside by ``--fresh``.
+- ``.driver.lock``: held (flock) by the process that runs the study.
 
-Every file is written whole to a temporary name and renamed, except the append-only ledger and
+A folder without config.yaml holds a report alone (`s2r fit --out`): the report's files are
+the same. Every file is written through `s2r_ray.atomic`, except the append-only ledger and
 journal, so a kill at any moment leaves each file either old or new.
 """
 
@@ -36,10 +38,12 @@ from typing import Any
 
 import yaml
 
+from s2r_ray.atomic import write_atomic
 from s2r_ray.config import ConfigError, StudyConfig, build_config
 
 CONFIG, STATE, LEDGER, JOURNAL = "config.yaml", "study.json", "cells.jsonl", "optuna.journal"
-PRETRAINED, SUPERSEDED = "pretrained", "superseded"
+REPORT, PAGE, REJECTED = "report.json", "report.html", "rejected_rows.csv"
+PRETRAINED, SUPERSEDED, LOCK = "pretrained", "superseded", ".driver.lock"
 # How a study is executed, not what it computes: these may change when a study is resumed.
 EXECUTION_FIELDS = (
     "tune.resources",
@@ -77,15 +81,6 @@ def config_hash(cfg: StudyConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _repair_tail(path: Path) -> None:
     if not path.is_file():
         return
@@ -113,7 +108,7 @@ class StudyFolder:
 
         The lock is an flock, released by the kernel however the process ends."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path / ".driver.lock", "a+")  # noqa: SIM115 (held until exit)
+        self._lock = open(self.path / LOCK, "a+")  # noqa: SIM115 (held until exit)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -122,14 +117,31 @@ class StudyFolder:
             _repair_tail(self.path / name)
         (self.path / (JOURNAL + ".lock")).unlink(missing_ok=True)
 
+    def driver_alive(self) -> bool:
+        """Whether an s2r process holds the folder (`claim`). A study whose state says running
+        while no process holds it was killed without a word."""
+        path = self.path / LOCK
+        if not path.is_file():
+            return False
+        with open(path) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
     # -- config and state -------------------------------------------------------------------
 
     def has_study(self) -> bool:
-        return (self.path / CONFIG).is_file()
+        return self.config_path().is_file()
+
+    def config_path(self) -> Path:
+        return self.path / CONFIG
 
     def config(self) -> StudyConfig:
         """The stored config, re-validated (so a hand-edited file is checked like any other)."""
-        path = self.path / CONFIG
+        path = self.config_path()
         try:
             raw = yaml.safe_load(path.read_text())
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
@@ -159,7 +171,7 @@ class StudyFolder:
 
     def set_aside(self) -> Path | None:
         """Move everything of the previous study into superseded/<UTC time>/ (for --fresh)."""
-        keep = {SUPERSEDED, ".driver.lock"}
+        keep = {SUPERSEDED, LOCK}
         entries = [p for p in self.path.iterdir() if p.name not in keep]
         if not entries:
             return None
@@ -171,21 +183,28 @@ class StudyFolder:
 
     def write_config(self, cfg: StudyConfig) -> None:
         """Record the study's config, once its inputs have loaded (never over another study's)."""
-        self.path.mkdir(parents=True, exist_ok=True)
         if self.has_study():
             self.check_same_study(cfg)
             return
         text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        _atomic_write(self.path / CONFIG, text.encode())
+        write_atomic(self.config_path(), text)
         self.update_state(config_hash=config_hash(cfg), study=cfg.name, status="running")
 
     def state(self) -> dict[str, Any]:
         path = self.path / STATE
         return json.loads(path.read_text()) if path.is_file() else {}
 
+    def status(self) -> str:
+        """The study's status as study.json records it; "running" before it records one."""
+        return self.state().get("status", "running")
+
+    def state_written_at(self) -> float:
+        """When study.json was last written (an attempt writes it as it starts)."""
+        return (self.path / STATE).stat().st_mtime
+
     def update_state(self, **fields: Any) -> dict[str, Any]:
         state = self.state() | fields
-        _atomic_write(self.path / STATE, json.dumps(state, indent=1).encode())
+        write_atomic(self.path / STATE, json.dumps(state, indent=1))
         return state
 
     # -- the ledger ------------------------------------------------------------------------
@@ -223,8 +242,7 @@ class StudyFolder:
         return self.path / PRETRAINED / f"{key}.pkl"
 
     def save_pretrained(self, key: str, pretrained: Any) -> None:
-        self._pretrained_path(key).parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self._pretrained_path(key), pickle.dumps(pretrained))
+        write_atomic(self._pretrained_path(key), pickle.dumps(pretrained))
 
     def load_pretrained(self, key: str) -> Any:
         return pickle.loads(self._pretrained_path(key).read_bytes())
@@ -238,3 +256,37 @@ class StudyFolder:
 
     def tune_path(self) -> Path:
         return (self.path / "ray").resolve()
+
+    # -- the report and the inputs' record ---------------------------------------------------
+
+    def report_path(self) -> Path:
+        return self.path / REPORT
+
+    def read_report(self) -> dict[str, Any]:
+        """report.json as last written; {} before the first."""
+        path = self.report_path()
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def save_report(self, report: dict[str, Any]) -> Path:
+        """Write report.json; `report` must be JSON-safe already (no NaN)."""
+        write_atomic(self.report_path(), json.dumps(report, indent=2, allow_nan=False))
+        return self.report_path()
+
+    def save_page(self, html: str) -> Path:
+        """Write report.html, the page to mail."""
+        write_atomic(self.path / PAGE, html)
+        return self.path / PAGE
+
+    def plot_paths(self) -> dict[str, Path]:
+        """The report's plots in the folder, by name (scaling, backtest, target_axis)."""
+        return {p.stem: p for p in sorted(self.path.glob("*.png"))}
+
+    def rejected_rows_path(self) -> Path:
+        """Where loading the data lists the input rows it rejected."""
+        return self.path / REJECTED
+
+    def record_files(self) -> list[Path]:
+        """The config, the ledger and the rejected rows, those present: what a study's MLflow
+        run keeps beside the report."""
+        paths = (self.config_path(), self.path / LEDGER, self.rejected_rows_path())
+        return [p for p in paths if p.is_file()]

@@ -14,6 +14,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from s2r_ray.atomic import atomic_path
 from s2r_ray.scaling import ci_key
 
 
@@ -47,7 +48,8 @@ def _empty(ax: Axes, text: str) -> None:
 
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     return path
 
 

@@ -31,14 +31,12 @@ report.json keys (stable; every number JSON-safe, None where unknown):
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from s2r_ray.folder import StudyFolder
 from s2r_ray.scaling import PowerLawFit, json_safe, m_axis
 from s2r_ray.scaling import diagnostics as dg
 from s2r_ray.stats import mean_ci, paired_gain
@@ -217,31 +215,15 @@ def fit_line(report: dict) -> str:
     return f"fit: alpha={alpha}{ci} C={fit['C']:.3f}{at}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """A temporary file, then os.replace: a reader sees the old file or the new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the report is for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_report(report: dict, out_dir: Path) -> list[Path]:
+def write_report(report: dict, folder: StudyFolder) -> list[Path]:
     """report.json, the plots, and report.html (the page to mail, from the report and the
-    folder's config.yaml and rejected_rows.csv); the paths written."""
+    folder's config.yaml and rejected_rows.csv) into `folder`, a study's or one that holds a
+    report alone (`s2r fit --out`); the paths written."""
     from s2r_ray.plots import render_all  # matplotlib only when writing
     from s2r_ray.report_html import render_html
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "report.json"
-    _write_atomic(path, json.dumps(json_safe(report), indent=2, allow_nan=False))
-    plots = render_all(report, out_dir)
-    page = out_dir / "report.html"
-    config, rejected = out_dir / "config.yaml", out_dir / "rejected_rows.csv"
-    _write_atomic(page, render_html(report, {p.stem: p for p in plots}, config, rejected))
+    path = folder.save_report(json_safe(report))
+    plots = render_all(report, folder.path)
+    config, rejected = folder.config_path(), folder.rejected_rows_path()
+    page = folder.save_page(render_html(report, {p.stem: p for p in plots}, config, rejected))
     return [path, *plots, page]

@@ -4,12 +4,10 @@ Ray, no MLflow), so it works from any shell that sees the folder, while the driv
 
 from __future__ import annotations
 
-import fcntl
-import json
 import time
 from collections import Counter
 
-from s2r_ray.folder import STATE, StudyFolder
+from s2r_ray.folder import StudyFolder
 from s2r_ray.progress import Rate, fmt_duration
 from s2r_ray.protocol import cell_grid, size_key
 from s2r_ray.report import fit_line
@@ -18,22 +16,7 @@ from s2r_ray.report import fit_line
 def attempt_start(folder: StudyFolder, state: dict) -> float:
     """When the current attempt began: study.json's `attempt_started_at`, else the time
     study.json was last written (at the attempt's start, seconds after loading the data)."""
-    return float(state.get("attempt_started_at") or (folder.path / STATE).stat().st_mtime)
-
-
-def driver_alive(folder: StudyFolder) -> bool:
-    """Whether an s2r process holds the folder's driver lock (`StudyFolder.claim`). A study
-    whose state says running while no process holds it was killed without a word."""
-    path = folder.path / ".driver.lock"
-    if not path.is_file():
-        return False
-    with open(path) as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
+    return float(state.get("attempt_started_at") or folder.state_written_at())
 
 
 def size_rows(planned: Counter[int], records: list[dict]) -> list[tuple[str, int, int, int]]:
@@ -58,7 +41,7 @@ def status_text(folder: StudyFolder, now: float | None = None) -> str:
     now = time.time() if now is None else now
     cfg, state, records = folder.config(), folder.state(), folder.ledger()
     planned = Counter(c.n for c in cell_grid(cfg))
-    total, status = sum(planned.values()), state.get("status", "running")
+    total, status = sum(planned.values()), folder.status()
     failed = sum(1 for r in records if r.get("status") != "ok")
     before, attempts = float(state.get("elapsed_seconds", 0.0)), state.get("attempts", 1)
     lines = [
@@ -67,7 +50,7 @@ def status_text(folder: StudyFolder, now: float | None = None) -> str:
     ]
     lines.append(f"  {'size':>10} {'finished':>9} {'planned':>8} {'failed':>7}")
     lines += [f"  {s:>10} {d:>9} {p:>8} {f:>7}" for s, d, p, f in size_rows(planned, records)]
-    if status == "running" and driver_alive(folder):
+    if status == "running" and folder.driver_alive():
         start = attempt_start(folder, state)
         lines.append(
             f"  time so far {fmt_duration(before + now - start)} (this attempt "
@@ -83,7 +66,6 @@ def status_text(folder: StudyFolder, now: float | None = None) -> str:
         lines.append(f"  time {fmt_duration(before)} over {attempts} attempt(s)")
         if status != "complete":
             lines.append("  the same `s2r run` command resumes it, keeping every finished cell")
-    report_path = folder.path / "report.json"
-    report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    report = folder.read_report()
     lines.append(f"  {fit_line(report)}" if report else "  fit: no report yet")
     return "\n".join(lines)

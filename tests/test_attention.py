@@ -161,7 +161,7 @@ def test_unusable_compositions_are_rejected_rows_and_padding_columns_are_kept(tm
             "cache_dir": str(tmp_path / "cache"),
         }
     )
-    ds = load_dataset(cfg, out_dir=tmp_path / "out", workers=1)
+    ds = load_dataset(cfg, rejected_csv=tmp_path / "out" / "rejected_rows.csv", workers=1)
     rejected = pd.read_csv(tmp_path / "out" / "rejected_rows.csv")
     assert rejected[["side", "value", "reason"]].values.tolist() == [
         ["source", "Xx2", "invalid_formula"],

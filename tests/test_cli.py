@@ -73,7 +73,7 @@ def test_run_with_a_bad_override_fails_before_any_work(tmp_path, capsys):
     ("content", "args", "words"),
     [
         ("", [], "results.csv: the file is empty"),
-        (RESULTS, ["--n-boot", "0"], "--n-boot 0: need at least 10 bootstrap resamples"),
+        (RESULTS, ["--n-boot", "0"], "n_boot = 0: need at least 10 bootstrap resamples"),
         (RESULTS + "-100,1,0.3\n", [], "results.csv: row 5: n = -100 is negative"),
         (RESULTS + "100,1,-0.3\n", [], "results.csv: row 5: mae = -0.3 is negative"),
         ("n,repetition,mae\n", [], "results.csv: no row with a finite n and mae (0 rows)"),

@@ -48,7 +48,7 @@ def test_config_loads_joins_and_fits_its_size_grid(name, data_dir, cache_dir, tm
     assert quick.repetitions == 2 and len(quick.sizes) < len(cfg.sizes)
     cfg.data.cache_dir = str(cache_dir)
 
-    ds = load_dataset(cfg.data, out_dir=tmp_path)
+    ds = load_dataset(cfg.data, rejected_csv=tmp_path / "rejected_rows.csv")
 
     n_source, n_target, overlap = EXPECTED[name]
     assert (len(ds.source_y), len(ds.target_y), ds.counts["joined_overlap"]) == (

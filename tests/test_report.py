@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from s2r_ray.folder import StudyFolder
 from s2r_ray.plots import render_all
 from s2r_ray.report import build_report, write_report
 
@@ -130,7 +131,7 @@ def test_report_with_target_axis_and_equivalent_samples(tmp_path: Path) -> None:
     assert report["baseline"]["m"] == 400 and report["fit"]["m"] == 400
     assert len(report["sizes"]) == 16
     assert report["equivalent_samples"]["m_ref"] == 400
-    written = write_report(report, tmp_path)
+    written = write_report(report, StudyFolder(tmp_path))
     names = ["report.json", "scaling.png", "backtest.png", "target_axis.png", "report.html"]
     assert [p.name for p in written] == names
 
@@ -139,7 +140,7 @@ def test_write_report_gives_strict_json_and_pngs(tmp_path: Path) -> None:
     table = cells()
     table.loc[0, "mae"] = np.nan
     report = build_report(table, study="w", status="running")
-    paths = write_report(report, tmp_path / "out")
+    paths = write_report(report, StudyFolder(tmp_path / "out"))
     loaded = strict_load(tmp_path / "out" / "report.json")
     assert loaded["study"] == "w" and loaded["diagnostics"][0]["code"] == "non_finite_dropped"
     for p in paths[1:-1]:

@@ -16,6 +16,7 @@ from browser import dump_dom, screenshot
 from matplotlib.image import imread
 
 from s2r_ray.config import build_config
+from s2r_ray.folder import StudyFolder
 from s2r_ray.report import build_report, write_report
 from s2r_ray.report_html import render_html
 
@@ -84,7 +85,7 @@ def study_folder(tmp_path: Path, ms: tuple = (None,)) -> tuple[Path, dict]:
             "progress": {"cells_done": 24, "cells_planned": 24, "sizes_complete": [0, 300]},
         },
     )
-    write_report(report, out)
+    write_report(report, StudyFolder(out))
     return out, report
 
 

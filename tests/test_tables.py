@@ -68,7 +68,8 @@ def test_bad_rows_are_counted_and_written_with_file_row_column_and_reason(tmp_pa
         "ZnO,nan\n",  # row 8: NaN spelled out in a numeric column
     )
     out = tmp_path / "out"
-    ds = load_dataset(data_config(tmp_path, source, target, valid_range=(0, 20)), out_dir=out)
+    cfg = data_config(tmp_path, source, target, valid_range=(0, 20))
+    ds = load_dataset(cfg, rejected_csv=out / "rejected_rows.csv")
     rejected = pd.read_csv(out / "rejected_rows.csv", keep_default_na=False)
     assert list(rejected.columns) == ["file", "row", "side", "column", "value", "reason"]
     assert rejected[["row", "column", "reason"]].values.tolist() == [
@@ -143,7 +144,7 @@ def test_a_side_with_no_rows_left_is_an_error_after_its_rows_are_written(tmp_pat
     source = write(tmp_path / "s.csv", "formula,gap\nXx,1.0\nFe2O3,\nFe0O3,2.0\n")
     out = tmp_path / "out"
     with pytest.raises(DataError, match=r"s\.csv: no source rows left.*invalid_formula=1") as e:
-        load_dataset(data_config(tmp_path, source, target), out_dir=out)
+        load_dataset(data_config(tmp_path, source, target), rejected_csv=out / "rejected_rows.csv")
     assert str(out / "rejected_rows.csv") in str(e.value)
     rejected = pd.read_csv(out / "rejected_rows.csv", keep_default_na=False)
     assert rejected[["row", "side", "reason"]].values.tolist() == [

@@ -4,13 +4,12 @@ One entry per (input file content, featurizer name, options, featurizer and libr
 `<file>.<featurizer>.<digest>.keys.parquet` maps raw identifier tuples to canonical keys (or the
 rejection reason) and `...features.parquet` maps keys to feature rows. An entry grows on demand:
 a query that selects new rows of the same file adds their keys instead of starting over. Writes
-go through a temporary file and a rename, so concurrent studies never read a half-written entry.
+go through `s2r_ray.atomic`, so concurrent studies never read a half-written entry.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
 from concurrent.futures import Executor
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from s2r_ray.atomic import atomic_path
 from s2r_ray.data.featurizers import Featurizer, Rejection, map_chunks
 
 
@@ -30,11 +30,9 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp)
-    os.replace(tmp, path)
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp)
 
 
 class FeatureStore:
@@ -93,7 +91,7 @@ class FeatureStore:
                 np.vstack(chunks), index=pd.Index(missing, name="key"), columns=names
             )
             table = pd.concat([table, new]) if len(table) else new
-            _write_atomic(table, self.features_path)
+            _write_parquet(table, self.features_path)
         self.stats["keys_featurized"] += len(missing)
         self.stats["keys_cached"] += len(keys) - len(missing)
         return table.to_numpy(np.float32)[table.index.get_indexer(keys)]
@@ -122,7 +120,7 @@ class FeatureStore:
         columns["key"] = [None if isinstance(r, Rejection) else r for r in results]
         columns["reason"] = [r.reason if isinstance(r, Rejection) else None for r in results]
         columns["part"] = [r.part if isinstance(r, Rejection) else 0 for r in results]
-        _write_atomic(pd.DataFrame(columns), self.keys_path)
+        _write_parquet(pd.DataFrame(columns), self.keys_path)
 
     def _read_features(self, names: list[str]) -> pd.DataFrame:
         empty = pd.DataFrame(columns=names, index=pd.Index([], name="key"), dtype=np.float32)

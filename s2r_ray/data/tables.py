@@ -7,7 +7,7 @@ rows of one key by the side's rule. Then join: the target's computed reference v
 features that are constant over both sides dropped.
 
 Bad rows never crash a study and never vanish silently: each is counted by reason in
-`Dataset.counts` and listed in `<out_dir>/rejected_rows.csv`. A missing or unreadable file, a
+`Dataset.counts` and listed in the study's rejected_rows.csv. A missing or unreadable file, a
 missing column, a failing query or a side left empty is a `DataError` naming the file, raised
 before any training (rejected_rows.csv is written first, so an emptied side can be inspected).
 Rows of one key whose values disagree by more than `CONFLICT_TOLERANCE` are still reduced, but
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from s2r_ray.atomic import atomic_path
 from s2r_ray.config import ConfigError, DataConfig, TableSpec, UserError
 from s2r_ray.data.cache import FeatureStore
 from s2r_ray.data.dataset import Dataset
@@ -342,13 +343,13 @@ def _empty_side_message(path: Path, side: str, loaded: Side, rejected_csv: Path 
 
 
 def load_dataset(
-    cfg: DataConfig, out_dir: Path | None = None, workers: int | None = None
+    cfg: DataConfig, rejected_csv: Path | None = None, workers: int | None = None
 ) -> Dataset:
     """The study's `Dataset`: synthetic, or the source and target tables cleaned, keyed, joined.
 
     `workers` bounds the featurization processes (default: all CPUs). They are spawned, so a
     script calling this with workers > 1 needs the usual `if __name__ == "__main__":` guard.
-    `out_dir` receives rejected_rows.csv.
+    `rejected_csv` (a study's: `StudyFolder.rejected_rows_path`) receives the rejected rows.
     """
     if cfg.kind == "synthetic":
         return make_synthetic(cfg.synthetic)
@@ -366,12 +367,10 @@ def load_dataset(
     with process_pool(workers) as pool:  # processes start only if a side needs them
         source = load_side(src, "source", featurizer, cache_dir, pool)
         target = load_side(tgt, "target", featurizer, cache_dir, pool)
-    rejected_csv = None
-    if out_dir is not None:  # before any check below: the rejected rows explain a failed one
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rejected_csv = out_dir / "rejected_rows.csv"
+    if rejected_csv is not None:  # before any check below: the rejected rows explain a failed one
         rejected = pd.concat([source.rejected, target.rejected], ignore_index=True)
-        rejected.to_csv(rejected_csv, index=False)
+        with atomic_path(rejected_csv) as tmp:
+            rejected.to_csv(tmp, index=False)
     for spec, side, loaded in ((src, "source", source), (tgt, "target", target)):
         if len(loaded.keys) == 0:
             raise DataError(_empty_side_message(spec.resolved_path(), side, loaded, rejected_csv))

@@ -261,7 +261,7 @@ def _run(
         echo(f"study {cfg.name} is already complete in {out}: nothing to run")
         return folder_report(folder)
 
-    ds = load_dataset(cfg.data, out)
+    ds = load_dataset(cfg.data, folder.rejected_rows_path())
     plan = make_plan(cfg, ds)
     folder.write_config(cfg)
     pretrain_ids = {c.pretrain_id for c in plan.cells if not c.is_baseline}

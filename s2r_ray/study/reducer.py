@@ -3,7 +3,6 @@ report.json, the plots, the cell ledger and MLflow up to date while the study ru
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -12,7 +11,7 @@ import pandas as pd
 import ray
 
 from s2r_ray.config import StudyConfig
-from s2r_ray.folder import CONFIG, LEDGER, StudyFolder
+from s2r_ray.folder import StudyFolder
 from s2r_ray.models.base import Pretrained
 from s2r_ray.progress import Rate
 from s2r_ray.protocol import size_key
@@ -57,12 +56,11 @@ def folder_report(
     """Rebuild and write a study's report from its folder alone (`s2r report`, a resumed or
     failed driver): the ledger's cells, the stored config, the previous report's bookkeeping."""
     cfg = folder.config()
-    path = folder.path / "report.json"
-    previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous = folder.read_report()
     keep = {k: previous[k] for k in ("counts", "mlflow", "timing", "progress") if k in previous}
     status = status or folder.state().get("status") or previous.get("status", "running")
     report = report_from_records(cfg, folder.ledger(), status, keep | (extra or {}))
-    write_report(report, folder.path)
+    write_report(report, folder)
     return report
 
 
@@ -141,10 +139,8 @@ class Reducer:
         """Final report and artifacts (the driver ends the MLflow runs)."""
         self._extra |= extra
         paths = self._refresh(status, log_fit=False)
-        out = self._folder.path
-        extras = (out / LEDGER, out / CONFIG, out / "rejected_rows.csv")
         tracking.log_artifacts(
-            self._ctx, self._ctx.study_run_id, [*paths, *(p for p in extras if p.exists())]
+            self._ctx, self._ctx.study_run_id, [*paths, *self._folder.record_files()]
         )
         plots = [p.name for p in paths if p.suffix == ".png"]
         tracking.describe_study(self._ctx, self._report, plots)
@@ -160,7 +156,7 @@ class Reducer:
             }
         }
         self._report = report_from_records(self._cfg, self._records, status, extra)
-        paths = write_report(self._report, self._folder.path)
+        paths = write_report(self._report, self._folder)
         fit = self._report.get("fit") or {}
         metrics = {k: fit.get(k) for k in ("D", "alpha", "C")}
         for k in ("alpha", "C"):
