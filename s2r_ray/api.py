@@ -176,7 +176,8 @@ def run_study(
 ) -> Study:
     """Run a study, or resume it in `out` (as `s2r run`): from a YAML file, a mapping of the
     same fields or a `StudyConfig`; `overrides` are --set's "key=value", `quick` --quick.
-    Raises `s2r_ray.study.driver.StudyInterrupted` on SIGINT/SIGTERM, the folder keeping all done."""
+    Raises `s2r_ray.study.driver.StudyInterrupted` on SIGINT/SIGTERM; the folder keeps all
+    that was done."""
     from s2r_ray.study.driver import run_study as run  # imports ray
 
     if isinstance(config, StudyConfig):
