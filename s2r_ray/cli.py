@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from s2r_ray.config import ConfigError, UserError, load_config
-from s2r_ray.review import fmt
+from s2r_ray.render.notes import fmt
 
 DESCRIPTION = """\
 Sim2Real scaling studies. For each source size n, a model is pretrained on n simulated
@@ -133,7 +133,7 @@ def resume_command(args: argparse.Namespace, out: Path) -> str:
 def mlflow_lines(out: Path) -> list[str]:
     """Where a reviewer opens the study in MLflow, from the ids its folder keeps."""
     from s2r_ray.folder import StudyFolder
-    from s2r_ray.review import reviewer_lines
+    from s2r_ray.render.notes import reviewer_lines
 
     ids = StudyFolder(out).state().get("mlflow")
     return reviewer_lines(ids["uri"], ids["experiment_id"], ids["study_run_id"]) if ids else []

@@ -11,11 +11,12 @@ from pathlib import Path
 import pandas as pd
 import ray
 
-from s2r_ray import review, tracking
+from s2r_ray import tracking
 from s2r_ray.config import StudyConfig
 from s2r_ray.folder import CONFIG, LEDGER, StudyFolder
 from s2r_ray.models.base import Pretrained
 from s2r_ray.progress import Rate
+from s2r_ray.render import notes
 from s2r_ray.report import build_report, fit_line, write_report
 from s2r_ray.scaling import diagnostics as dg
 from s2r_ray.tracking import TrackingContext, size_key
@@ -214,7 +215,7 @@ class Reducer:
         keys = [r["best_trial"] for r in records if r.get("best_trial")]
         selected = tracking.mark_selected(self._ctx, n, keys)
         ids = self._ctx.experiment_id, self._ctx.study_run_id
-        note = review.size_note(self._cfg.name, n, s, records, *ids, selected)
+        note = notes.size_note(self._cfg.name, n, s, records, *ids, selected)
         tracking.describe_size(self._ctx, n, note)
         tracking.describe_study(self._ctx, self._report, plots=[])
         tracking.end(self._ctx, self._ctx.size_run(n))

@@ -233,8 +233,8 @@ def _write_atomic(path: Path, text: str) -> None:
 def write_report(report: dict, out_dir: Path) -> list[Path]:
     """report.json, the plots, and report.html (the page to mail, from the report and the
     folder's config.yaml and rejected_rows.csv); the paths written."""
-    from s2r_ray.plots import render_all  # matplotlib only when writing
-    from s2r_ray.report_html import render_html
+    from s2r_ray.render.html import render_html
+    from s2r_ray.render.plots import render_all  # matplotlib only when writing
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

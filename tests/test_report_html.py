@@ -16,8 +16,8 @@ from browser import dump_dom, screenshot
 from matplotlib.image import imread
 
 from s2r_ray.config import build_config
+from s2r_ray.render.html import render_html
 from s2r_ray.report import build_report, write_report
-from s2r_ray.report_html import render_html
 
 REJECTED = [
     ("mp.csv", 7, "source", "formula", "Xx2O", "invalid_formula"),
