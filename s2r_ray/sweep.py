@@ -50,7 +50,8 @@ from s2r_ray.models import make_family
 from s2r_ray.models.base import Family
 from s2r_ray.pretraining import Pretrainings, default_slots
 from s2r_ray.protocol import Plan, make_plan
-from s2r_ray.reducer import Reducer, folder_report
+from s2r_ray.reducer import Reducer
+from s2r_ray.report import folder_report
 from s2r_ray.search import CellSearcher, PerCellASHA
 from s2r_ray.trial import study_job
 

@@ -26,6 +26,7 @@ from s2r_ray.config import build_config
 from s2r_ray.folder import StudyFolder
 from s2r_ray.local_servers import LOOPBACK, free_port, start_group, stop_group, wait_http
 from s2r_ray.render import notes
+from s2r_ray.render.format import fit_sentence
 from s2r_ray.sweep import run_study
 
 pytestmark = pytest.mark.ray
@@ -143,7 +144,7 @@ def test_the_study_run_page_shows_the_summary_and_the_plots(served, printed):
     dom = render(printed["study run"], served.shots / "study_run.png")
     page, report = text(dom), json.loads((served.out / "report.json").read_text())
     assert "Description demo (complete): test MAE of y against the number n" in page
-    assert f"Fit: E(n) = {notes.fmt(report['fit']['D'])}·n^−α + C with α = " in page
+    assert f"Fit: {fit_sentence(report)}" in page
     assert "n=300" in page and "Extrapolation" in page and "Verdict" in page
     for d in report["diagnostics"]:
         assert d["message"] in page

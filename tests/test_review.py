@@ -54,8 +54,9 @@ def test_study_note_says_what_the_study_found(report):
     for d in report["diagnostics"]:
         assert f"- {d['message']}" in note
     for e in report["extrapolation"]:
-        assert f"at {e['factor']:g}× the largest n (n = {e['n']:.3g}): MAE {e['mae']:.4g}" in note
-    assert "n for target MAE 0.2:" in note
+        where = f"at {e['factor']:g}× the largest n (n = {e['n']:,.0f})"
+        assert f"- {where}: MAE {e['mae']:.4g}" in note
+    assert "- Simulated rows needed for a target MAE of 0.2: n ≈ " in note
     assert "**Plots:** [scaling.png](#/experiments/7/runs/abc/artifacts/scaling.png) · " in note
     # the plots inline from the UI's own artifact endpoint, in the order given
     assert note.rstrip().endswith(
