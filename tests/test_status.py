@@ -65,7 +65,7 @@ def test_a_running_study_shows_cells_per_size_time_rate_eta_and_fit(
     # 100 s before + 300 s now; 5 cells in the 300 s of this attempt: 1 a minute, 2 to go
     assert lines[6] == "  time so far 6:40 (this attempt 5:00); 1 cells/min, ETA 2:00"
     assert lines[7] == (
-        "  fit: E(n) = D·n^−α + C with D = 2 [1.5, 2.5], α = 0.3 [0.2, 0.4], "
+        "  fit: E(n) = D·n^−α + C with D = 2, α = 0.3 [0.2, 0.4], "
         "C = 0.1 [0.05, 0.15] (90% intervals); at 10× the largest n (n = 10,000): "
         "MAE 0.2 [0.19, 0.21]"
     )

@@ -37,8 +37,9 @@ def interval(ci: Sequence | None, digits: int = 4) -> str:
 
 
 def fit_sentence(report: dict) -> str:
-    """The fitted law with its intervals, or why there is none yet: the one wording the
-    terminal, the live log, the MLflow note and report.html all use."""
+    """The fitted law with the intervals of α and C, or why there is none yet: the one wording
+    the terminal, the live log, the MLflow note and report.html all use. D only scales the
+    curve, so its interval (in report.json) is left out."""
     fit = report.get("fit") or {}
     if fit.get("C") is None:
         why = next(
@@ -52,7 +53,7 @@ def fit_sentence(report: dict) -> str:
         else "α not identified (flat)"
     )
     return (
-        f"E(n) = D·n^−α + C with D = {fmt(fit.get('D'))} {interval(fit.get('D_ci90'))}, "
+        f"E(n) = D·n^−α + C with D = {fmt(fit.get('D'))}, "
         f"{alpha}, C = {fmt(fit['C'])} {interval(fit.get('C_ci90'))}{units(report)} "
         "(90% intervals)"
     )
