@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from s2r_ray.config import UserError, load_config
-from s2r_ray.review import fmt
+from s2r_ray.render.text import summary_text
 
 DESCRIPTION = """\
 Sim2Real scaling studies. For each source size n, a model is pretrained on n simulated
@@ -17,109 +17,6 @@ Sim2Real scaling studies. For each source size n, a model is pretrained on n sim
 per size and repetition; the experimental test MAE is then fitted as E(n) = D n^-alpha + C.
 alpha says how fast more simulation helps, C is the transfer gap that no amount of it closes.
 """
-
-
-def _ci_text(ci: list | None, digits: int = 4) -> str:
-    """' [lo, hi]', where a bound may be 'unreachable'; '' without an interval."""
-    if not ci:
-        return ""
-    return " [" + ", ".join(v if isinstance(v, str) else fmt(v, digits) for v in ci) + "]"
-
-
-def _worth(point: dict, m_ref: float) -> str:
-    """What n simulated rows are worth: experimental rows beyond m_ref, per simulated row."""
-    n, m_eq = point["n"], point["m_eq"]
-    if m_eq == "unreachable":
-        return f"  at n = {n}: below the fitted floor C0 of E0(m): no m on that curve matches it"
-
-    def per_row(m: float | str) -> float | str:
-        return "unbounded" if isinstance(m, str) else (m - m_ref) / n
-
-    ci = point.get("m_eq_ci90")
-    return (
-        f"  at n = {n}: one simulated row is worth {fmt(per_row(m_eq), 2)}"
-        f"{_ci_text(ci and [per_row(v) for v in ci], 2)} experimental rows "
-        f"(no pretraining needs m = {fmt(m_eq, 3)}{_ci_text(ci, 3)})"
-    )
-
-
-def _axis_lines(report: dict) -> list[str]:
-    """The target-size axis: the gap C at each m, E0(m), and the equivalent sample sizes."""
-    lines = []
-    axis, eq = report.get("target_axis"), report.get("equivalent_samples")
-    if axis:
-        gaps = ", ".join(
-            f"m = {e['m']:g}: {fmt(e['C'], 3)}{_ci_text(e.get('C_ci90'), 3)}"
-            for e in axis["scaling_in_n"]
-            if e.get("C") is not None
-        )
-        lines.append(f"  transfer gap C by m, 90% CI: {gaps}")
-    if eq:
-        b, m_ref = eq["baseline_curve"], eq["m_ref"]
-        lines.append(
-            f"  no pretraining: E0(m) = {fmt(b['D0'])} m^-{fmt(b['beta'], 3)} + {fmt(b['C0'])}"
-            f", fitted on m = {', '.join(str(m) for m in b['m_used'])}"
-        )
-        lines.append(
-            f"  equivalent experimental sample size at m = {m_ref:g} (90% CI; an m above "
-            f"{b['m_used'][-1]} extrapolates E0):"
-        )
-        lines += [_worth(p, m_ref) for p in eq["points"]]
-    return lines
-
-
-def summary_text(report: dict) -> str:
-    """The report as a person reads it in a terminal."""
-    units = f" {report['units']}" if report.get("units") else ""
-    lines = [
-        f"study {report.get('study')} ({report.get('status')}): test MAE{units} by source size n"
-    ]
-    by_m = report.get("baseline_by_m")  # the study varies m: a block of sizes n per m
-    lines.append(
-        (f"  {'m':>5}" if by_m else "")
-        + f"  {'n':>9} {'reps':>5} {'MAE':>9} {'90% CI':>21} {'gain vs n=0':>12}"
-    )
-    rows = by_m or ([report["baseline"]] if report.get("baseline") else [])
-    rows = rows + list(report.get("sizes", []))
-    if by_m:
-        rows.sort(key=lambda s: (s["m"], s["n"]))
-    for s in rows:
-        ci = s.get("test_mae_ci90") or [None, None]
-        gain = (s.get("paired_gain") or {}).get("mean")
-        lines.append(
-            (f"  {s['m']:>5g}" if by_m else "")
-            + f"  {s.get('n', 0):>9} {s.get('repetitions', 0):>5} "
-            f"{fmt(s.get('test_mae_mean')):>9} "
-            f"{'[' + fmt(ci[0]) + ', ' + fmt(ci[1]) + ']':>21} {fmt(gain):>12}"
-        )
-    for name, value in (report.get("references") or {}).items():
-        lines.append(f"  reference {name}: {fmt(value)}")
-    fit = report.get("fit") or {}
-    if fit.get("C") is not None:
-        a, c = fit.get("alpha_ci90") or [None, None], fit.get("C_ci90") or [None, None]
-        alpha = fmt(fit.get("alpha"), 3) if fit.get("alpha") is not None else "(not identified)"
-        lines.append(
-            f"  fit E(n) = {fmt(fit['D'])} n^-{alpha} + {fmt(fit['C'])}"
-            f"   alpha 90% CI [{fmt(a[0], 3)}, {fmt(a[1], 3)}],"
-            f" C 90% CI [{fmt(c[0])}, {fmt(c[1])}]"
-        )
-        for e in report.get("extrapolation") or []:
-            ci = e.get("mae_ci90") or [None, None]
-            lines.append(
-                f"  at {e['factor']:g}x the largest n (n={e['n']:.3g}): MAE {fmt(e.get('mae'))}"
-                f" [{fmt(ci[0])}, {fmt(ci[1])}]"
-            )
-        target = report.get("n_for_target")
-        if target:
-            n = target.get("n")
-            lines.append(
-                f"  n for target MAE {fmt(target.get('target'))}: "
-                f"{fmt(n) if isinstance(n, float) else n}"
-            )
-    lines += _axis_lines(report)
-    for d in report.get("diagnostics") or []:
-        lines.append(f"  note: {d.get('message')}")
-    return "\n".join(lines)
 
 
 def resume_command(args: argparse.Namespace, out: Path) -> str:
@@ -133,7 +30,7 @@ def resume_command(args: argparse.Namespace, out: Path) -> str:
 def mlflow_lines(out: Path) -> list[str]:
     """Where a reviewer opens the study in MLflow, from the ids its folder keeps."""
     from s2r_ray.folder import StudyFolder
-    from s2r_ray.review import reviewer_lines
+    from s2r_ray.render.notes import reviewer_lines
 
     ids = StudyFolder(out).state().get("mlflow")
     return reviewer_lines(ids["uri"], ids["experiment_id"], ids["study_run_id"]) if ids else []

@@ -25,13 +25,22 @@ report.json keys (stable; every number JSON-safe, None where unknown):
   axis).
 - ``target_axis``, ``equivalent_samples``: only when the study varies m
   (``s2r_ray.scaling.target_axis``, ``s2r_ray.scaling.equivalent``); the latter is None when
-  the baseline has fewer than 3 target sizes.
+  the baseline has fewer than 3 target sizes. Each of its ``points`` carries ``n``, ``mae``,
+  ``m_eq`` (the baseline's equivalent experimental size, 'unreachable' below its floor C0),
+  ``gain_factor`` (m_eq / m_ref), ``worth_per_row`` ((m_eq − m_ref) / n: the experimental rows
+  one simulated row is worth, 'unbounded' where m_eq is unreachable), ``extrapolated``, and
+  the intervals ``m_eq_ci90`` and ``worth_per_row_ci90``.
 - anything in ``extra`` (timings, counts), merged last.
+
+The report is computed here once; the terminal text, the MLflow notes, report.html and the
+plots (``s2r_ray.render``) only format it. Pure: no Ray, no MLflow, so `s2r report`, `s2r fit`
+and `s2r status` run without either.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -40,6 +49,10 @@ from s2r_ray.folder import StudyFolder
 from s2r_ray.scaling import PowerLawFit, json_safe, m_axis
 from s2r_ray.scaling import diagnostics as dg
 from s2r_ray.stats import mean_ci, paired_gain
+
+if TYPE_CHECKING:
+    from s2r_ray.config import StudyConfig
+    from s2r_ray.folder import StudyFolder
 
 REQUIRED = ("n", "repetition", "mae")
 MEANS = {  # optional column -> size key; each reported as its mean over repetitions
@@ -197,30 +210,55 @@ def build_report(
     return json_safe(report)
 
 
-def fit_line(report: dict) -> str:
-    """The current fit in one line, for the driver's progress and `s2r status`."""
-    fit = report.get("fit") or {}
-    if fit.get("C") is None:
-        codes = [d.get("code") for d in report.get("diagnostics", [])]
-        return "fit: waiting for 3 sizes" if "too_few_sizes" in codes else "fit: none"
-    lo, hi = fit.get("alpha_ci90") or (None, None)
-    ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else ""
-    ext = report.get("extrapolation") or []
-    at = (
-        f", MAE@{ext[0]['factor']:g}x={ext[0]['mae']:.3f}"
-        if ext and ext[0].get("mae") is not None
-        else ""
+def report_from_records(cfg: StudyConfig, records: list[dict], status: str, extra: dict) -> dict:
+    """The one way a report is made from cell records: by the live reducer and by `s2r report`."""
+    ok = pd.DataFrame([r for r in records if r.get("status") == "ok"])
+    if ok.empty:
+        ok = pd.DataFrame(columns=["n", "repetition", "mae"])
+    if cfg.target_sizes is None and "m" in ok:
+        ok = ok.drop(columns="m")
+    references = dict(cfg.report.reference_mae)
+    failed = [(r["cell"], r.get("error", "?")) for r in records if r.get("status") != "ok"]
+    counts = (extra.get("counts") or {}) | {"cells_ok": len(ok), "cells_failed": len(failed)}
+    report = build_report(
+        ok,
+        study=cfg.name,
+        status=status,
+        planned_repetitions=cfg.repetitions,
+        target_mae=cfg.target_mae,
+        extrapolate_factors=tuple(cfg.report.extrapolate_factors),
+        n_boot=cfg.report.n_boot,
+        seed=cfg.seed,
+        property_name=cfg.data.property,
+        units=cfg.data.units,
+        references=references,
+        extra=extra | {"counts": counts},
     )
-    alpha = f"{fit['alpha']:.2f}" if fit.get("alpha") is not None else "n/a (flat)"
-    return f"fit: alpha={alpha}{ci} C={fit['C']:.3f}{at}"
+    if failed:
+        report["diagnostics"].append(dg.failed_cells(failed))
+    return report
+
+
+def folder_report(
+    folder: StudyFolder, status: str | None = None, extra: dict | None = None
+) -> dict:
+    """Rebuild and write a study's report from its folder alone (`s2r report`, a resumed or
+    failed driver): the ledger's cells, the stored config, the previous report's bookkeeping."""
+    cfg = folder.config()
+    previous = folder.read_report()
+    keep = {k: previous[k] for k in ("counts", "mlflow", "timing", "progress") if k in previous}
+    status = status or folder.state().get("status") or previous.get("status", "running")
+    report = report_from_records(cfg, folder.ledger(), status, keep | (extra or {}))
+    write_report(report, folder)
+    return report
 
 
 def write_report(report: dict, folder: StudyFolder) -> list[Path]:
     """report.json, the plots, and report.html (the page to mail, from the report and the
     folder's config.yaml and rejected_rows.csv) into `folder`, a study's or one that holds a
     report alone (`s2r fit --out`); the paths written."""
-    from s2r_ray.plots import render_all  # matplotlib only when writing
-    from s2r_ray.report_html import render_html
+    from s2r_ray.render.html import render_html
+    from s2r_ray.render.plots import render_all  # matplotlib only when writing
 
     path = folder.save_report(json_safe(report))
     plots = render_all(report, folder.path)

@@ -10,7 +10,7 @@ from collections import Counter
 from s2r_ray.folder import StudyFolder
 from s2r_ray.progress import Rate, fmt_duration
 from s2r_ray.protocol import cell_grid, size_key
-from s2r_ray.report import fit_line
+from s2r_ray.render.text import fit_line
 
 
 def attempt_start(folder: StudyFolder, state: dict) -> float:

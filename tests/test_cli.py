@@ -50,7 +50,9 @@ def test_fit_command_recovers_an_exact_law_and_writes_the_report(tmp_path, capsy
         assert key in report
     assert (tmp_path / "fit" / "scaling.png").exists()
     assert (tmp_path / "fit" / "backtest.png").exists()
-    assert "fit E(n) = 2 n^-0.5 + 0.1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "fit: E(n) = D·n^−α + C with D = 2, α = 0.5 [0.5, 0.5], C = 0.1" in out
+    assert "Simulated rows needed for a target MAE of 0.11: n ≈ 40,000" in out
 
 
 def test_fit_command_names_missing_columns(tmp_path, capsys):

@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 import torch
 
-from s2r_ray.cli import summary_text
 from s2r_ray.config import StudyConfig, load_config
 from s2r_ray.data.synthetic import make_synthetic
 from s2r_ray.models import make_family
 from s2r_ray.models.base import Family, mae
 from s2r_ray.protocol import Cell, Plan, make_plan
+from s2r_ray.render.text import summary_text
 from s2r_ray.report import build_report
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -112,9 +112,13 @@ def test_equivalent_sample_sizes_come_with_intervals(report: dict) -> None:
 
 
 WORTH = re.compile(
-    r"at n = (\d+): one simulated row is worth (\S+) \[(\S+), (\S+)\] experimental rows "
+    r"at n = ([\d,]+): one simulated row is worth (\S+) \[(\S+), (\S+)\] experimental rows "
     r"\(no pretraining needs m = (\S+) \[(\S+), (\S+)\]\)"
 )
+
+
+def _count(text: str) -> int:
+    return int(text.replace(",", ""))
 
 
 def _printed(text: str, want: float | str, digits: int) -> None:
@@ -122,7 +126,8 @@ def _printed(text: str, want: float | str, digits: int) -> None:
     if isinstance(want, str):
         assert text == want, (text, want)
     else:
-        assert float(text) == pytest.approx(want, rel=0.5 * 10 ** (1 - digits)), (text, want)
+        value = float(text.replace(",", ""))
+        assert value == pytest.approx(want, rel=0.5 * 10 ** (1 - digits)), (text, want)
 
 
 def test_the_summary_says_what_a_simulated_row_is_worth(report: dict) -> None:
@@ -132,9 +137,9 @@ def test_the_summary_says_what_a_simulated_row_is_worth(report: dict) -> None:
     eq = report["equivalent_samples"]
     m_ref, by_n = eq["m_ref"], {p["n"]: p for p in eq["points"]}
     lines = [WORTH.search(line) for line in text.splitlines() if "simulated row is worth" in line]
-    assert [int(found.group(1)) for found in lines if found] == SIZES, text
+    assert [_count(found.group(1)) for found in lines if found] == SIZES, text
     for found in lines:
-        n = int(found.group(1))
+        n = _count(found.group(1))
         point = by_n[n]
         # by hand: m_eq solves E0(m_eq) = E(n) on the baseline curve; per row, (m_eq - m_ref)/n
         m_eq = _m_eq_by_hand(eq, point["mae"])

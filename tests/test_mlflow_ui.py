@@ -20,11 +20,12 @@ import browser
 import pytest
 from mlflow.tracking import MlflowClient
 
-from s2r_ray import review
 from s2r_ray.cli import main
 from s2r_ray.config import build_config
 from s2r_ray.folder import StudyFolder
 from s2r_ray.local_servers import LOOPBACK, free_port, start_group, stop_group, wait_http
+from s2r_ray.render import notes
+from s2r_ray.render.format import fit_sentence
 from s2r_ray.study import tracking
 from s2r_ray.study.driver import run_study
 
@@ -87,7 +88,7 @@ def printed(served) -> dict[str, str]:
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert main(["report", str(served.out)]) == 0
     pairs = re.findall(r"^  (.+?):\s+(http\S+)$", out.getvalue(), re.MULTILINE)
-    return {label: url.replace(review.LOCAL_UI, served.url) for label, url in pairs}
+    return {label: url.replace(notes.LOCAL_UI, served.url) for label, url in pairs}
 
 
 def render(url: str, shot: Path) -> str:
@@ -123,7 +124,7 @@ def test_the_experiment_page_lists_the_study_as_one_row(served):
     # the description above the runs list: the studies view, then the study's own row
     assert "Studies, one row each: open the studies view" in page
     assert re.search(r"demo \d{4}-\d\d-\d\d \d\d:\d\d complete · 4/4 cells", page)
-    assert f'href="{html.escape(review.run_path(e, s))}"' in dom
+    assert f'href="{html.escape(notes.run_path(e, s))}"' in dom
     assert listed_runs(dom) == ["demo"]  # its sizes and trials nested under it
 
 
@@ -133,7 +134,7 @@ def test_the_printed_links_show_every_study_and_this_study_as_one_row(served, pr
     tree = render(printed["its runs as one tree"], served.shots / "study_tree.png")
     assert listed_runs(studies) == ["demo"]
     runs = served.client.search_runs(
-        [served.experiment_id], review.study_filter(served.study_run_id)
+        [served.experiment_id], notes.study_filter(served.study_run_id)
     )
     assert listed_runs(tree) == ["demo"]  # all its runs, oldest first: the study holds the rest
     assert f"{len(runs)} matching runs" in text(tree)
@@ -143,7 +144,7 @@ def test_the_study_run_page_shows_the_summary_and_the_plots(served, printed):
     dom = render(printed["study run"], served.shots / "study_run.png")
     page, report = text(dom), json.loads((served.out / "report.json").read_text())
     assert "Description demo (complete): test MAE of y against the number n" in page
-    assert f"Fit: E(n) = {review.fmt(report['fit']['D'])}·n^−α + C with α = " in page
+    assert f"Fit: {fit_sentence(report)}" in page
     assert "n=300" in page and "Extrapolation" in page and "Verdict" in page
     for d in report["diagnostics"]:
         assert d["message"] in page
@@ -152,7 +153,7 @@ def test_the_study_run_page_shows_the_summary_and_the_plots(served, printed):
         assert f'<img src="{html.escape(src)}"' in dom
         with urllib.request.urlopen(f"{served.url}/{src}") as r:  # what the browser fetches
             assert r.read(8) == b"\x89PNG\r\n\x1a\n"
-    artifact = review.artifact_path(served.experiment_id, served.study_run_id, "scaling.png")
+    artifact = notes.artifact_path(served.experiment_id, served.study_run_id, "scaling.png")
     dom = render(f"{served.url}/{artifact}", served.shots / "scaling_artifact.png")
     assert re.search(r'<img alt="scaling.png" src="blob:', dom)  # the UI loaded and shows it
 
@@ -160,7 +161,7 @@ def test_the_study_run_page_shows_the_summary_and_the_plots(served, printed):
 def test_a_size_run_lists_its_trials(served):
     c, e = served.client, served.experiment_id
     (run,) = c.search_runs([e], "tags.`s2r.kind` = 'size' and tags.`s2r.n` = '300'")
-    url = f"{served.url}/{review.run_path(e, run.info.run_id)}"
+    url = f"{served.url}/{notes.run_path(e, run.info.run_id)}"
     dom = render(url, served.shots / "size_run.png")
     page = text(dom)
     assert "demo · n=300" in page and "Parent run demo" in page

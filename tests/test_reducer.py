@@ -3,7 +3,8 @@
 import pytest
 
 from s2r_ray.config import build_config
-from s2r_ray.study.reducer import fit_line, report_from_records
+from s2r_ray.render.text import cell_line, fit_line, size_line
+from s2r_ray.report import report_from_records
 
 CFG = build_config(
     {
@@ -56,7 +57,7 @@ def test_fit_on_exact_power_law_points_recovers_the_law():
     assert fit["C"] == pytest.approx(0.15, rel=1e-6)
     assert report["n_for_target"]["n"] == pytest.approx((3.0 / 0.05) ** (1 / 0.4), rel=1e-4)
     assert [e["n"] for e in report["extrapolation"]] == [1e5, 1e6]
-    assert "alpha=0.40" in fit_line(report)
+    assert "α = 0.4 [0.4, 0.4], C = 0.15 [0.15, 0.15]" in fit_line(report)
 
 
 def test_failed_cells_are_left_out_and_said():
@@ -73,4 +74,30 @@ def test_failed_cells_are_left_out_and_said():
 
 def test_before_three_sizes_the_fit_waits():
     report = report_from_records(CFG, _records(lambda n: 0.3, [100, 300]), "running", {})
-    assert fit_line(report) == "fit: waiting for 3 sizes"
+    assert fit_line(report).startswith("fit: none yet: 2 size(s) with finished repetitions;")
+
+
+def _cell(n, m, r, mae=None):
+    record = {"cell": f"n{n}-m{m}-r{r}", "n": n, "m": m, "repetition": r}
+    return record | ({"status": "ok", "mae": mae} if mae is not None else {"status": "failed"})
+
+
+def test_the_live_log_compares_a_cell_only_with_cells_of_the_same_m():
+    # a larger m alone lowers the error: m=300's 0.21 is no yardstick for a cell at m=50
+    records = [_cell(0, 50, 0, 0.54), _cell(3000, 300, 0, 0.21), _cell(300, 50, 0, 0.40)]
+    worse = _cell(1000, 50, 0, 0.45)
+    assert cell_line(worse, [*records, worse], 4, 9) == (
+        "[4/9 cells] n=1000 m=50 r0: test MAE 0.45 (best so far at m=50: 0.4, n=300 r0)"
+    )
+    better = _cell(1000, 50, 1, 0.38)
+    line = cell_line(better, [*records, worse, better], 5, 9)
+    assert line == "[5/9 cells] n=1000 m=50 r1: test MAE 0.38 (best so far at m=50)"
+    failed = _cell(1000, 300, 1) | {"error": "all 4 trials failed"}
+    line = cell_line(failed, [*records, failed], 6, 9)
+    assert line == "[6/9 cells] n=1000 m=300 r1: FAILED (all 4 trials failed)"
+    # a study without an m axis compares every cell
+    plain = [_cell(0, None, 0, 0.5), _cell(300, None, 0, 0.3), _cell(100, None, 0, 0.4)]
+    assert cell_line(plain[-1], plain, 3, 9).endswith("(best so far: 0.3, n=300 r0)")
+    assert size_line({"test_mae_mean": 0.21994, "test_mae_ci90": [0.21288, 0.22691]}) == (
+        "MAE 0.2199 [0.2129, 0.2269]"
+    )

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from s2r_ray.folder import StudyFolder
-from s2r_ray.plots import render_all
+from s2r_ray.render.plots import render_all
 from s2r_ray.report import build_report, write_report
 
 TOP_KEYS = {

@@ -17,8 +17,8 @@ from matplotlib.image import imread
 
 from s2r_ray.config import build_config
 from s2r_ray.folder import StudyFolder
+from s2r_ray.render.html import render_html
 from s2r_ray.report import build_report, write_report
-from s2r_ray.report_html import render_html
 
 REJECTED = [
     ("mp.csv", 7, "source", "formula", "Xx2O", "invalid_formula"),
@@ -163,16 +163,52 @@ def _check_equivalent_samples(report: dict, page: str) -> None:
     last = eq["points"][-1]
     found = re.search(
         r"Worth in experiments: at n = ([\d,]+), pretraining with m = ([\d,]+) experimental "
-        r"rows is as accurate as the baseline with ([\d,.]+) \[([\d,.]+), ([\d,.]+)\] rows "
-        r"\(([\d.]+)×, beyond the measured m: an extrapolation\)",
+        r"rows is as accurate as the baseline with ([\d,.]+) rows \[([\d,.]+), ([\d,.]+)\], "
+        r"([\d.]+)× as many, beyond the measured m: an extrapolation; one simulated row is "
+        r"worth ([\d.]+) \[([\d.]+), ([\d.]+)\] experimental rows\.",
         page,
     )
     assert found, page[page.index("Worth in") - 100 : page.index("Worth in") + 400]
-    n, m, at, lo, hi, times = (_number(v) for v in found.groups())
+    n, m, at, lo, hi, times, worth, *worth_ci = (_number(v) for v in found.groups())
     want = m_eq(last["mae"])
     assert (n, m) == (last["n"], m_ref)
     assert [at, lo, hi] == pytest.approx([want, *last["m_eq_ci90"]], rel=6e-3), found.group(0)
     assert times == pytest.approx(want / m_ref, rel=6e-3), found.group(0)
+    per_row = [(v - m_ref) / n for v in (want, *last["m_eq_ci90"])]
+    assert [worth, *worth_ci] == pytest.approx(per_row, rel=6e-2), found.group(0)
+
+
+@pytest.mark.parametrize(
+    ("m_eq", "ci", "words"),
+    [
+        (
+            "unreachable",
+            ["unreachable", "unreachable"],
+            "is more accurate than the baseline can get with any number of experimental rows: "
+            "E0(m) levels off at C0 = 0.2426, above this MAE (0.2)",
+        ),
+        (
+            476.0,
+            [289.0, "unreachable"],
+            "is as accurate as the baseline with 476 rows (90% interval: 289 rows or more, and at "
+            "its upper end no number of experimental rows gets there), 1.19× as many, beyond the "
+            "measured m: an extrapolation; one simulated row is worth 0.76 [-1.1, unbounded]",
+        ),
+    ],
+    ids=["m_eq", "upper-bound"],
+)
+def test_an_unreachable_equivalent_size_is_said_in_words(m_eq, ci, words) -> None:
+    unbounded = isinstance(m_eq, str)
+    point = {"n": 100, "mae": 0.2, "m_eq": m_eq, "m_eq_ci90": ci, "extrapolated": True}
+    point |= {
+        "gain_factor": m_eq if unbounded else m_eq / 400,
+        "worth_per_row": "unbounded" if unbounded else (m_eq - 400) / 100,
+        "worth_per_row_ci90": ["unbounded" if unbounded else (289 - 400) / 100, "unbounded"],
+    }
+    eq = {"m_ref": 400.0, "baseline_curve": {"C0": 0.2426}, "points": [point]}
+    page = render_html({"equivalent_samples": eq}, {}, None, None)
+    assert words in html.unescape(page)
+    assert "unreachable×" not in page and "unreachable [" not in page
 
 
 def test_chromium_renders_the_page_with_every_image(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s2r_ray import review
+from s2r_ray.render import notes
 from s2r_ray.report import build_report
 
 
@@ -35,27 +35,28 @@ def _query(path: str) -> dict[str, str]:
 
 
 def test_run_names_read_as_a_person_says_them():
-    assert review.size_run_name("demo", 300) == "demo · n=300"
-    assert review.size_run_name("demo", 0) == "demo · baseline"
-    assert review.run_name("trial", 300, None, 1, "n300-mall-r1-t03") == "n=300 r1 trial 03"
-    assert review.run_name("trial", 0, 70, 0, "n0-m70-r0-t11") == "baseline m=70 r0 trial 11"
-    assert review.run_name("pretrain", 300, None, 1, "pretrain n300-r1") == "pretrain n=300 r1"
+    assert notes.size_run_name("demo", 300) == "demo · n=300"
+    assert notes.size_run_name("demo", 0) == "demo · baseline"
+    assert notes.run_name("trial", 300, None, 1, "n300-mall-r1-t03") == "n=300 r1 trial 03"
+    assert notes.run_name("trial", 0, 70, 0, "n0-m70-r0-t11") == "baseline m=70 r0 trial 11"
+    assert notes.run_name("pretrain", 300, None, 1, "pretrain n300-r1") == "pretrain n=300 r1"
 
 
 def test_study_note_says_what_the_study_found(report):
-    note = review.study_note(report, "7", "abc", ["scaling.png", "backtest.png"])
+    note = notes.study_note(report, "7", "abc", ["scaling.png", "backtest.png"])
     fit = report["fit"]
     lo, hi = fit["alpha_ci90"]
     first, fit_line = note.splitlines()[0], note.splitlines()[2]
     assert first.startswith("**demo** (complete): test MAE (eV) of band gap")
     assert f"α = {fit['alpha']:.3g} [{lo:.3g}, {hi:.3g}]" in fit_line and "C = " in fit_line
     for s in [report["baseline"], *report["sizes"]]:
-        assert f"| {review.size_key(s['n'])} | 3 | {s['test_mae_mean']:.4g} |" in note
+        assert f"| {notes.size_key(s['n'])} | 3 | {s['test_mae_mean']:.4g} |" in note
     for d in report["diagnostics"]:
         assert f"- {d['message']}" in note
     for e in report["extrapolation"]:
-        assert f"at {e['factor']:g}× the largest n (n = {e['n']:.3g}): MAE {e['mae']:.4g}" in note
-    assert "n for target MAE 0.2:" in note
+        where = f"at {e['factor']:g}× the largest n (n = {e['n']:,.0f})"
+        assert f"- {where}: MAE {e['mae']:.4g}" in note
+    assert "- Simulated rows needed for a target MAE of 0.2: n ≈ " in note
     assert "**Plots:** [scaling.png](#/experiments/7/runs/abc/artifacts/scaling.png) · " in note
     # the plots inline from the UI's own artifact endpoint, in the order given
     assert note.rstrip().endswith(
@@ -65,7 +66,7 @@ def test_study_note_says_what_the_study_found(report):
 
 
 def test_study_note_links_search_the_study_s_own_runs(report):
-    note = review.study_note(report, "7", "abc", [])
+    note = notes.study_note(report, "7", "abc", [])
     parts = note.split("**Runs:** ")[1].splitlines()[0].split(" · ")
     links = dict(p.removeprefix("[").removesuffix(")").split("](") for p in parts)
     assert set(links) == {
@@ -92,10 +93,10 @@ def test_study_note_links_search_the_study_s_own_runs(report):
 def test_a_study_without_a_fit_says_so():
     rows = pd.DataFrame({"n": [0, 100], "repetition": [0, 0], "mae": [0.5, 0.4]})
     report = build_report(rows, study="early", status="running", n_boot=50)
-    note = review.study_note(report, "1", "r", [])
+    note = notes.study_note(report, "1", "r", [])
     assert "**Fit:** none yet" in note and "- none: it needs a fit." in note
     assert any(d["message"] in note for d in report["diagnostics"] if d["code"] == "too_few_sizes")
-    assert review.headline(report) == "running · best MAE 0.4 at n=100"
+    assert notes.headline(report) == "running · best MAE 0.4 at n=100"
 
 
 def test_size_note_lists_every_cell_and_links_the_selected_trial(report):
@@ -114,7 +115,7 @@ def test_size_note_lists_every_cell_and_links_the_selected_trial(report):
         for r in range(2)
     ] + [{"n": 300, "repetition": 2, "status": "failed", "error": "all trials failed: a | b"}]
     entry = next(s for s in report["sizes"] if s["n"] == 300)
-    note = review.size_note("demo", 300, entry, records, "7", "abc", {"n300-mall-r0-t00": "run0"})
+    note = notes.size_note("demo", 300, entry, records, "7", "abc", {"n300-mall-r0-t00": "run0"})
     assert note.startswith(f"**demo · n=300**: test MAE {entry['test_mae_mean']:.4g} [")
     assert "better in 3 of 3 repetitions" in note
     assert "| n=300 r0 | 0.3 | [n=300 r0 trial 00](#/experiments/7/runs/run0?" in note
@@ -127,12 +128,12 @@ def test_size_note_lists_every_cell_and_links_the_selected_trial(report):
 
 def test_experiment_note_opens_with_the_studies_view_and_lists_each_study_once():
     rows = [
-        review.StudyRow("b", "rb", 1_700_000_100_000, "running · 3/9 cells"),
-        review.StudyRow("a", "ra", 1_700_000_000_000, "complete · α 0.1 [0.08, 0.12]"),
+        notes.StudyRow("b", "rb", 1_700_000_100_000, "running · 3/9 cells"),
+        notes.StudyRow("a", "ra", 1_700_000_000_000, "complete · α 0.1 [0.08, 0.12]"),
     ]
-    note = review.experiment_note("4", rows)
+    note = notes.experiment_note("4", rows)
     first = note.splitlines()[0]
-    assert first.startswith(review.EXPERIMENT_NOTE_START)
+    assert first.startswith(notes.EXPERIMENT_NOTE_START)
     assert _query(first.split("](")[1].split(")")[0])["searchFilter"] == "tags.`s2r.kind` = 'study'"
     table = [line for line in note.splitlines() if line.startswith("| [")]
     assert [line.split("]")[0] for line in table] == ["| [b", "| [a"]
@@ -145,14 +146,14 @@ def test_experiment_note_opens_with_the_studies_view_and_lists_each_study_once()
         ("http://mlflow.lab:5000/", "http://mlflow.lab:5000", "MLflow UI: http://mlflow.lab:5000"),
         (
             "sqlite:////data/my runs/mlruns.db",
-            review.LOCAL_UI,
+            notes.LOCAL_UI,
             "MLflow UI: mlflow ui --backend-store-uri 'sqlite:////data/my runs/mlruns.db',"
             " then open",
         ),
     ],
 )
 def test_reviewer_lines_are_urls_a_browser_opens(uri, base, command):
-    lines = review.reviewer_lines(uri, "4", "r1")
+    lines = notes.reviewer_lines(uri, "4", "r1")
     assert lines[0] == command
     urls = [line.split(": ", 1)[1].strip() for line in lines[1:]]
     assert urls[0] == f"{base}/#/experiments/4/runs/r1?workflowType=machine_learning"

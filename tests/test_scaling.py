@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from s2r_ray.render.format import fit_sentence
 from s2r_ray.scaling import UNREACHABLE, PowerLawFit, ci_key, fit_batch
 from s2r_ray.scaling.simulate import coverage
 
@@ -99,7 +100,7 @@ def test_target_and_extrapolation() -> None:
     assert curve["n"][0] == SIZES[0] and curve["n"][-1] == pytest.approx(top)
     band = zip(curve["lo"], curve["mae"], curve["hi"], strict=True)
     assert all(lo <= m <= hi for lo, m, hi in band)
-    assert "alpha=0.5 [0.5,0.5]" in est.summary()
+    assert "α = 0.5 [0.5, 0.5]" in fit_sentence(out)
 
 
 def test_target_below_floor_is_unreachable_with_probability() -> None:
@@ -116,7 +117,7 @@ def test_two_sizes_give_a_diagnostic_not_an_exception() -> None:
     assert [d["code"] for d in out["diagnostics"]] == ["too_few_sizes"]
     assert out["fit"]["alpha"] is None and out["fit"]["sizes_used"] == [1000, 2000]
     assert out["curve"] is None and out["extrapolation"] == [] and out["backtest"] == []
-    assert "need 3" in est.summary()
+    assert "needs at least 3" in fit_sentence(out)
     with pytest.raises(RuntimeError, match="fewer than 3"):
         est.predict(np.array([1000.0]))
 
@@ -137,7 +138,7 @@ def test_flat_fits_leave_alpha_undetermined(curve, sd: float, expected: set[str]
     assert out["fit"]["D"] == 0 and out["fit"]["alpha"] is None
     assert out["fit"]["alpha_ci90"] == [pytest.approx(1e-3), 3.0]
     assert out["fit"]["C"] == pytest.approx(np.mean([curve(n) for n in SIZES]), abs=0.01)
-    assert "undetermined" in est.summary()
+    assert "α not identified (flat)" in fit_sentence(out)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -33,8 +33,10 @@ def folder(tmp_path: Path) -> StudyFolder:
             | ({"status": "failed", "error": "all trials failed"} if failed else {"status": "ok"})
             | ({} if failed else {"mae": 0.5 - n / 1e4})
         )
-    fit = {"alpha": 0.3, "alpha_ci90": [0.2, 0.4], "C": 0.1}
-    report = {"fit": fit, "extrapolation": [{"factor": 10, "mae": 0.2}], "diagnostics": []}
+    fit = {"D": 2.0, "D_ci90": [1.5, 2.5], "alpha": 0.3, "alpha_ci90": [0.2, 0.4]}
+    fit |= {"C": 0.1, "C_ci90": [0.05, 0.15]}
+    ext = [{"factor": 10, "n": 10000, "mae": 0.2, "mae_ci90": [0.19, 0.21]}]
+    report = {"fit": fit, "extrapolation": ext, "diagnostics": []}
     (folder.path / "report.json").write_text(json.dumps(report))
     return folder
 
@@ -62,7 +64,11 @@ def test_a_running_study_shows_cells_per_size_time_rate_eta_and_fit(
     ]
     # 100 s before + 300 s now; 5 cells in the 300 s of this attempt: 1 a minute, 2 to go
     assert lines[6] == "  time so far 6:40 (this attempt 5:00); 1 cells/min, ETA 2:00"
-    assert lines[7] == "  fit: alpha=0.30 [0.20, 0.40] C=0.100, MAE@10x=0.200"
+    assert lines[7] == (
+        "  fit: E(n) = D·n^−α + C with D = 2, α = 0.3 [0.2, 0.4], "
+        "C = 0.1 [0.05, 0.15] (90% intervals); at 10× the largest n (n = 10,000): "
+        "MAE 0.2 [0.19, 0.21]"
+    )
 
 
 def test_without_a_recorded_start_the_attempt_starts_when_study_json_was_written(

@@ -119,7 +119,7 @@ def test_report_command_rebuilds_the_report_from_the_ledger(study, capsys):
     assert rebuilt["status"] == "complete"
     assert rebuilt["fit"]["C"] == pytest.approx(report["fit"]["C"])
     assert rebuilt["sizes"] == report["sizes"]
-    assert "fit E(n)" in capsys.readouterr().out
+    assert "  fit: E(n) = D·n^−α + C with D = " in capsys.readouterr().out
 
 
 def test_progress_lines_status_and_html_page_of_the_study(study, capsys):
@@ -128,12 +128,13 @@ def test_progress_lines_status_and_html_page_of_the_study(study, capsys):
     for line in lines:
         if "cells]" in line:
             assert re.search(r" \| [\d.]+ cells/(s|min), ETA \d+:\d\d", line), line
+            assert "FAILED" in line or re.search(r"test MAE [\d.]+ \(best so far", line), line
         if line.startswith("pretraining "):
             assert re.search(r" \| \d+/\d+, [\d.]+ pretrainings/(s|min), ETA ", line), line
     assert main(["status", str(out)]) == 0
     text = capsys.readouterr().out
     assert f": complete, attempt 1; {cells}/{cells} cells finished, 0 failed" in text
-    assert "fit: alpha=" in text
+    assert "  fit: E(n) = D·n^−α + C with D = " in text
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "What the study found" in page
 

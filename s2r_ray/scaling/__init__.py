@@ -1,6 +1,6 @@
 """Scaling-law fitting for Sim2Real studies: E(n) = D·n^-α + C and everything around it.
 
-Public API: PowerLawFit (fit, predict, n_for_target, summary, to_dict); fit_batch and Params
+Public API: PowerLawFit (fit, predict, n_for_target, to_dict); fit_batch and Params
 (the vectorised variable-projection fit); m_axis (target-size axis and equivalent experimental
 sample size); json_safe and ci_key (how results are serialised and keyed).
 

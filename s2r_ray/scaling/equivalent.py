@@ -30,10 +30,18 @@ def _slope(log_n: np.ndarray, log_m: np.ndarray) -> np.ndarray:
     return np.where(k >= 2, slope, np.nan)
 
 
+def _worth(m_eq: float, m_ref: float, n: float) -> float | str:
+    """Experimental rows beyond m_ref that one of n simulated rows stands for; 'unbounded'
+    where no m on the baseline curve matches."""
+    return "unbounded" if np.isinf(m_eq) else float((m_eq - m_ref) / n)
+
+
 def equivalent_samples(
     transfer: Groups, m_ref: float, baseline: PowerLawFit, ci: float, seed: int
 ) -> dict:
-    """m_eq per simulated size n, its interval, and the growth rate d log m_eq / d log n.
+    """m_eq per simulated size n, its interval, what one simulated row is worth in
+    experimental rows ((m_eq - m_ref) / n) with its interval, and the growth rate
+    d log m_eq / d log n.
 
     'unreachable' means the pretrained error is below the baseline's fitted floor C0: no amount
     of experimental data alone is expected to match it.
@@ -49,8 +57,10 @@ def equivalent_samples(
             "mae": float(e),
             "m_eq": size_or_unreachable(m),
             "gain_factor": size_or_unreachable(m / m_ref),
+            "worth_per_row": _worth(m, m_ref, n),
             "extrapolated": bool(m > m_max),
             ci_key("m_eq", ci): None,
+            ci_key("worth_per_row", ci): None,
         }
         for n, e, m in zip(transfer.n, transfer.means, point, strict=True)
     ]
@@ -76,6 +86,7 @@ def equivalent_samples(
     lo, hi = interval(samples, ci)
     for row, a, b in zip(out_points, lo, hi, strict=True):
         row[ci_key("m_eq", ci)] = [size_or_unreachable(a), size_or_unreachable(b)]
+        row[ci_key("worth_per_row", ci)] = [_worth(v, m_ref, row["n"]) for v in (a, b)]
     with np.errstate(divide="ignore"):
         slopes = _slope(log_n, np.log(samples))
     slopes = slopes[np.isfinite(slopes)]

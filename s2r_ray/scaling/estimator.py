@@ -211,24 +211,6 @@ class PowerLawFit:
         """Simulated rows needed to reach mae, or 'unreachable' when mae <= C."""
         return size_or_unreachable(self._require_fit().size_for(mae)[0])
 
-    def summary(self) -> str:
-        """One line for a progress print."""
-        if self.params is None:
-            count = 0 if self.groups is None else self.groups.size_count
-            return f"no fit yet: {count} size(s), need 3"
-
-        def fmt(name: str, value: float | None) -> str:
-            ci = self.intervals[name]
-            text = "undetermined" if value is None else f"{value:.3g}"
-            return f"{name}={text}" + (f" [{ci[0]:.3g},{ci[1]:.3g}]" if ci else "")
-
-        parts = [fmt("alpha", self._alpha()), fmt("C", float(self.params.C[0]))]
-        if self.extrapolate_factors:
-            f = self.extrapolate_factors[0]
-            parts.append(f"MAE@{f:g}x={float(self.predict(f * self.groups.n[-1])):.3g}")
-        flags = [d["code"] for d in self.diagnostics if d["code"] != "missing_repetitions"]
-        return "  ".join(parts) + (f"  ! {', '.join(flags)}" if flags else "")
-
     # ---- serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict:

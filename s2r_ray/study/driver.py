@@ -50,10 +50,11 @@ from s2r_ray.local_servers import LOOPBACK
 from s2r_ray.models import make_family
 from s2r_ray.models.base import Family
 from s2r_ray.protocol import Cell, Plan, make_plan
+from s2r_ray.report import folder_report
 from s2r_ray.study import tracking, units
 from s2r_ray.study.pretrained import choose_store
 from s2r_ray.study.pretraining import Pretrainings, default_slots
-from s2r_ray.study.reducer import Reducer, folder_report
+from s2r_ray.study.reducer import Reducer
 from s2r_ray.study.scheduler import PerCellASHA, StudySearcher
 from s2r_ray.study.tuner import CellTuner
 from s2r_ray.study.work import run_unit

@@ -7,7 +7,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
 import ray
 
 from s2r_ray.config import StudyConfig
@@ -15,53 +14,10 @@ from s2r_ray.folder import StudyFolder
 from s2r_ray.models.base import Pretrained
 from s2r_ray.progress import Rate
 from s2r_ray.protocol import size_key
-from s2r_ray.report import build_report, fit_line, write_report
-from s2r_ray.scaling import diagnostics as dg
+from s2r_ray.render.text import cell_line, fit_line, size_line
+from s2r_ray.report import report_from_records, write_report
 from s2r_ray.study import tracking
 from s2r_ray.study.tracking import TrackingContext
-
-
-def report_from_records(cfg: StudyConfig, records: list[dict], status: str, extra: dict) -> dict:
-    """The one way a report is made from cell records: by the live reducer and by `s2r report`."""
-    ok = pd.DataFrame([r for r in records if r.get("status") == "ok"])
-    if ok.empty:
-        ok = pd.DataFrame(columns=["n", "repetition", "mae"])
-    if cfg.target_sizes is None and "m" in ok:
-        ok = ok.drop(columns="m")
-    references = dict(cfg.report.reference_mae)
-    failed = [(r["cell"], r.get("error", "?")) for r in records if r.get("status") != "ok"]
-    counts = (extra.get("counts") or {}) | {"cells_ok": len(ok), "cells_failed": len(failed)}
-    report = build_report(
-        ok,
-        study=cfg.name,
-        status=status,
-        planned_repetitions=cfg.repetitions,
-        target_mae=cfg.target_mae,
-        extrapolate_factors=tuple(cfg.report.extrapolate_factors),
-        n_boot=cfg.report.n_boot,
-        seed=cfg.seed,
-        property_name=cfg.data.property,
-        units=cfg.data.units,
-        references=references,
-        extra=extra | {"counts": counts},
-    )
-    if failed:
-        report["diagnostics"].append(dg.failed_cells(failed))
-    return report
-
-
-def folder_report(
-    folder: StudyFolder, status: str | None = None, extra: dict | None = None
-) -> dict:
-    """Rebuild and write a study's report from its folder alone (`s2r report`, a resumed or
-    failed driver): the ledger's cells, the stored config, the previous report's bookkeeping."""
-    cfg = folder.config()
-    previous = folder.read_report()
-    keep = {k: previous[k] for k in ("counts", "mlflow", "timing", "progress") if k in previous}
-    status = status or folder.state().get("status") or previous.get("status", "running")
-    report = report_from_records(cfg, folder.ledger(), status, keep | (extra or {}))
-    write_report(report, folder)
-    return report
 
 
 @ray.remote(num_cpus=0, concurrency_groups={"files": 2})
@@ -118,21 +74,15 @@ class Reducer:
             )
         done = sum(self._arrived.values())
         total = sum(self._planned.values())
-        maes = [(r["mae"], r["n"]) for r in self._records if r["status"] == "ok"]
-        best = f" (best so far {min(maes)[0]:.4g} at {size_key(min(maes)[1])})" if maes else ""
-        m = f" m={record['m']}" if record.get("m") is not None else ""
-        line = f"[{done}/{total} cells] {size_key(n)}{m} r{record['repetition']}: " + (
-            f"test MAE {record['mae']:.4g}{best}"
-            if record["status"] == "ok"
-            else f"FAILED ({record['error']})"
-        )
+        line = cell_line(record, self._records, done, total)
         line += f" | {self._rate.describe(record['finished_at'])}"
         if self._arrived[n] == self._planned[n]:
             self._complete.append(n)
             # the fit is stepped by completed sizes n > 0; the baseline adds no step of its own
             self._refresh("running", log_fit=n > 0)
             self._close_size(n)
-            line += f" | {size_key(n)} complete: {self._size_line(n)} | {fit_line(self._report)}"
+            size = size_line(self._size_summary(n))
+            line += f" | {size_key(n)} complete: {size} | {fit_line(self._report)}"
         return line
 
     def finish(self, status: str, extra: dict) -> dict:
@@ -175,13 +125,6 @@ class Reducer:
             return self._report.get("baseline") or {}
         entries = [s for s in self._report.get("sizes", []) if s["n"] == n]
         return max(entries, key=lambda s: s.get("m") or 0, default={})
-
-    def _size_line(self, n: int) -> str:
-        s = self._size_summary(n)
-        if s.get("test_mae_mean") is None:
-            return "no finished repetition"
-        lo, hi = s.get("test_mae_ci90") or (float("nan"), float("nan"))
-        return f"MAE {s['test_mae_mean']:.4g} [{lo:.4g}, {hi:.4g}]"
 
     def _close_size(self, n: int) -> None:
         records = [r for r in self._records if r["n"] == n]

@@ -19,8 +19,8 @@ from typing import Any
 from mlflow.entities import Experiment, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from s2r_ray import review
 from s2r_ray.protocol import Cell, size_key
+from s2r_ray.render import notes
 
 # Over HTTP, MLflow prints two lines to stdout for every run that ends: a study has thousands
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -172,7 +172,7 @@ def start_study(
             previous["experiment_id"],
             previous["study_run_id"],
             previous["size_run_ids"],
-            {"s2r.study": study, **tags, review.STUDY_RUN_TAG: previous["study_run_id"]},
+            {"s2r.study": study, **tags, notes.STUDY_RUN_TAG: previous["study_run_id"]},
         )
         for run_id in [ctx.study_run_id, *ctx.size_run_ids.values()]:
             if client.get_run(run_id).info.status != "FINISHED":
@@ -189,14 +189,14 @@ def start_study(
     base = {"s2r.study": study, **tags}
     ctx = TrackingContext(uri, exp_id, "", {}, base)
     study_id = create_run(ctx, None, study, {**base, "s2r.kind": "study"})
-    client.set_tag(study_id, review.STUDY_RUN_TAG, study_id)
+    client.set_tag(study_id, notes.STUDY_RUN_TAG, study_id)
     log(ctx, study_id, params=config)
-    base = {**base, review.STUDY_RUN_TAG: study_id}
+    base = {**base, notes.STUDY_RUN_TAG: study_id}
     size_ids = {
         size_key(n): create_run(
             ctx,
             study_id,
-            review.size_run_name(study, n),
+            notes.size_run_name(study, n),
             {**base, "s2r.kind": "size", "s2r.n": str(n)},
         )
         for n in [0, *sizes]
@@ -220,8 +220,8 @@ def _mark_training(client: MlflowClient, exp: Experiment) -> None:
 def describe_study(ctx: TrackingContext, report: dict, plots: list[str]) -> None:
     """The study run's description (what the study found; `plots`: its logged images) and its
     headline, then the experiment's table of studies."""
-    note = review.study_note(report, ctx.experiment_id, ctx.study_run_id, plots)
-    tags = [RunTag(NOTE, note[:_MAX_TAG]), RunTag(HEADLINE, review.headline(report))]
+    note = notes.study_note(report, ctx.experiment_id, ctx.study_run_id, plots)
+    tags = [RunTag(NOTE, note[:_MAX_TAG]), RunTag(HEADLINE, notes.headline(report))]
     ctx.client.log_batch(ctx.study_run_id, tags=tags)
     describe_experiment(ctx)
 
@@ -231,16 +231,16 @@ def describe_experiment(ctx: TrackingContext) -> None:
     runs themselves so that studies logging side by side never lose each other's rows. A
     description a person wrote is left alone."""
     current = ctx.client.get_experiment(ctx.experiment_id).tags.get(NOTE, "")
-    if current and not current.startswith(review.EXPERIMENT_NOTE_START):
+    if current and not current.startswith(notes.EXPERIMENT_NOTE_START):
         return
     runs = ctx.client.search_runs(
         [ctx.experiment_id],
-        review.STUDIES_FILTER,
-        max_results=review.NEWEST_STUDIES,
+        notes.STUDIES_FILTER,
+        max_results=notes.NEWEST_STUDIES,
         order_by=["attributes.start_time DESC"],
     )
     rows = [
-        review.StudyRow(
+        notes.StudyRow(
             r.info.run_name,
             r.info.run_id,
             r.info.start_time,
@@ -249,7 +249,7 @@ def describe_experiment(ctx: TrackingContext) -> None:
         for r in runs
     ]
     ctx.client.set_experiment_tag(
-        ctx.experiment_id, NOTE, review.experiment_note(ctx.experiment_id, rows)
+        ctx.experiment_id, NOTE, notes.experiment_note(ctx.experiment_id, rows)
     )
 
 
@@ -287,7 +287,7 @@ def close_size(
     )
     keys = [r["best_trial"] for r in records if r.get("best_trial")]
     selected = mark_selected(ctx, n, keys)
-    note = review.size_note(
+    note = notes.size_note(
         study, n, summary, records, ctx.experiment_id, ctx.study_run_id, selected
     )
     describe_size(ctx, n, note)
@@ -306,7 +306,7 @@ def mark_selected(ctx: TrackingContext, n: int, keys: list[str]) -> dict[str, st
     found = {r.data.params.get("trial_key"): r.info.run_id for r in runs}
     chosen = {key: found[key] for key in keys if key in found}
     for run_id in chosen.values():
-        ctx.client.set_tag(run_id, review.SELECTED_TAG, "true")
+        ctx.client.set_tag(run_id, notes.SELECTED_TAG, "true")
     return chosen
 
 
@@ -349,7 +349,7 @@ def nested_run(
 ) -> Iterator[str]:
     """A run under the cell's size run that ends FINISHED, KILLED (stopped early) or FAILED,
     named for people from the cell (`name`: the run's key; a trial's ends in its number)."""
-    label = review.run_name(kind, cell.n, cell.m, cell.repetition, name)
+    label = notes.run_name(kind, cell.n, cell.m, cell.repetition, name)
     run_id = create_run(ctx, ctx.size_run(cell.n), label, ctx.cell_tags(cell, kind))
     log(ctx, run_id, params=params)
     status = "FAILED"

@@ -19,6 +19,15 @@ import pandas as pd
 from s2r_ray import __version__
 from s2r_ray.progress import fmt_duration
 from s2r_ray.protocol import size_key
+from s2r_ray.render.format import (
+    extrapolation_phrase,
+    fit_sentence,
+    fmt,
+    in_units,
+    interval,
+    target_phrase,
+    units,
+)
 
 EXAMPLES_PER_REASON = 3
 CSS = """
@@ -51,25 +60,6 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(x: object, digits: int = 4) -> str:
-    """A number as a person reads it: 4 significant digits, whole sizes with separators."""
-    if x is None:
-        return "–"
-    if isinstance(x, str):
-        return x
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, int):
-        return f"{x:,}"
-    if abs(x) >= 1000:  # a size: 85,600 rather than 8.56e+04
-        return f"{float(f'{x:.{digits}g}'):,.0f}"
-    return f"{x:.{digits}g}"
-
-
-def _ci(bounds: Sequence | None, digits: int = 4) -> str:
-    return "" if not bounds else f"[{_num(bounds[0], digits)}, {_num(bounds[1], digits)}]"
-
-
 def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], left: int = 1) -> str:
     """A table whose first `left` columns are text (left-aligned) and the rest numbers; no
     header row when `headers` is empty. Scrolls sideways rather than squeezing its numbers."""
@@ -98,14 +88,6 @@ def _image(path: Path | None, alt: str, caption: str) -> str:
     )
 
 
-def _units(report: dict) -> str:
-    return f" {report['units']}" if report.get("units") else ""
-
-
-def _in_units(report: dict) -> str:
-    return f" ({report['units']})" if report.get("units") else ""
-
-
 def _largest(report: dict) -> dict | None:
     """The largest transfer size at the fit's m: where the measured gain is best seen."""
     m = (report.get("fit") or {}).get("m")
@@ -118,7 +100,7 @@ def _largest(report: dict) -> dict | None:
 
 def _cards(report: dict) -> str:
     """The headline numbers, each with its interval."""
-    fit, u = report.get("fit") or {}, _in_units(report)
+    fit, u = report.get("fit") or {}, in_units(report)
     cards: list[tuple[str, object, Sequence | None]] = []
     if fit.get("C") is not None:
         codes = {d["code"] for d in report.get("diagnostics", [])}
@@ -127,18 +109,18 @@ def _cards(report: dict) -> str:
         cards.append((f"C, the transfer gap{u}", fit["C"], fit.get("C_ci90")))
     largest, base = _largest(report), report.get("baseline")
     if largest:
-        label = f"test MAE at n = {_num(largest['n'])}{u}"
+        label = f"test MAE at n = {fmt(largest['n'])}{u}"
         cards.append((label, largest["test_mae_mean"], largest.get("test_mae_ci90")))
     if base and base.get("test_mae_mean") is not None:
         label = f"test MAE without pretraining{u}"
         cards.append((label, base["test_mae_mean"], base.get("test_mae_ci90")))
     ext = (report.get("extrapolation") or [None])[0]
     if ext and ext.get("mae") is not None:
-        label = f"predicted MAE at n = {_num(ext['n'], 3)}{u}"
+        label = f"predicted MAE at n = {fmt(ext['n'], 3)}{u}"
         cards.append((label, ext["mae"], ext.get("mae_ci90")))
     html_cards = "".join(
         f'<div class="card"><div class="k">{_e(label)}</div><div class="v">'
-        f'{_e(_num(value, 3))}</div><div class="ci">{_e(_ci(bounds, 3))}</div></div>'
+        f'{_e(fmt(value, 3))}</div><div class="ci">{_e(interval(bounds, 3))}</div></div>'
         for label, value, bounds in cards
     )
     return f'<div class="cards">{html_cards}</div>' if cards else ""
@@ -151,28 +133,21 @@ def _cut(alpha: float) -> str:
 
 def _law_words(report: dict) -> list[str]:
     """The fitted law and what each parameter means for the reader's next simulation."""
-    fit, u = report.get("fit") or {}, _units(report)
-    level = f"{round(100 * (fit.get('ci') or 0.9))}%"
+    fit = report.get("fit") or {}
     if fit.get("C") is None:
-        why = next(
-            (d["message"] for d in report.get("diagnostics", []) if d["code"] == "too_few_sizes"),
-            "the finished sizes do not support a fit yet",
-        )
-        return [f"No scaling law yet: {why}."]
-    used = fit.get("sizes_used") or []
-    where = f" at m = {_num(fit['m'])} experimental training rows" if fit.get("m") else ""
+        return [f"Fitted law: {fit_sentence(report)}"]
+    used = fit["sizes_used"]
+    where = f" at m = {fmt(fit['m'])} experimental training rows" if fit.get("m") else ""
     out = [
-        f"Fitted law: E(n) = D·n^−α + C with D = {_num(fit['D'])} {_ci(fit.get('D_ci90'))}, "
-        f"α = {_num(fit.get('alpha'), 3)} {_ci(fit.get('alpha_ci90'), 3)}, "
-        f"C = {_num(fit['C'])} {_ci(fit.get('C_ci90'))}{u} ({level} bootstrap intervals over "
-        f"repetitions), from {len(used)} sizes n = {_num(min(used))} … {_num(max(used))}{where}."
+        f"Fitted law: {fit_sentence(report)}, bootstrap over repetitions, from {len(used)} "
+        f"sizes n = {fmt(min(used))} … {fmt(max(used))}{where}."
     ]
-    return out + _meaning(fit, {d["code"] for d in report.get("diagnostics", [])}, u)
+    return out + _meaning(fit, {d["code"] for d in report.get("diagnostics", [])}, units(report))
 
 
 def _meaning(fit: dict, codes: set[str], u: str) -> list[str]:
     """What α and C say, in words, as far as the diagnostics let them say anything."""
-    alpha, bounds, C = fit.get("alpha"), fit.get("alpha_ci90"), _num(fit["C"])
+    alpha, bounds, C = fit.get("alpha"), fit.get("alpha_ci90"), fmt(fit["C"])
     if alpha is None:
         return [
             "The curve is flat: within the noise, more simulated rows do not change the error, "
@@ -215,37 +190,26 @@ def _meaning(fit: dict, codes: set[str], u: str) -> list[str]:
 
 def _findings(report: dict) -> list[str]:
     """Measured gain, predictions, target and references: one sentence each."""
-    u, out = _units(report), []
+    u, out = units(report), []
     largest, base = _largest(report), report.get("baseline")
     if largest and largest.get("test_mae_mean") is not None:
         text = (
-            f"Measured: at the largest size n = {_num(largest['n'])}, test MAE "
-            f"{_num(largest['test_mae_mean'])} {_ci(largest.get('test_mae_ci90'))}{u}"
+            f"Measured: at the largest size n = {fmt(largest['n'])}, test MAE "
+            f"{fmt(largest['test_mae_mean'])} {interval(largest.get('test_mae_ci90'))}{u}"
         )
         gain = largest.get("paired_gain")
         if base and base.get("test_mae_mean") is not None and gain:
             text += (
-                f", against {_num(base['test_mae_mean'])} {_ci(base.get('test_mae_ci90'))} "
-                f"without pretraining: pretraining lowers it by {_num(gain['mean'])} "
-                f"{_ci(gain.get('ci90'))} on the same splits, better in {gain['wins']} of "
+                f", against {fmt(base['test_mae_mean'])} {interval(base.get('test_mae_ci90'))} "
+                f"without pretraining: pretraining lowers it by {fmt(gain['mean'])} "
+                f"{interval(gain.get('ci90'))} on the same splits, better in {gain['wins']} of "
                 f"{gain['repetitions']} repetitions"
             )
         out.append(text)
-    for e in report.get("extrapolation") or []:
-        if e.get("mae") is not None:
-            out.append(
-                f"Predicted at {e['factor']:g}× the largest n (n = {_num(e['n'])}): MAE "
-                f"{_num(e['mae'])} {_ci(e.get('mae_ci90'))}{u}"
-            )
-    target = report.get("n_for_target")
-    if target:
-        n = target.get("n")
-        reach = (
-            "unreachable: C is at or above it"
-            if n == "unreachable"
-            else f"n ≈ {_num(n, 3)} {_ci(target.get('n_ci90'), 3)}"
-        )
-        out.append(f"Simulated rows needed for a target MAE of {_num(target['target'])}: {reach}.")
+    ext = [e for e in report.get("extrapolation") or [] if e.get("mae") is not None]
+    out += [f"Predicted {extrapolation_phrase(report, e)}" for e in ext]
+    if report.get("n_for_target"):
+        out.append(target_phrase(report["n_for_target"]))
     for name, mae in (report.get("references") or {}).items():
         what = (
             "Simulation alone (the computed value used directly as the prediction, on the "
@@ -253,17 +217,43 @@ def _findings(report: dict) -> list[str]:
             if name == "simulation_alone"
             else f"Reference {name} (from the config)"
         )
-        out.append(f"{what}: MAE {_num(mae)}{u}")
+        out.append(f"{what}: MAE {fmt(mae)}{u}")
     eq = report.get("equivalent_samples")
     if eq and eq.get("points"):
-        p = eq["points"][-1]
-        out.append(
-            f"Worth in experiments: at n = {_num(p['n'])}, pretraining with m = "
-            f"{_num(eq['m_ref'])} experimental rows is as accurate as the baseline with "
-            f"{_num(p['m_eq'], 3)} {_ci(p.get('m_eq_ci90'), 3)} rows ({_num(p['gain_factor'], 3)}×"
-            + (", beyond the measured m: an extrapolation)." if p["extrapolated"] else ").")
-        )
+        out.append(_worth_words(eq))
     return out
+
+
+def _worth_words(eq: dict) -> str:
+    """The largest n's equivalent experimental sample size in words: where no number of
+    experimental rows gets the baseline there, the sentence says so instead of a number."""
+    p = eq["points"][-1]
+    head = (
+        f"Worth in experiments: at n = {fmt(p['n'])}, pretraining with m = {fmt(eq['m_ref'])} "
+        "experimental rows"
+    )
+    if p["m_eq"] == "unreachable":
+        return (
+            f"{head} is more accurate than the baseline can get with any number of experimental "
+            f"rows: E0(m) levels off at C0 = {fmt(eq['baseline_curve']['C0'])}, above this MAE "
+            f"({fmt(p['mae'])})"
+        )
+    lo, hi = p.get("m_eq_ci90") or (None, None)
+    if hi != "unreachable":
+        bounds = interval(p.get("m_eq_ci90"), 3)
+    elif lo != "unreachable":
+        bounds = (
+            f"(90% interval: {fmt(lo, 3)} rows or more, and at its upper end no number of "
+            "experimental rows gets there)"
+        )
+    else:
+        bounds = "(though in most resamples no number of experimental rows gets there)"
+    beyond = ", beyond the measured m: an extrapolation" if p["extrapolated"] else ""
+    return (
+        f"{head} is as accurate as the baseline with {fmt(p['m_eq'], 3)} rows {bounds}, "
+        f"{fmt(p['gain_factor'], 3)}× as many{beyond}; one simulated row is worth "
+        f"{fmt(p['worth_per_row'], 2)} {interval(p.get('worth_per_row_ci90'), 2)} experimental rows"
+    )
 
 
 def _answer(report: dict) -> str:
@@ -282,7 +272,7 @@ def _size_rows(report: dict) -> tuple[list[str], list[list[object]]]:
     has_m = any("m" in s for s in report.get("sizes") or [])
     base = report.get("baseline_by_m") or ([report["baseline"]] if report.get("baseline") else [])
     headers = ["size", *(["m"] if has_m else [])]
-    u = _in_units(report)
+    u = in_units(report)
     headers += ["reps", f"test MAE{u}", "90% CI", "RMSE", "gain vs n=0", "gain 90% CI", "wins"]
     headers += ["zero-shot MAE", "source hold-out MAE", "pretraining converged", "trials"]
     rows = []
@@ -292,18 +282,18 @@ def _size_rows(report: dict) -> tuple[list[str], list[list[object]]]:
         rows.append(
             [
                 size_key(s["n"]),
-                *([_num(s.get("m"))] if has_m else []),
+                *([fmt(s.get("m"))] if has_m else []),
                 f"{s['repetitions']}/{planned}" if planned else s["repetitions"],
-                _num(s.get("test_mae_mean")),
-                _ci(s.get("test_mae_ci90")),
-                _num(s.get("test_rmse_mean")),
-                _num(gain.get("mean")),
-                _ci(gain.get("ci90")),
+                fmt(s.get("test_mae_mean")),
+                interval(s.get("test_mae_ci90")),
+                fmt(s.get("test_rmse_mean")),
+                fmt(gain.get("mean")),
+                interval(gain.get("ci90")),
                 f"{gain['wins']}/{gain['repetitions']}" if gain else "–",
-                _num(s.get("zero_shot_mae")),
-                _num(s.get("source_val_mae")),
-                _num(s.get("pretrain_converged")),
-                _num(s.get("trials"), 3),
+                fmt(s.get("zero_shot_mae")),
+                fmt(s.get("source_val_mae")),
+                fmt(s.get("pretrain_converged")),
+                fmt(s.get("trials"), 3),
             ]
         )
     return headers, rows
@@ -313,10 +303,10 @@ def _backtest(report: dict) -> str:
     rows = [
         [
             e["k"],
-            _num(e["n_fit_max"]),
-            _num(p["n"]),
-            _num(p["mae"]),
-            _num(p["predicted"]),
+            fmt(e["n_fit_max"]),
+            fmt(p["n"]),
+            fmt(p["mae"]),
+            fmt(p["predicted"]),
             f"{100 * p['rel_error']:+.1f}%",
         ]
         for e in report.get("backtest") or []
@@ -333,9 +323,9 @@ def _alternatives(report: dict) -> str:
         [
             a["form"] + (" (headline)" if a.get("headline") else ""),
             a["n_params"],
-            _num(a.get("delta_aicc"), 3),
+            fmt(a.get("delta_aicc"), 3),
             "–" if a.get("backtest_rel_error") is None else f"{100 * a['backtest_rel_error']:.1f}%",
-            _num(a.get("best_extrapolating")),
+            fmt(a.get("best_extrapolating")),
         ]
         for a in report.get("alternatives") or []
     ]
@@ -351,12 +341,12 @@ def _target_axis(report: dict, plots: dict[str, Path]) -> str:
         return ""
     rows = [
         [
-            _num(e["m"]),
-            _num(e.get("alpha"), 3),
-            _ci(e.get("alpha_ci90"), 3),
-            _num(e.get("C")),
-            _ci(e.get("C_ci90")),
-            ", ".join(_num(n) for n in e.get("sizes_used") or []),
+            fmt(e["m"]),
+            fmt(e.get("alpha"), 3),
+            interval(e.get("alpha_ci90"), 3),
+            fmt(e.get("C")),
+            interval(e.get("C_ci90")),
+            ", ".join(fmt(n) for n in e.get("sizes_used") or []),
         ]
         for e in axis["scaling_in_n"]
     ]
@@ -375,16 +365,16 @@ def _target_axis(report: dict, plots: dict[str, Path]) -> str:
         return body
     body += (
         f"<p>How many experimental rows the baseline (no pretraining) would need to match the "
-        f"pretrained model trained on m = {_e(_num(eq['m_ref']))} rows.</p>"
+        f"pretrained model trained on m = {_e(fmt(eq['m_ref']))} rows.</p>"
     )
     rows = [
         [
-            _num(p["n"]),
-            _num(p["mae"]),
-            _num(p["m_eq"], 3),
-            _ci(p.get("m_eq_ci90"), 3),
-            _num(p["gain_factor"], 3),
-            _num(p["extrapolated"]),
+            fmt(p["n"]),
+            fmt(p["mae"]),
+            fmt(p["m_eq"], 3),
+            interval(p.get("m_eq_ci90"), 3),
+            fmt(p["gain_factor"], 3),
+            fmt(p["extrapolated"]),
         ]
         for p in eq["points"]
     ]
@@ -396,7 +386,7 @@ def _counts(report: dict) -> str:
     counts = report.get("counts") or {}
     if not counts:
         return ""
-    return _table(["count", "value"], [[k.replace("_", " "), _num(v)] for k, v in counts.items()])
+    return _table(["count", "value"], [[k.replace("_", " "), fmt(v)] for k, v in counts.items()])
 
 
 def _rejected(path: Path | None) -> str:
@@ -438,7 +428,7 @@ def _timing(report: dict) -> str:
         elif key == "training_fraction" and value is not None:
             rows.append(["share of wall × slots spent training", f"{100 * value:.0f}%", ""])
         else:
-            rows.append([key.replace("_", " "), _num(value), ""])
+            rows.append([key.replace("_", " "), fmt(value), ""])
     progress = report.get("progress") or {}
     if progress:
         rows.append(["cells finished", f"{progress['cells_done']}/{progress['cells_planned']}", ""])
@@ -524,7 +514,7 @@ def render_html(
         f"<title>{study}: {prop} scaling study</title><style>{CSS}</style></head><body><main>"
         f"<h1>{study}: how {prop} error scales with simulated data</h1>"
         f'<p class="sub"><span class="badge {_e(status)}">{_e(status)}</span> '
-        f"{prop}{_e(_in_units(report))}: experimental test error of a model pretrained on n "
+        f"{prop}{_e(in_units(report))}: experimental test error of a model pretrained on n "
         "simulated rows and fine-tuned on experiments.</p>"
         + "".join(sections)
         + footer

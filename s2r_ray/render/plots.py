@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from s2r_ray.atomic import atomic_path
+from s2r_ray.render.format import fmt, in_units, interval
 from s2r_ray.scaling import ci_key
 
 
@@ -64,10 +65,8 @@ def _title(report: dict) -> str:
         return f"{report.get('study', '')}: no fit yet"
 
     def part(name: str, label: str) -> str:
-        bounds = fit.get(ci_key(name, ci))
-        value = "undetermined" if fit[name] is None else f"{fit[name]:.3g}"
-        text = f"{label} = {value}"
-        return text + (f" [{bounds[0]:.3g}, {bounds[1]:.3g}]" if bounds else "")
+        value = "undetermined" if fit[name] is None else fmt(fit[name], 3)
+        return f"{label} = {value} {interval(fit.get(ci_key(name, ci)), 3)}"
 
     title = f"{report.get('study', '')}: {part('alpha', 'α')},  {part('C', 'C')}"
     codes = {d["code"] for d in report.get("diagnostics", [])}
@@ -103,8 +102,7 @@ def _scaling_panel(ax: Axes, report: dict) -> None:
         _empty(ax, "no finished sizes yet")
         return
     ax.set_xscale("log")
-    units = f" ({report['units']})" if report.get("units") else ""
-    ax.set_ylabel(f"test MAE{units}")
+    ax.set_ylabel(f"test MAE{in_units(report)}")
     _legend(ax)
 
 

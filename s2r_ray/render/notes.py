@@ -15,6 +15,14 @@ from datetime import datetime
 from urllib.parse import quote, urlencode
 
 from s2r_ray.protocol import size_key
+from s2r_ray.render.format import (
+    extrapolation_phrase,
+    fit_sentence,
+    fmt,
+    in_units,
+    interval,
+    target_phrase,
+)
 
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 STUDY_RUN_TAG = "s2r.study_run"  # on every run of a study: the study run's id
@@ -36,14 +44,6 @@ def run_name(kind: str, n: int, m: int | None, repetition: int, key: str) -> str
     """A trial is "n=300 r1 trial 03" (its key ends in -t03); a pretraining "pretrain n=300 r1"."""
     where = cell_label(n, m, repetition)
     return f"{where} trial {key.rsplit('-t', 1)[-1]}" if kind == "trial" else f"{kind} {where}"
-
-
-def fmt(x: float | None, digits: int = 4) -> str:
-    return "–" if x is None else f"{x:.{digits}g}"
-
-
-def interval(ci: list | tuple | None, digits: int = 4) -> str:
-    return "[–]" if not ci or ci[0] is None else f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
 
 
 def _tag(key: str) -> str:
@@ -107,21 +107,6 @@ def _link(text: str, path: str) -> str:
     return f"[{text}]({path})"
 
 
-def _fit_line(report: dict) -> str:
-    fit = report.get("fit") or {}
-    if fit.get("C") is None:
-        return "**Fit:** none yet (see the verdict below)."
-    alpha = (
-        f"α = {fmt(fit['alpha'], 3)} {interval(fit.get('alpha_ci90'), 3)}"
-        if fit.get("alpha") is not None
-        else "α not identified (flat)"
-    )
-    return (
-        f"**Fit:** E(n) = {fmt(fit.get('D'))}·n^−α + C with {alpha}, "
-        f"C = {fmt(fit['C'])} {interval(fit.get('C_ci90'))} (90% intervals)."
-    )
-
-
 def _sizes_table(report: dict) -> list[str]:
     entries = ([report["baseline"]] if report.get("baseline") else []) + report.get("sizes", [])
     has_m = any(e.get("m") is not None for e in entries)
@@ -142,18 +127,9 @@ def _sizes_table(report: dict) -> list[str]:
 
 
 def _extrapolation(report: dict) -> list[str]:
-    lines = [
-        f"- at {e['factor']:g}× the largest n (n = {e['n']:.3g}): MAE {fmt(e.get('mae'))}"
-        f" {interval(e.get('mae_ci90'))}"
-        for e in report.get("extrapolation") or []
-    ]
+    lines = [f"- {extrapolation_phrase(report, e)}" for e in report.get("extrapolation") or []]
     target = report.get("n_for_target")
-    if target:
-        n = target.get("n")
-        lines.append(
-            f"- n for target MAE {fmt(target.get('target'))}: "
-            f"{fmt(n) if isinstance(n, float) else n}"
-        )
+    lines += [f"- {target_phrase(target)}"] if target else []
     return lines or ["- none: it needs a fit."]
 
 
@@ -178,7 +154,6 @@ def study_note(report: dict, experiment_id: str, study_run_id: str, plots: list[
 
     `plots` are artifact names already logged on the study run; the UI renders them inline
     from its own artifact endpoint (a relative URL, so it works wherever the UI is served)."""
-    units = f" ({report['units']})" if report.get("units") else ""
     e, s = experiment_id, study_run_id
     refs = ", ".join(f"{k} {fmt(v)}" for k, v in (report.get("references") or {}).items())
     plot_links = [_link(p, artifact_path(e, s, p)) for p in plots]
@@ -193,10 +168,10 @@ def study_note(report: dict, experiment_id: str, study_run_id: str, plots: list[
         _link("pretraining", runs_path(e, study_filter(s, "pretrain"))),
     ]
     lines = [
-        f"**{report.get('study')}** ({report.get('status')}): test MAE{units} of "
+        f"**{report.get('study')}** ({report.get('status')}): test MAE{in_units(report)} of "
         f"{report.get('property') or 'the target'} against the number n of simulated rows.",
         "",
-        _fit_line(report),
+        f"**Fit:** {fit_sentence(report)}.",
         "",
         *([f"**Plots:** {' · '.join(plot_links)}", ""] if plots else []),
         *_sizes_table(report),

@@ -1,0 +1,88 @@
+"""The number formats every view shares: a number, an interval, and the fitted law in words.
+
+One format per idea, so the terminal, the MLflow notes, report.html and the plots print the same
+value the same way. A value the report could not compute is None ("–"); a size the curve never
+reaches is the report's word for it ("unreachable"), printed as that word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+MISSING = "–"
+
+
+def fmt(x: object, digits: int = 4) -> str:
+    """A number as a person reads it: `digits` significant digits, sizes with separators
+    (85,600 rather than 8.56e+04), a flag as yes/no, a word as itself, None as "–"."""
+    if x is None:
+        return MISSING
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if abs(x) >= 1000:
+        return f"{float(f'{x:.{digits}g}'):,.0f}"
+    return f"{x:.{digits}g}"
+
+
+def interval(ci: Sequence | None, digits: int = 4) -> str:
+    """'[lo, hi]', the one way an interval is printed; '[–]' when there is none (a single
+    repetition, no bootstrap). A bound may be a word ('unreachable')."""
+    if not ci or all(v is None for v in ci):
+        return f"[{MISSING}]"
+    return f"[{fmt(ci[0], digits)}, {fmt(ci[1], digits)}]"
+
+
+def fit_sentence(report: dict) -> str:
+    """The fitted law with the intervals of α and C, or why there is none yet: the one wording
+    the terminal, the live log, the MLflow note and report.html all use. D only scales the
+    curve, so its interval (in report.json) is left out."""
+    fit = report.get("fit") or {}
+    if fit.get("C") is None:
+        why = next(
+            (d["message"] for d in report.get("diagnostics") or [] if d["code"] == "too_few_sizes"),
+            "the finished sizes do not support a fit yet",
+        )
+        return f"none yet: {why}"
+    alpha = (
+        f"α = {fmt(fit['alpha'], 3)} {interval(fit.get('alpha_ci90'), 3)}"
+        if fit.get("alpha") is not None
+        else "α not identified (flat)"
+    )
+    return (
+        f"E(n) = D·n^−α + C with D = {fmt(fit.get('D'))}, "
+        f"{alpha}, C = {fmt(fit['C'])} {interval(fit.get('C_ci90'))}{units(report)} "
+        "(90% intervals)"
+    )
+
+
+def extrapolation_phrase(report: dict, e: dict) -> str:
+    """One entry of report["extrapolation"]: the law's prediction beyond the largest n."""
+    return (
+        f"at {e['factor']:g}× the largest n (n = {fmt(e['n'])}): MAE {fmt(e.get('mae'))} "
+        f"{interval(e.get('mae_ci90'))}{units(report)}"
+    )
+
+
+def target_phrase(target: dict) -> str:
+    """report["n_for_target"]: how many simulated rows reach the target MAE, if any do."""
+    n = target.get("n")
+    reach = (
+        "unreachable: C is at or above it"
+        if n == "unreachable"
+        else f"n ≈ {fmt(n, 3)} {interval(target.get('n_ci90'), 3)}"
+    )
+    return f"Simulated rows needed for a target MAE of {fmt(target.get('target'))}: {reach}"
+
+
+def units(report: dict) -> str:
+    """' eV' after a number; '' for a study without units."""
+    return f" {report['units']}" if report.get("units") else ""
+
+
+def in_units(report: dict) -> str:
+    """' (eV)' after a quantity's name; '' for a study without units."""
+    return f" ({report['units']})" if report.get("units") else ""

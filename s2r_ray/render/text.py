@@ -1,0 +1,124 @@
+"""The terminal's views: the report as `s2r run`/`s2r report`/`s2r fit` print it, and the pieces
+of the driver's live log (one line per finished cell, the size and fit at each completed size).
+"""
+
+from __future__ import annotations
+
+from s2r_ray.protocol import size_key
+from s2r_ray.render.format import (
+    extrapolation_phrase,
+    fit_sentence,
+    fmt,
+    interval,
+    target_phrase,
+    units,
+)
+
+
+def fit_line(report: dict) -> str:
+    """The current fit and its first extrapolation, for the live log and `s2r status`."""
+    ext = (report.get("extrapolation") or [None])[0]
+    at = f"; {extrapolation_phrase(report, ext)}" if ext and ext.get("mae") is not None else ""
+    return f"fit: {fit_sentence(report)}{at}"
+
+
+def size_line(entry: dict) -> str:
+    """A completed size's mean test MAE and its interval, as the live log prints it."""
+    if entry.get("test_mae_mean") is None:
+        return "no finished repetition"
+    return f"MAE {fmt(entry['test_mae_mean'])} {interval(entry.get('test_mae_ci90'))}"
+
+
+def _best_at_m(record: dict, records: list[dict]) -> str:
+    """The best cell finished so far at this cell's m: only cells with as many experimental
+    rows compare, since a larger m alone lowers the error."""
+    m = record.get("m")
+    same_m = [r for r in records if r.get("status") == "ok" and r.get("m") == m]
+    best = min(same_m, key=lambda r: r["mae"], default=None)
+    at = "" if m is None else f" at m={m}"
+    if best is None or best["cell"] == record["cell"]:
+        return f" (best so far{at})"
+    return f" (best so far{at}: {fmt(best['mae'])}, {size_key(best['n'])} r{best['repetition']})"
+
+
+def cell_line(record: dict, records: list[dict], done: int, total: int) -> str:
+    """A finished cell as the live log prints it; `records` are the cells finished so far,
+    this one included."""
+    m = f" m={record['m']}" if record.get("m") is not None else ""
+    where = f"[{done}/{total} cells] {size_key(record['n'])}{m} r{record['repetition']}"
+    if record["status"] != "ok":
+        return f"{where}: FAILED ({record['error']})"
+    return f"{where}: test MAE {fmt(record['mae'])}{_best_at_m(record, records)}"
+
+
+def _worth(point: dict) -> str:
+    """What n simulated rows are worth: experimental rows beyond m_ref, per simulated row."""
+    n = fmt(point["n"])
+    if point["m_eq"] == "unreachable":
+        return f"  at n = {n}: below the fitted floor C0 of E0(m): no m on that curve matches it"
+    return (
+        f"  at n = {n}: one simulated row is worth {fmt(point['worth_per_row'], 2)} "
+        f"{interval(point.get('worth_per_row_ci90'), 2)} experimental rows "
+        f"(no pretraining needs m = {fmt(point['m_eq'], 3)} {interval(point.get('m_eq_ci90'), 3)})"
+    )
+
+
+def _axis_lines(report: dict) -> list[str]:
+    """The target-size axis: the gap C at each m, E0(m), and the equivalent sample sizes."""
+    lines = []
+    axis, eq = report.get("target_axis"), report.get("equivalent_samples")
+    if axis:
+        gaps = ", ".join(
+            f"m = {fmt(e['m'])}: {fmt(e['C'], 3)} {interval(e.get('C_ci90'), 3)}"
+            for e in axis["scaling_in_n"]
+            if e.get("C") is not None
+        )
+        lines.append(f"  transfer gap C by m, 90% CI: {gaps}")
+    if eq:
+        b = eq["baseline_curve"]
+        lines.append(
+            f"  no pretraining: E0(m) = {fmt(b['D0'])} m^-{fmt(b['beta'], 3)} + {fmt(b['C0'])}"
+            f", fitted on m = {', '.join(fmt(m) for m in b['m_used'])}"
+        )
+        lines.append(
+            f"  equivalent experimental sample size at m = {fmt(eq['m_ref'])} (90% CI; an m "
+            f"above {fmt(b['m_used'][-1])} extrapolates E0):"
+        )
+        lines += [_worth(p) for p in eq["points"]]
+    return lines
+
+
+def summary_text(report: dict) -> str:
+    """The report as a person reads it in a terminal."""
+    lines = [
+        f"study {report.get('study')} ({report.get('status')}): test MAE{units(report)} by "
+        "source size n"
+    ]
+    by_m = report.get("baseline_by_m")  # the study varies m: a block of sizes n per m
+    lines.append(
+        (f"  {'m':>5}" if by_m else "")
+        + f"  {'n':>9} {'reps':>5} {'MAE':>9} {'90% CI':>21} {'gain vs n=0':>12}"
+    )
+    rows = by_m or ([report["baseline"]] if report.get("baseline") else [])
+    rows = rows + list(report.get("sizes", []))
+    if by_m:
+        rows.sort(key=lambda s: (s["m"], s["n"]))
+    for s in rows:
+        gain = (s.get("paired_gain") or {}).get("mean")
+        lines.append(
+            (f"  {fmt(s['m']):>5}" if by_m else "")
+            + f"  {s.get('n', 0):>9} {s.get('repetitions', 0):>5} "
+            f"{fmt(s.get('test_mae_mean')):>9} {interval(s.get('test_mae_ci90')):>21} "
+            f"{fmt(gain):>12}"
+        )
+    for name, value in (report.get("references") or {}).items():
+        lines.append(f"  reference {name}: {fmt(value)}")
+    if (report.get("fit") or {}).get("C") is not None:  # else the notes below say why not
+        lines.append(f"  fit: {fit_sentence(report)}")
+    lines += [f"  {extrapolation_phrase(report, e)}" for e in report.get("extrapolation") or []]
+    if report.get("n_for_target"):
+        lines.append(f"  {target_phrase(report['n_for_target'])}")
+    lines += _axis_lines(report)
+    for d in report.get("diagnostics") or []:
+        lines.append(f"  note: {d.get('message')}")
+    return "\n".join(lines)
