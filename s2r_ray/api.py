@@ -23,7 +23,7 @@ import pandas as pd
 from s2r_ray.config import ConfigError, StudyConfig, build_config, load_config
 from s2r_ray.data.tables import DataError, read_table
 from s2r_ray.folder import StudyFolder
-from s2r_ray.report import REQUIRED, build_report, write_report
+from s2r_ray.report import REQUIRED, build_report, folder_report, report_from_records, write_report
 
 
 class Study:
@@ -72,8 +72,6 @@ class Study:
     ) -> dict[str, Any]:
         """The report of the cells finished so far, refitted with these options (None keeps
         the study's own); the folder is left as it is."""
-        from s2r_ray.study.reducer import report_from_records  # imports ray
-
         tree = self.config.model_dump(mode="json")
         for section, key, value in (
             (tree, "target_mae", target_mae),
@@ -89,8 +87,6 @@ class Study:
     def rebuild_report(self) -> dict[str, Any]:
         """Rebuild report.json, the plots and report.html from the ledger, and return the
         report (what `s2r report` does)."""
-        from s2r_ray.study.reducer import folder_report  # imports ray
-
         return folder_report(self.folder)
 
     def __repr__(self) -> str:
