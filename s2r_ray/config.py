@@ -34,10 +34,7 @@ class _Strict(BaseModel):
 
 class SyntheticData(_Strict):
     """Real = f + missing physics g + noise; simulated = f + smooth bias + noise (the demo pair).
-
-    With `missing` = 0 (the default) the simulation lacks nothing but a correctable bias, and
-    the pair is the same as before the field existed.
-    """
+    With `missing` = 0 (the default) the simulation lacks nothing but a correctable bias."""
 
     n_source: int = Field(4000, ge=10)
     n_target: int = Field(300, ge=10)
@@ -149,8 +146,7 @@ class ModelConfig(_Strict):
 
 
 class FinetuneConfig(FinetuneSpace):
-    """The `finetune:` section: the family's search space, and beside it (where old configs have
-    it) how many seeds scoring averages, which no search sees."""
+    """The family's search space, and beside it how many seeds scoring averages."""
 
     ensemble: int = Field(1, ge=1, description="seeds of the best configuration averaged per cell")
 

@@ -1,9 +1,6 @@
-"""The model seam: what the study asks of a model family, and what it gets back.
-
-The trial, scoring and pretraining code call a `Family` and never ask which one it is: a new
-architecture is one class (and one registry line in `s2r_ray.models`), like a scikit-learn
-estimator: options in the constructor, `pretrain`, `finetune`, `load`, and its own search space
-and notion of an epoch for ASHA. No Ray, no MLflow.
+"""The model seam: what the study asks of a model family, and what it gets back. The trial,
+scoring and pretraining code never ask which family it is: a new architecture is one class (and
+one registry line in `s2r_ray.models`). No Ray, no MLflow.
 """
 
 from __future__ import annotations
@@ -39,8 +36,7 @@ class Predictor(Protocol):
 
 @dataclass
 class Pretrained:
-    """A pretraining outcome: the model's state (plain arrays and numbers, cheap to ship and to
-    write to disk) and the evidence that it converged."""
+    """The model's state (plain arrays and numbers, cheap to ship) and evidence it converged."""
 
     state: dict
     source_val_mae: float
@@ -79,8 +75,7 @@ class Family(ABC):
         self, space: FinetuneSpace, baseline: bool
     ) -> tuple[dict[str, BaseDistribution], dict[str, Any]]:
         """Optuna distributions to search and fixed values, for a cell with or without a
-        pretrained model. `space` is the config's `finetune:` section less `ensemble`, a
-        scoring setting no search sees."""
+        pretrained model; `space` is the `finetune:` section less `ensemble`."""
 
     @abstractmethod
     def max_epochs(self, space: FinetuneSpace) -> int:

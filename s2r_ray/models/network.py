@@ -1,5 +1,4 @@
-"""A torch family's trained network: the module with the input encoding and output scaling that
-give it its units, and its plain-numpy state."""
+"""A torch family's network with the input encoding and output scaling that give it its units."""
 
 from __future__ import annotations
 
@@ -8,7 +7,6 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from torch import nn
 
 
 class Encoder(Protocol):
@@ -19,29 +17,18 @@ class Encoder(Protocol):
     def state(self) -> dict: ...
 
 
-class Transferable(Protocol):
-    """What fine-tuning needs of a network beyond nn.Module: a `head` to re-initialise and
-    `freeze(k)` for its k lowest stages."""
-
-    head: nn.Module
-
-    def freeze(self, k: int) -> None: ...
-
-
 @dataclass
 class Network:
-    """A network with the encoding and output scaling that give it its units (the identity
-    scaling until training sets it from the training targets)."""
+    """The output scaling is the identity until training sets it from the training targets."""
 
-    module: nn.Module
+    module: torch.nn.Module
     encoder: Encoder
     n_in: int  # input columns, to rebuild the module from its state
     y_center: float = 0.0
     y_scale: float = 1.0
 
     def predict(self, X: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
-        """Predictions in the target's units, computed on `device` (the module moves there: a
-        network rebuilt from its state starts on the CPU)."""
+        """Predictions in the target's units; the module moves to `device`."""
         self.module.to(device).eval()
         with torch.no_grad():
             Z = torch.from_numpy(self.encoder.transform(X)).to(device)
