@@ -178,10 +178,6 @@ def run_study(
 
     if isinstance(config, StudyConfig):
         config = config.model_dump(mode="json")
-    cfg = (
-        build_config(config, list(overrides), quick)
-        if isinstance(config, dict)
-        else load_config(config, list(overrides), quick)
-    )
-    run(cfg, Path(out), address=address, fresh=fresh, echo=echo)
+    load = build_config if isinstance(config, dict) else load_config
+    run(load(config, list(overrides), quick), Path(out), address=address, fresh=fresh, echo=echo)
     return Study(StudyFolder(out))

@@ -136,28 +136,13 @@ def mlflow_server(folder: Path, timeout_s: float = 120.0) -> Iterator[str]:
     """A tracking server on a free loopback port, SQLite store and artifacts under `folder`;
     yields its URI and stops its process group on exit."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = folder / "server.log"
-    group = start_group(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            "--workers",
-            "1",  # each worker imports mlflow: seconds of start-up, nothing gained here
-            "--backend-store-uri",
-            f"sqlite:///{folder.resolve() / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(folder.resolve() / "artifacts"),
-        ],
-        log,
-        env=os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"},
-    )
+    port, log, where = free_port(), folder / "server.log", folder.resolve()
+    args = [sys.executable, "-m", "mlflow", "server", "--host", LOOPBACK, "--port", str(port)]
+    # one worker: each imports mlflow, seconds of start-up for nothing gained here
+    args += ["--workers", "1", "--backend-store-uri", f"sqlite:///{where / 'mlflow.db'}"]
+    args += ["--artifacts-destination", str(where / "artifacts")]
+    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    group = start_group(args, log, env=env)
     try:
         uri = f"http://{LOOPBACK}:{port}"
         wait_http(f"{uri}/health", group, timeout_s, log)

@@ -77,11 +77,8 @@ def _clean(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[dg.Diagnostic]]:
     for c in keys:
         cells[c] = pd.to_numeric(cells[c], errors="coerce")
     finite = np.isfinite(cells[keys].to_numpy(float)).all(axis=1)
-    notes = (
-        []
-        if finite.all()
-        else [dg.dropped_rows(int((~finite).sum()), f"non-finite {' or '.join(keys)}")]
-    )
+    dropped = int((~finite).sum())
+    notes = [dg.dropped_rows(dropped, f"non-finite {' or '.join(keys)}")] if dropped else []
     return cells[finite], notes
 
 
