@@ -75,9 +75,8 @@ def stop_group(group: Group, grace_s: float = 20.0, *, leader_first: bool = Fals
     `leader_first`: SIGTERM the leader alone before that, for leaders that stop their children
     in order (`ray start --block` does in seconds; signalled all at once, its processes hang).
     """
-    steps = [(signal.SIGTERM, grace_s, False), (signal.SIGKILL, 5.0, False)]
-    if leader_first:
-        steps.insert(0, (signal.SIGTERM, grace_s, True))
+    steps = [(signal.SIGTERM, grace_s, True)] if leader_first else []
+    steps += [(signal.SIGTERM, grace_s, False), (signal.SIGKILL, 5.0, False)]
     for sig, wait, leader_only in steps:
         if leader_only:
             with suppress(ProcessLookupError):

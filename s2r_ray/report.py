@@ -67,8 +67,7 @@ CI = 0.9
 
 def _clean(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[dg.Diagnostic]]:
     """Required columns present; rows with a non-finite n, m or mae dropped, and said so."""
-    missing = [c for c in REQUIRED if c not in cells.columns]
-    if missing:
+    if missing := [c for c in REQUIRED if c not in cells.columns]:
         raise ValueError(f"cells lack column(s) {missing}; need one row per cell with {REQUIRED}")
     cells = cells.copy()
     if "m" in cells.columns and cells["m"].isna().all():

@@ -114,8 +114,7 @@ def init_ray(address: str | None) -> bool:
     this call connected (and so should shut down)."""
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address := address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=_answering(address), logging_level=logging.WARNING)
     else:
         start_local_ray()

@@ -113,10 +113,10 @@ class StudySearcher(Searcher):
     def _cell_tuned(self, cell: Cell) -> None:
         """All trials of the cell ended: queue its scoring, or record it failed."""
         tuner = self._tuners[cell.id]
-        scoring = tuner.scoring()
-        if scoring is None:
-            why = f"all trials failed: {tuner.errors()}"
-            self._record(failed_record(cell, why) | tuner.counts())
+        if (scoring := tuner.scoring()) is None:
+            self._record(
+                failed_record(cell, f"all trials failed: {tuner.errors()}") | tuner.counts()
+            )
             return
         self._open.remove(cell)
         self._to_score.append(scoring)

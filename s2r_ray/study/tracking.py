@@ -160,7 +160,7 @@ def start_study(
     that jobs on any node nest under them; a new experiment keeps its artifacts at `artifacts_at`
     (default `artifact_root(uri)`). `previous` (the ids a stopped attempt stored) resumes those
     runs instead, the unfinished set back to RUNNING: one study run however often restarted."""
-    client = _client(uri)
+    client, base = _client(uri), {"s2r.study": study, **tags}
     if previous and previous.get("uri") == uri:
         _mark_training(client, client.get_experiment(previous["experiment_id"]))
         ctx = TrackingContext(
@@ -168,35 +168,28 @@ def start_study(
             previous["experiment_id"],
             previous["study_run_id"],
             previous["size_run_ids"],
-            {"s2r.study": study, **tags, notes.STUDY_RUN_TAG: previous["study_run_id"]},
+            {**base, notes.STUDY_RUN_TAG: previous["study_run_id"]},
         )
         for run_id in [ctx.study_run_id, *ctx.size_run_ids.values()]:
             if client.get_run(run_id).info.status != "FINISHED":
                 client.update_run(run_id, status="RUNNING")
         return ctx
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+    if (exp := client.get_experiment_by_name(experiment)) is None:
         exp_id = client.create_experiment(
             experiment, artifacts_at or artifact_root(uri), tags={KIND_TAG: TRAINING}
         )
     else:
         exp_id = exp.experiment_id
         _mark_training(client, exp)
-    base = {"s2r.study": study, **tags}
     ctx = TrackingContext(uri, exp_id, "", {}, base)
     study_id = create_run(ctx, None, study, {**base, "s2r.kind": "study"})
     client.set_tag(study_id, notes.STUDY_RUN_TAG, study_id)
     log(ctx, study_id, params=config)
     base = {**base, notes.STUDY_RUN_TAG: study_id}
-    size_ids = {
-        size_key(n): create_run(
-            ctx,
-            study_id,
-            notes.size_run_name(study, n),
-            {**base, "s2r.kind": "size", "s2r.n": str(n)},
-        )
-        for n in [0, *sizes]
-    }
+    size_ids: dict[str, str] = {}
+    for n in [0, *sizes]:
+        size_tags = {**base, "s2r.kind": "size", "s2r.n": str(n)}
+        size_ids[size_key(n)] = create_run(ctx, study_id, notes.size_run_name(study, n), size_tags)
     ctx = TrackingContext(uri, exp_id, study_id, size_ids, base)
     describe_experiment(ctx)
     return ctx
