@@ -106,8 +106,7 @@ def open_study(path: str | Path) -> Study:
 def _check_table(table: pd.DataFrame, origin: str) -> None:
     """The cells a fit needs: the required columns, n and mae never negative (a typo, not a
     cell to drop), at least one row with both finite."""
-    missing = [c for c in REQUIRED if c not in table.columns]
-    if missing:
+    if missing := [c for c in REQUIRED if c not in table.columns]:
         raise DataError(f"{origin}: missing column(s) {missing}; need {', '.join(REQUIRED)}")
     numbers = table[["n", "mae"]].apply(pd.to_numeric, errors="coerce")
     for column in numbers:
@@ -178,10 +177,6 @@ def run_study(
 
     if isinstance(config, StudyConfig):
         config = config.model_dump(mode="json")
-    cfg = (
-        build_config(config, list(overrides), quick)
-        if isinstance(config, dict)
-        else load_config(config, list(overrides), quick)
-    )
-    run(cfg, Path(out), address=address, fresh=fresh, echo=echo)
+    load = build_config if isinstance(config, dict) else load_config
+    run(load(config, list(overrides), quick), Path(out), address=address, fresh=fresh, echo=echo)
     return Study(StudyFolder(out))

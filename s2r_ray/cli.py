@@ -42,14 +42,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set, quick=args.quick)
     out = Path(args.out or Path("runs") / cfg.name)
+    echo = lambda line: print(line, flush=True)  # noqa: E731
     try:
-        study = run_study(
-            cfg,
-            out,
-            address=args.address,
-            fresh=args.fresh,
-            echo=lambda line: print(line, flush=True),
-        )
+        study = run_study(cfg, out, address=args.address, fresh=args.fresh, echo=echo)
     except StudyInterrupted as e:
         if e.report:
             print(summary_text(e.report))

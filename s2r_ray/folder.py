@@ -45,11 +45,8 @@ CONFIG, STATE, LEDGER, JOURNAL = "config.yaml", "study.json", "cells.jsonl", "op
 REPORT, PAGE, REJECTED = "report.json", "report.html", "rejected_rows.csv"
 PRETRAINED, SUPERSEDED, LOCK = "pretrained", "superseded", ".driver.lock"
 # How a study is executed, not what it computes: these may change when a study is resumed.
-EXECUTION_FIELDS = (
-    "tune.resources",
-    "tune.pretrain_resources",
-    "tune.pretrain_slots",
-    "tune.max_failures",
+EXECUTION_FIELDS = tuple(
+    "tune." + f for f in ("resources", "pretrain_resources", "pretrain_slots", "max_failures")
 )
 # Execution fields a later version retired: a study folder written before it still loads.
 RETIRED_FIELDS = ("tune.placement_timeout_s",)  # section.field
@@ -82,9 +79,7 @@ def config_hash(cfg: StudyConfig) -> str:
 
 
 def _repair_tail(path: Path) -> None:
-    if not path.is_file():
-        return
-    data = path.read_bytes()
+    data = path.read_bytes() if path.is_file() else b""
     if not data or data.endswith(b"\n"):
         return
     cut = data.rfind(b"\n") + 1
@@ -102,11 +97,9 @@ class StudyFolder:
         self.path = Path(path)
 
     def claim(self) -> None:
-        """Make this process the folder's only driver, and repair what a kill left behind: a
-        partial last line of the ledger or journal is set aside (into <name>.partial) so the
-        next append starts on its own line, and Optuna's lock of the dead process is dropped.
-
-        The lock is an flock, released by the kernel however the process ends."""
+        """Make this process the folder's only driver (an flock, released however it ends), and
+        repair what a kill left behind: a partial last line of the ledger or journal is set aside
+        (into <name>.partial), and Optuna's lock of the dead process is dropped."""
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.path / LOCK, "a+")  # noqa: SIM115 (held until exit)
         try:
@@ -118,8 +111,7 @@ class StudyFolder:
         (self.path / (JOURNAL + ".lock")).unlink(missing_ok=True)
 
     def driver_alive(self) -> bool:
-        """Whether an s2r process holds the folder (`claim`). A study whose state says running
-        while no process holds it was killed without a word."""
+        """Whether an s2r process holds the folder (`claim`); if not, a running study was killed."""
         path = self.path / LOCK
         if not path.is_file():
             return False
@@ -154,10 +146,7 @@ class StudyFolder:
 
     def check_same_study(self, cfg: StudyConfig) -> None:
         """Refuse to resume a different study here, naming the fields that differ."""
-        if not self.has_study():
-            return
-        stored = self.config()
-        if config_hash(stored) == config_hash(cfg):
+        if not self.has_study() or config_hash(stored := self.config()) == config_hash(cfg):
             return
         old, new = _defining(stored), _defining(cfg)
         diff = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
@@ -171,8 +160,7 @@ class StudyFolder:
 
     def set_aside(self) -> Path | None:
         """Move everything of the previous study into superseded/<UTC time>/ (for --fresh)."""
-        keep = {SUPERSEDED, LOCK}
-        entries = [p for p in self.path.iterdir() if p.name not in keep]
+        entries = [p for p in self.path.iterdir() if p.name not in {SUPERSEDED, LOCK}]
         if not entries:
             return None
         dest = self.path / SUPERSEDED / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -203,8 +191,7 @@ class StudyFolder:
         return (self.path / STATE).stat().st_mtime
 
     def update_state(self, **fields: Any) -> dict[str, Any]:
-        state = self.state() | fields
-        write_atomic(self.path / STATE, json.dumps(state, indent=1))
+        write_atomic(self.path / STATE, json.dumps(state := self.state() | fields, indent=1))
         return state
 
     # -- the ledger ------------------------------------------------------------------------
@@ -286,7 +273,6 @@ class StudyFolder:
         return self.path / REJECTED
 
     def record_files(self) -> list[Path]:
-        """The config, the ledger and the rejected rows, those present: what a study's MLflow
-        run keeps beside the report."""
+        """The config, ledger and rejected rows there: what the study run keeps with the report."""
         paths = (self.config_path(), self.path / LEDGER, self.rejected_rows_path())
         return [p for p in paths if p.is_file()]

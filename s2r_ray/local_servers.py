@@ -75,9 +75,8 @@ def stop_group(group: Group, grace_s: float = 20.0, *, leader_first: bool = Fals
     `leader_first`: SIGTERM the leader alone before that, for leaders that stop their children
     in order (`ray start --block` does in seconds; signalled all at once, its processes hang).
     """
-    steps = [(signal.SIGTERM, grace_s, False), (signal.SIGKILL, 5.0, False)]
-    if leader_first:
-        steps.insert(0, (signal.SIGTERM, grace_s, True))
+    steps = [(signal.SIGTERM, grace_s, True)] if leader_first else []
+    steps += [(signal.SIGTERM, grace_s, False), (signal.SIGKILL, 5.0, False)]
     for sig, wait, leader_only in steps:
         if leader_only:
             with suppress(ProcessLookupError):
@@ -136,28 +135,13 @@ def mlflow_server(folder: Path, timeout_s: float = 120.0) -> Iterator[str]:
     """A tracking server on a free loopback port, SQLite store and artifacts under `folder`;
     yields its URI and stops its process group on exit."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    log = folder / "server.log"
-    group = start_group(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            "--workers",
-            "1",  # each worker imports mlflow: seconds of start-up, nothing gained here
-            "--backend-store-uri",
-            f"sqlite:///{folder.resolve() / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(folder.resolve() / "artifacts"),
-        ],
-        log,
-        env=os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"},
-    )
+    port, log, where = free_port(), folder / "server.log", folder.resolve()
+    args = [sys.executable, "-m", "mlflow", "server", "--host", LOOPBACK, "--port", str(port)]
+    # one worker: each imports mlflow, seconds of start-up for nothing gained here
+    args += ["--workers", "1", "--backend-store-uri", f"sqlite:///{where / 'mlflow.db'}"]
+    args += ["--artifacts-destination", str(where / "artifacts")]
+    env = os.environ | {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    group = start_group(args, log, env=env)
     try:
         uri = f"http://{LOOPBACK}:{port}"
         wait_http(f"{uri}/health", group, timeout_s, log)

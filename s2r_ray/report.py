@@ -67,8 +67,7 @@ CI = 0.9
 
 def _clean(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[dg.Diagnostic]]:
     """Required columns present; rows with a non-finite n, m or mae dropped, and said so."""
-    missing = [c for c in REQUIRED if c not in cells.columns]
-    if missing:
+    if missing := [c for c in REQUIRED if c not in cells.columns]:
         raise ValueError(f"cells lack column(s) {missing}; need one row per cell with {REQUIRED}")
     cells = cells.copy()
     if "m" in cells.columns and cells["m"].isna().all():
@@ -77,11 +76,8 @@ def _clean(cells: pd.DataFrame) -> tuple[pd.DataFrame, list[dg.Diagnostic]]:
     for c in keys:
         cells[c] = pd.to_numeric(cells[c], errors="coerce")
     finite = np.isfinite(cells[keys].to_numpy(float)).all(axis=1)
-    notes = (
-        []
-        if finite.all()
-        else [dg.dropped_rows(int((~finite).sum()), f"non-finite {' or '.join(keys)}")]
-    )
+    dropped = int((~finite).sum())
+    notes = [dg.dropped_rows(dropped, f"non-finite {' or '.join(keys)}")] if dropped else []
     return cells[finite], notes
 
 

@@ -1,18 +1,14 @@
 """The study, top to bottom: study folder -> data -> plan -> one Tune experiment of every
 pretraining, fine-tuning trial and scoring -> the reducer's live fit -> report.
 
-Pretraining runs once per (n, r), small n first, a few at a time (`tune.pretrain_slots`). The
-searcher only hands out trials of cells whose pretraining is done, so trials of all sizes
-interleave on the cluster without a barrier between sizes, and no trial ever idles waiting for
-a model. All of it is Tune's work, so one scheduler hands out the cluster and a job lost with
-its node is retried like any trial.
+Pretraining runs once per (n, r), small n first, `tune.pretrain_slots` at a time; the searcher
+hands out only trials whose pretraining is done, so sizes interleave with no barrier and no
+trial idles. One Tune scheduler hands out the cluster and retries a job lost with its node.
 
-Everything a later process needs is in the study folder as soon as it exists (see
-`s2r_ray.folder`), so the same command on the same folder resumes a killed study: finished
-cells and pretrainings are kept, half-tuned cells continue, the same MLflow runs are reused.
-SIGTERM or SIGINT stops handing out trials, ends the runs in flight as KILLED, writes the report
-with status "interrupted" and raises `StudyInterrupted`; any other failure ends them FAILED.
-Either way Ray is shut down if this process started it.
+The study folder (`s2r_ray.folder`) holds all a later process needs, so the same command on the
+same folder resumes a killed study with the same MLflow runs. SIGTERM or SIGINT ends the runs in
+flight as KILLED, writes the report ("interrupted") and raises `StudyInterrupted`; any other
+failure ends them FAILED. Either way Ray is shut down if this process started it.
 """
 
 from __future__ import annotations
@@ -48,8 +44,7 @@ from s2r_ray.data import load_dataset
 from s2r_ray.folder import StudyFolder
 from s2r_ray.local_servers import LOOPBACK
 from s2r_ray.models import make_family
-from s2r_ray.models.base import Family
-from s2r_ray.protocol import Cell, Plan, make_plan
+from s2r_ray.protocol import Plan, make_plan
 from s2r_ray.report import folder_report
 from s2r_ray.study import tracking, units
 from s2r_ray.study.pretrained import choose_store
@@ -75,9 +70,8 @@ class StudyInterrupted(Exception):
 
 
 class _Signals:
-    """SIGTERM (SLURM's warning before its time limit) and SIGINT (Ctrl-C) ask the study to
-    stop. While Tune runs they only set a flag that Tune's loop reads (trials in flight end, the
-    report is written); outside it, or on a second signal, they interrupt at once."""
+    """SIGTERM (SLURM's warning before its time limit) or SIGINT: inside Tune's loop the first
+    only sets a flag that the loop reads; outside it, or a second one, interrupts at once."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -116,13 +110,11 @@ class _StopOnSignal(tune.Stopper):
 
 
 def init_ray(address: str | None) -> bool:
-    """Join a cluster when an address is given (or RAY_ADDRESS is set), else start a new local
-    Ray whatever an earlier cluster left behind. Returns whether this call connected (and so
-    should shut down)."""
+    """Join the cluster at `address` or RAY_ADDRESS, else start a new local Ray; returns whether
+    this call connected (and so should shut down)."""
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address := address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=_answering(address), logging_level=logging.WARNING)
     else:
         start_local_ray()
@@ -130,11 +122,10 @@ def init_ray(address: str | None) -> bool:
 
 
 def start_local_ray(**options: object) -> None:
-    """A new Ray on this machine only (`address="local"`: never a cluster that a
-    `ray_current_cluster` file names), its agents on loopback. Ray 2.60 binds its gRPC ports on
-    every interface whatever it is told, so token authentication stays on (Ray's default: it
-    makes ~/.ray/auth_token when there is none; its note saying so is left out), and it reports
-    no usage unless the user opted in."""
+    """A new Ray on this machine only (never a cluster a `ray_current_cluster` file names), on
+    loopback. Ray binds its gRPC ports on every interface anyway, so token authentication stays
+    on (Ray's default; its note about ~/.ray/auth_token is left out); no usage stats unless
+    opted in."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
@@ -149,8 +140,8 @@ def start_local_ray(**options: object) -> None:
 
 
 def _answering(address: str) -> str:
-    """The GCS address to join: `auto` finds the running Ray; one that does not answer is a
-    one-line error now, not a wait on a GCS that is gone."""
+    """The GCS address to join (`auto`: the running Ray); one that does not answer is a one-line
+    error now, not a wait on a GCS that is gone."""
     if address.startswith("ray://"):
         return address
     try:
@@ -195,38 +186,18 @@ class _Progress(tune.Callback):
 def _check_resources(cfg: StudyConfig) -> None:
     """A trial or pretraining no node can hold would wait forever: say so before any work."""
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
-    for field, res in (
-        ("tune.resources", cfg.tune.resources),
-        ("tune.pretrain_resources", cfg.tune.pretrain_resources),
-    ):
+    for field in ("resources", "pretrain_resources"):
+        res = getattr(cfg.tune, field)
         if not any(r.get("CPU", 0) >= res.cpu and r.get("GPU", 0) >= res.gpu for r in nodes):
             biggest = max(nodes, key=lambda r: (r.get("GPU", 0), r.get("CPU", 0)), default={})
             raise ConfigError(
-                f"{field}: {{cpu: {res.cpu:g}, gpu: {res.gpu:g}}} fits on no node of the cluster "
-                f"(largest: {biggest.get('CPU', 0):g} CPUs, {biggest.get('GPU', 0):g} GPUs)"
+                f"tune.{field}: {{cpu: {res.cpu:g}, gpu: {res.gpu:g}}} fits on no node of the "
+                f"cluster (largest: {biggest.get('CPU', 0):g} CPUs, {biggest.get('GPU', 0):g} GPUs)"
             )
 
 
-def _job_resources(cfg: StudyConfig) -> Callable[[dict], tune.PlacementGroupFactory]:
-    """Tune's resource request per job: pretrainings get `tune.pretrain_resources`."""
-
-    def bundle(res: Resources) -> tune.PlacementGroupFactory:
-        gpu = {"GPU": res.gpu} if res.gpu else {}
-        return tune.PlacementGroupFactory([{"CPU": res.cpu} | gpu])
-
-    trial, pretraining = bundle(cfg.tune.resources), bundle(cfg.tune.pretrain_resources)
-    return lambda config: (
-        pretraining if isinstance(units.from_config(config), units.Pretraining) else trial
-    )
-
-
-def _dataset_tags(cfg: StudyConfig) -> dict[str, str]:
-    if cfg.data.kind == "synthetic":
-        return {"s2r.dataset": "synthetic", "s2r.property": cfg.data.property}
-    return {
-        "s2r.dataset": f"{Path(cfg.data.source.path).name} -> {Path(cfg.data.target.path).name}",
-        "s2r.property": cfg.data.property,
-    }
+def _bundle(res: Resources) -> tune.PlacementGroupFactory:
+    return tune.PlacementGroupFactory([{"CPU": res.cpu} | ({"GPU": res.gpu} if res.gpu else {})])
 
 
 def run_study(
@@ -272,13 +243,11 @@ def _run(
         f"{len(ds.feature_names)} features; {len(plan.cells)} cells x {cfg.tune.trials_per_cell} "
         f"trials, {len(pretrain_ids)} pretrainings; {max(leak)} source rows kept out as test ids"
     )
-    counts = {
-        **ds.counts,
+    counts = ds.counts | {
         "source_rows_excluded_as_test_ids": max(leak),
         "source_holdout_rows": len(plan.repetitions[0].holdout),
     }
     state = folder.state()
-    elapsed_before = float(state.get("elapsed_seconds", 0.0))
     folder.update_state(
         status="running", attempts=int(state.get("attempts", 0)) + 1, attempt_started_at=start
     )
@@ -290,19 +259,24 @@ def _run(
     # under it, and MLflow resolves its defaults against the working directory.
     cwd = os.getcwd()
     os.chdir(out)
-    started_ray, ctx, reducer, report = False, None, None, None
-    status = "failed"
+    started_ray, ctx, reducer, status = False, None, None, "failed"
     try:
         started_ray = init_ray(address)
         signals.install()  # ray.init installs a SIGTERM handler of its own
         _check_resources(cfg)
+        data = cfg.data
+        dataset = (
+            "synthetic"
+            if data.kind == "synthetic"
+            else f"{Path(data.source.path).name} -> {Path(data.target.path).name}"
+        )
         ctx = tracking.start_study(
             uri,
             cfg.tracking.experiment,
             cfg.name,
             cfg.model_dump(mode="json"),
             cfg.sizes,
-            _dataset_tags(cfg),
+            {"s2r.dataset": dataset, "s2r.property": data.property},
             previous=state.get("mlflow"),
             artifacts_at=artifact_root,
         )
@@ -338,8 +312,17 @@ def _run(
     except StudyInterrupted:
         status = "interrupted"
     finally:
-        wall = elapsed_before + time.time() - start
-        report = _finish(cfg, folder, ctx, reducer, status, wall)
+        wall = float(state.get("elapsed_seconds", 0.0)) + time.time() - start
+        # the final report (by the reducer when there is one), then every MLflow run ended
+        timing = {"wall_seconds": round(wall, 2)} | _timing(folder.ledger(), wall, cfg)
+        if reducer is not None:
+            report = ray.get(reducer.finish.remote(status, {"timing": timing}))
+        else:
+            report = folder_report(folder, status, {"timing": timing})
+        if ctx is not None:
+            tracking.end_orphans(ctx, "KILLED")
+            run_status = {"complete": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
+            tracking.end_study(ctx, run_status)
         folder.update_state(status=status, elapsed_seconds=round(wall, 2))
         if started_ray:
             ray.shutdown()
@@ -373,22 +356,19 @@ def _tune(
         optuna.storages.journal.JournalFileBackend(str(folder.journal_path()))
     )
 
-    def tuner(cell: Cell) -> CellTuner:
-        return CellTuner(
-            cell,
-            journal,
-            family,
-            cfg.finetune.space(),
-            trials_per_cell=cfg.tune.trials_per_cell,
-            startup_trials=cfg.tune.startup_trials,
-            seed=cfg.seed,
-        )
-
     try:
         searcher = StudySearcher(
             plan.cells,
             recorded,
-            tuner,
+            lambda cell: CellTuner(
+                cell,
+                journal,
+                family,
+                cfg.finetune.space(),
+                trials_per_cell=cfg.tune.trials_per_cell,
+                startup_trials=cfg.tune.startup_trials,
+                seed=cfg.seed,
+            ),
             pretrainings,
             lambda record: progress.pending.append(reducer.add_cell.remote(record)),
         )
@@ -398,20 +378,22 @@ def _tune(
                 f"{len(pretrainings.loaded)} pretrainings on disk, {searcher.partly_tuned} cells "
                 f"partly tuned; {orphans} runs of the stopped attempt marked KILLED"
             )
+        trial, pretraining = _bundle(cfg.tune.resources), _bundle(cfg.tune.pretrain_resources)
         trainable = tune.with_resources(
             tune.with_parameters(
                 run_unit, plan=plan_ref, store=store, family=family, cfg=cfg, ctx=ctx
             ),
-            _job_resources(cfg),
+            lambda c: pretraining if isinstance(units.from_config(c), units.Pretraining) else trial,
         )
+        # ASHA stops every trial that reaches its horizon: one past the longest trial, so that a
+        # trial that completed all its epochs does not end KILLED
+        horizon = family.max_epochs(cfg.finetune.space()) + 1
         attempt = folder.state().get("attempts", 1)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
-                scheduler=PerCellASHA(
-                    _horizon(family, cfg), cfg.tune.grace_period, cfg.tune.reduction_factor
-                ),
+                scheduler=PerCellASHA(horizon, cfg.tune.grace_period, cfg.tune.reduction_factor),
                 num_samples=-1,  # the searcher says when every cell is done
                 reuse_actors=True,
             ),
@@ -433,33 +415,6 @@ def _tune(
         searcher.stop()  # trials Tune stopped on a signal count as interrupted
     finally:
         progress.drain(timeout=None)
-
-
-def _finish(
-    cfg: StudyConfig,
-    folder: StudyFolder,
-    ctx: tracking.TrackingContext | None,
-    reducer: ray.actor.ActorHandle | None,
-    status: str,
-    wall: float,
-) -> dict:
-    """The final report (by the reducer when there is one) and every MLflow run ended."""
-    timing = {"wall_seconds": round(wall, 2)} | _timing(folder.ledger(), wall, cfg)
-    if reducer is not None:
-        report = ray.get(reducer.finish.remote(status, {"timing": timing}))
-    else:
-        report = folder_report(folder, status, {"timing": timing})
-    if ctx is not None:
-        run_status = {"complete": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
-        tracking.end_orphans(ctx, "KILLED")
-        tracking.end_study(ctx, run_status)
-    return report
-
-
-def _horizon(family: Family, cfg: StudyConfig) -> int:
-    """ASHA's horizon, one past the longest trial: ASHA stops every trial that reaches its
-    horizon, which would end a trial that completed all its epochs as KILLED."""
-    return family.max_epochs(cfg.finetune.space()) + 1
 
 
 def _timing(records: list[dict], wall: float, cfg: StudyConfig) -> dict:

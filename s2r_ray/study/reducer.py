@@ -35,8 +35,7 @@ class Reducer:
         self, cfg: StudyConfig, out: str, ctx: TrackingContext, planned: dict[int, int], extra: dict
     ):
         self._cfg, self._folder, self._ctx = cfg, StudyFolder(out), ctx
-        self._planned = planned
-        self._extra = extra
+        self._planned, self._extra = planned, extra
         self._records = self._folder.ledger()
         self._arrived: Counter[int] = Counter(r["n"] for r in self._records)
         self._complete = sorted(n for n in planned if self._arrived[n] >= planned[n])
@@ -66,16 +65,11 @@ class Reducer:
         self._arrived[n] += 1
         self._rate.add(record["finished_at"])
         if record["status"] == "ok":
-            tracking.log(
-                self._ctx,
-                self._ctx.size_run(n),
-                {"test_mae": record["mae"]},
-                step=record["repetition"],
-            )
-        done = sum(self._arrived.values())
-        total = sum(self._planned.values())
-        line = cell_line(record, self._records, done, total)
-        line += f" | {self._rate.describe(record['finished_at'])}"
+            metric = {"test_mae": record["mae"]}
+            tracking.log(self._ctx, self._ctx.size_run(n), metric, step=record["repetition"])
+        done, total = sum(self._arrived.values()), sum(self._planned.values())
+        line = f"{cell_line(record, self._records, done, total)} | "
+        line += self._rate.describe(record["finished_at"])
         if self._arrived[n] == self._planned[n]:
             self._complete.append(n)
             # the fit is stepped by completed sizes n > 0; the baseline adds no step of its own
@@ -89,9 +83,8 @@ class Reducer:
         """Final report and artifacts (the driver ends the MLflow runs)."""
         self._extra |= extra
         paths = self._refresh(status, log_fit=False)
-        tracking.log_artifacts(
-            self._ctx, self._ctx.study_run_id, [*paths, *self._folder.record_files()]
-        )
+        files = [*paths, *self._folder.record_files()]
+        tracking.log_artifacts(self._ctx, self._ctx.study_run_id, files)
         plots = [p.name for p in paths if p.suffix == ".png"]
         tracking.describe_study(self._ctx, self._report, plots)
         return self._report

@@ -20,12 +20,10 @@ from s2r_ray.study.units import METRIC, Failure, Pretraining, Scoring, Trial
 
 
 class StudySearcher(Searcher):
-    """Hands Tune the study's units in order: a finished cell's scoring first, so finished cells
-    reach the reducer while the study runs (`on_cell_done` receives the cell record); then a
-    pretraining, when a slot is free; then a trial from the tuner of the first ready cell (plan
-    order: baselines, then small n). A cell is ready when its pretraining is done, so Tune never
-    parks a trial waiting for it; until some work is ready, `suggest` returns None and Tune
-    asks again. Its state is the journal and the ledger: nothing of it is checkpointed."""
+    """Hands Tune the study's units in order: a finished cell's scoring first (its record goes
+    to `on_cell_done` while the study runs), then a pretraining when a slot is free, then a trial
+    of the first cell whose pretraining is done (plan order: baselines, then small n); None while
+    nothing is ready. Its state is the journal and the ledger: nothing is checkpointed."""
 
     def __init__(
         self,
@@ -115,10 +113,10 @@ class StudySearcher(Searcher):
     def _cell_tuned(self, cell: Cell) -> None:
         """All trials of the cell ended: queue its scoring, or record it failed."""
         tuner = self._tuners[cell.id]
-        scoring = tuner.scoring()
-        if scoring is None:
-            why = f"all trials failed: {tuner.errors()}"
-            self._record(failed_record(cell, why) | tuner.counts())
+        if (scoring := tuner.scoring()) is None:
+            self._record(
+                failed_record(cell, f"all trials failed: {tuner.errors()}") | tuner.counts()
+            )
             return
         self._open.remove(cell)
         self._to_score.append(scoring)
@@ -128,8 +126,7 @@ class StudySearcher(Searcher):
         self._on_cell_done(record)
 
     def __getstate__(self) -> dict:
-        """Tune pickles the searcher into its experiment state; the durable state is the
-        journal in the study folder, and the hooks belong to this process only."""
+        """Tune pickles the searcher; its state is the journal, its hooks this process's."""
         return {"_metric": self._metric, "_mode": self._mode}
 
     def save(self, checkpoint_path: str) -> None:
@@ -156,8 +153,7 @@ class PerCellASHA(FIFOScheduler):
         self._metric, self._mode = METRIC, "min"
 
     def _asha(self, trial) -> AsyncHyperBandScheduler | None:
-        """The bracket set of a trial's cell; None for a pretraining or scoring, which never
-        enter one."""
+        """The bracket set of a trial's cell; None for a pretraining or scoring."""
         unit = units.from_config(trial.config)
         if not isinstance(unit, Trial):
             return None

@@ -38,17 +38,6 @@ class JobsError(UserError):
     """The cluster cannot be reached or refused a request."""
 
 
-def resolve_address(address: str | None) -> str:
-    """--address, else $RAY_ADDRESS: the dashboard URL, not the GCS address `s2r run` takes."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if not address or address == "auto":
-        raise JobsError(
-            "no cluster address: pass --address http://HEAD:8265 (the head's dashboard) "
-            "or set RAY_ADDRESS to it"
-        )
-    return address
-
-
 @contextmanager
 def _cluster_errors(address: str) -> Iterator[None]:
     """The SDK's exceptions as one line each; its INFO and WARNING lines about packaging and
@@ -76,8 +65,14 @@ def _cluster_errors(address: str) -> Iterator[None]:
 
 
 def connect(address: str | None) -> JobSubmissionClient:
-    """A client for the cluster; the SDK checks the dashboard answers before returning it."""
-    address = resolve_address(address)
+    """A client for the cluster at --address, else $RAY_ADDRESS (the dashboard URL, not the GCS
+    address `s2r run` takes); the SDK checks the dashboard answers before returning it."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address == "auto":
+        raise JobsError(
+            "no cluster address: pass --address http://HEAD:8265 (the head's dashboard) "
+            "or set RAY_ADDRESS to it"
+        )
     with _cluster_errors(address):
         return JobSubmissionClient(address)
 
@@ -102,34 +97,24 @@ def run_command(
     config: str, out: str | None, overrides: list[str], *, quick: bool, fresh: bool
 ) -> list[str]:
     """The `s2r run` words the job's driver executes."""
-    words = ["s2r", "run", config]
-    words += ["--out", out] if out else []
-    for text in overrides:
-        words += ["--set", text]
+    words = ["s2r", "run", config, *(["--out", out] if out else [])]
+    words += [w for text in overrides for w in ("--set", text)]
     return words + ["--quick"] * quick + ["--fresh"] * fresh
 
 
 def runtime_env(workdir: Path) -> dict:
     """The working directory to ship and the environment the driver and every worker need."""
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-    return {
-        "working_dir": str(workdir),
-        "excludes": EXCLUDES,
-        "env_vars": env | QUIET_ENV,
-    }
-
-
-def job_id(study: str) -> str:
-    """Readable in `s2r jobs list`, unique per submission."""
-    return f"s2r-{study}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    return {"working_dir": str(workdir), "excludes": EXCLUDES, "env_vars": env | QUIET_ENV}
 
 
 def submit(client: JobSubmissionClient, words: list[str], workdir: Path, study: str) -> str:
-    """Submit `words` (an `s2r run` command) as a job that ships `workdir`; returns its id."""
+    """Submit `words` (an `s2r run` command) as a job that ships `workdir`; returns its id
+    (readable in `s2r jobs list`, unique per submission)."""
     with _cluster_errors(client.get_address()):
         return client.submit_job(
             entrypoint=shlex.join(words),
-            submission_id=job_id(study),
+            submission_id=f"s2r-{study}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}",
             runtime_env=runtime_env(workdir),
             metadata={"s2r.study": study},
         )
@@ -168,11 +153,9 @@ def stop(client: JobSubmissionClient, job: str) -> bool:
 
 def describe(job: JobDetails) -> str:
     """One line of `s2r jobs list`."""
-    started = (
-        time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
-        if job.start_time
-        else "-"
-    )
+    started = "-"
+    if job.start_time:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
     entry = job.entrypoint if len(job.entrypoint) <= 70 else job.entrypoint[:67] + "..."
     return f"{job.submission_id or job.job_id:<40} {job.status:<10} {started}  {entry}"
 

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from s2r_ray.render import notes
 
 # Over HTTP, MLflow prints two lines to stdout for every run that ends: a study has thousands
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-DEFAULT_URI = "sqlite:///mlruns.db"
+SQLITE = "sqlite:///"
+DEFAULT_URI = SQLITE + "mlruns.db"
 _MAX_PARAM = 6000
 _MAX_TAG = 8000  # MLflow truncates (or refuses) a longer run tag
 NOTE = "mlflow.note.content"  # a run's or experiment's description in the UI
@@ -35,26 +36,25 @@ HEADLINE = "s2r.headline"  # the study's state and fit in one line, for the expe
 
 
 def resolve_uri(configured: str | None) -> str:
-    """Config beats $MLFLOW_TRACKING_URI beats ./mlruns.db; relative SQLite paths become absolute
-    because Ray workers do not share the driver's working directory."""
+    """Config beats $MLFLOW_TRACKING_URI beats ./mlruns.db; a relative SQLite path becomes
+    absolute: Ray workers do not share the driver's working directory."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str(Path(uri[len(prefix) :]).resolve())
+    if uri.startswith(SQLITE) and not uri.startswith(SQLITE + "/"):
+        uri = SQLITE + str(Path(uri.removeprefix(SQLITE)).resolve())
     return uri
 
 
 def artifact_root(uri: str, configured: str | None = None) -> str | None:
-    """Where a new experiment keeps its artifacts, chosen rather than inherited: the config's
-    location, else a folder beside a SQLite store. MLflow's own default, ./mlruns under the
-    driver's working directory, is for a Ray job a temporary copy that Ray deletes. A tracking
-    server (None here) chooses its own."""
+    """Where a new experiment keeps its artifacts: the config's location, else beside a SQLite
+    store, never MLflow's ./mlruns (in a Ray job, a temporary copy Ray deletes); None: a tracking
+    server chooses."""
     if configured:
         return configured if "://" in configured else str(Path(configured).expanduser().resolve())
-    prefix = "sqlite:///"
-    if uri.startswith(prefix):
-        return str(Path(uri[len(prefix) :]).parent / "mlartifacts")
-    return None
+    return (
+        str(Path(uri.removeprefix(SQLITE)).parent / "mlartifacts")
+        if uri.startswith(SQLITE)
+        else None
+    )
 
 
 def in_ray_temp(location: str) -> bool:
@@ -157,14 +157,10 @@ def start_study(
     artifacts_at: str | None = None,
 ) -> TrackingContext:
     """The study run and one child run per size (and the baseline), created before any trial so
-    that trials and pretraining can nest under them from any node. A new experiment keeps its
-    artifacts at `artifacts_at`, by default `artifact_root(uri)`; an existing one keeps its own.
-
-    `previous` (the ids a killed or interrupted attempt stored in the study folder) resumes
-    them instead: the same runs, those not finished set back to RUNNING, so one study is one
-    study run however often it was restarted.
-    """
-    client = _client(uri)
+    that jobs on any node nest under them; a new experiment keeps its artifacts at `artifacts_at`
+    (default `artifact_root(uri)`). `previous` (the ids a stopped attempt stored) resumes those
+    runs instead, the unfinished set back to RUNNING: one study run however often restarted."""
+    client, base = _client(uri), {"s2r.study": study, **tags}
     if previous and previous.get("uri") == uri:
         _mark_training(client, client.get_experiment(previous["experiment_id"]))
         ctx = TrackingContext(
@@ -172,35 +168,28 @@ def start_study(
             previous["experiment_id"],
             previous["study_run_id"],
             previous["size_run_ids"],
-            {"s2r.study": study, **tags, notes.STUDY_RUN_TAG: previous["study_run_id"]},
+            {**base, notes.STUDY_RUN_TAG: previous["study_run_id"]},
         )
         for run_id in [ctx.study_run_id, *ctx.size_run_ids.values()]:
             if client.get_run(run_id).info.status != "FINISHED":
                 client.update_run(run_id, status="RUNNING")
         return ctx
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+    if (exp := client.get_experiment_by_name(experiment)) is None:
         exp_id = client.create_experiment(
             experiment, artifacts_at or artifact_root(uri), tags={KIND_TAG: TRAINING}
         )
     else:
         exp_id = exp.experiment_id
         _mark_training(client, exp)
-    base = {"s2r.study": study, **tags}
     ctx = TrackingContext(uri, exp_id, "", {}, base)
     study_id = create_run(ctx, None, study, {**base, "s2r.kind": "study"})
     client.set_tag(study_id, notes.STUDY_RUN_TAG, study_id)
     log(ctx, study_id, params=config)
     base = {**base, notes.STUDY_RUN_TAG: study_id}
-    size_ids = {
-        size_key(n): create_run(
-            ctx,
-            study_id,
-            notes.size_run_name(study, n),
-            {**base, "s2r.kind": "size", "s2r.n": str(n)},
-        )
-        for n in [0, *sizes]
-    }
+    size_ids: dict[str, str] = {}
+    for n in [0, *sizes]:
+        size_tags = {**base, "s2r.kind": "size", "s2r.n": str(n)}
+        size_ids[size_key(n)] = create_run(ctx, study_id, notes.size_run_name(study, n), size_tags)
     ctx = TrackingContext(uri, exp_id, study_id, size_ids, base)
     describe_experiment(ctx)
     return ctx
@@ -227,9 +216,8 @@ def describe_study(ctx: TrackingContext, report: dict, plots: list[str]) -> None
 
 
 def describe_experiment(ctx: TrackingContext) -> None:
-    """The experiment's description: its newest studies, one row each, rebuilt from the study
-    runs themselves so that studies logging side by side never lose each other's rows. A
-    description a person wrote is left alone."""
+    """The experiment's description: its newest studies, rebuilt from the study runs so that
+    studies logging side by side keep each other's rows; one a person wrote is left alone."""
     current = ctx.client.get_experiment(ctx.experiment_id).tags.get(NOTE, "")
     if current and not current.startswith(notes.EXPERIMENT_NOTE_START):
         return
@@ -253,50 +241,31 @@ def describe_experiment(ctx: TrackingContext) -> None:
     )
 
 
-def describe_size(ctx: TrackingContext, n: int, note: str) -> None:
-    """The size run's description, written when its last cell arrives."""
-    ctx.client.set_tag(ctx.size_run(n), NOTE, note[:_MAX_TAG])
-
-
 def close_size(
     ctx: TrackingContext, study: str, n: int, summary: dict, records: list[dict]
 ) -> None:
-    """Size n's last cell arrived: its summary as metrics, its selected trials tagged, its
-    description written, its run ended."""
+    """Size n's last cell arrived: its summary as metrics, the trials its cells selected (the
+    ones their scoring rebuilt and tested) tagged for search, its description written, its run
+    ended."""
     gain = summary.get("paired_gain") or {}
     ci = summary.get("test_mae_ci90") or (None, None)
     gain_ci = gain.get("ci90") or (None, None)
     converged = summary.get("pretrain_converged")
-    log(
-        ctx,
-        ctx.size_run(n),
-        {
-            "test_mae_mean": summary.get("test_mae_mean"),
-            "test_mae_ci90_lo": ci[0],
-            "test_mae_ci90_hi": ci[1],
-            "test_rmse_mean": summary.get("test_rmse_mean"),
-            "single_model_mae_mean": summary.get("single_mae_mean"),
-            "paired_gain_mean": gain.get("mean"),
-            "paired_gain_ci90_lo": gain_ci[0],
-            "paired_gain_ci90_hi": gain_ci[1],
-            "paired_gain_wins": gain.get("wins"),
-            "source_val_mae": summary.get("source_val_mae"),
-            "pretrain_converged": None if converged is None else float(converged),
-            "zero_shot_mae": summary.get("zero_shot_mae"),
-        },
-    )
-    keys = [r["best_trial"] for r in records if r.get("best_trial")]
-    selected = mark_selected(ctx, n, keys)
-    note = notes.size_note(
-        study, n, summary, records, ctx.experiment_id, ctx.study_run_id, selected
-    )
-    describe_size(ctx, n, note)
-    end(ctx, ctx.size_run(n))
-
-
-def mark_selected(ctx: TrackingContext, n: int, keys: list[str]) -> dict[str, str]:
-    """Tag the trials that size n's cells selected (the ones their scoring rebuilt and tested)
-    so that a search finds them; returns trial key -> run id of those found."""
+    metrics = {
+        "test_mae_mean": summary.get("test_mae_mean"),
+        "test_mae_ci90_lo": ci[0],
+        "test_mae_ci90_hi": ci[1],
+        "test_rmse_mean": summary.get("test_rmse_mean"),
+        "single_model_mae_mean": summary.get("single_mae_mean"),
+        "paired_gain_mean": gain.get("mean"),
+        "paired_gain_ci90_lo": gain_ci[0],
+        "paired_gain_ci90_hi": gain_ci[1],
+        "paired_gain_wins": gain.get("wins"),
+        "source_val_mae": summary.get("source_val_mae"),
+        "pretrain_converged": None if converged is None else float(converged),
+        "zero_shot_mae": summary.get("zero_shot_mae"),
+    }
+    log(ctx, ctx.size_run(n), metrics)
     runs = ctx.client.search_runs(
         [ctx.experiment_id],
         f"tags.mlflow.parentRunId = '{ctx.size_run(n)}' and tags.`s2r.kind` = 'trial'"
@@ -304,33 +273,32 @@ def mark_selected(ctx: TrackingContext, n: int, keys: list[str]) -> dict[str, st
         max_results=5000,
     )
     found = {r.data.params.get("trial_key"): r.info.run_id for r in runs}
-    chosen = {key: found[key] for key in keys if key in found}
-    for run_id in chosen.values():
+    keys = [r["best_trial"] for r in records if r.get("best_trial")]
+    selected = {key: found[key] for key in keys if key in found}
+    for run_id in selected.values():
         ctx.client.set_tag(run_id, notes.SELECTED_TAG, "true")
-    return chosen
+    note = notes.size_note(
+        study, n, summary, records, ctx.experiment_id, ctx.study_run_id, selected
+    )
+    ctx.client.set_tag(ctx.size_run(n), NOTE, note[:_MAX_TAG])
+    end(ctx, ctx.size_run(n))
 
 
 def ids(ctx: TrackingContext) -> dict[str, Any]:
     """What the study folder keeps so that a later process resumes the same runs."""
-    return {
-        "uri": ctx.uri,
-        "experiment_id": ctx.experiment_id,
-        "study_run_id": ctx.study_run_id,
-        "size_run_ids": ctx.size_run_ids,
-    }
+    return {k: v for k, v in asdict(ctx).items() if k != "tags"}
 
 
 def end_orphans(ctx: TrackingContext, status: str = "KILLED") -> int:
-    """End the trial and pretraining runs still RUNNING under this study's size runs: a killed
-    process cannot end its own. Returns how many were ended."""
+    """End the trial and pretraining runs still RUNNING under this study's size runs (a killed
+    process cannot end its own); returns how many."""
     ended = 0
     for size_run in ctx.size_run_ids.values():
-        runs = ctx.client.search_runs(
+        for run in ctx.client.search_runs(
             [ctx.experiment_id],
             f"tags.mlflow.parentRunId = '{size_run}' and attributes.status = 'RUNNING'",
             max_results=5000,
-        )
-        for run in runs:
+        ):
             end(ctx, run.info.run_id, status)
             ended += 1
     return ended

@@ -1,12 +1,10 @@
-"""The study's units of work and their results, typed: what the scheduler hands Tune, what a
-worker runs, and what comes back. This module is the one place that turns a unit into a Tune
-config and a Tune result back into a typed result.
+"""The study's units of work and their typed results, and the one place that turns a unit into
+a Tune config and a Tune result back into a typed result.
 
-Three kinds of unit run in the study's one Tune experiment, so one scheduler hands out the
-cluster: a `Pretraining` of an (n, r) pair, a fine-tuning `Trial` of a cell, and the `Scoring`
-of a cell whose trials have all ended. Only trials report the scheduler's metric, each epoch
-(their validation MAE); the other two report once, their typed result under `RESULT`, and never
-enter an ASHA bracket.
+Three kinds of unit share the study's one Tune experiment: a `Pretraining` of an (n, r) pair, a
+fine-tuning `Trial` of a cell, and the `Scoring` of a cell whose trials have all ended. Only
+trials report the scheduler's metric, each epoch; the other two report once, their typed result
+under `RESULT`, and never enter an ASHA bracket.
 """
 
 from __future__ import annotations
@@ -103,8 +101,7 @@ class Failure:
 
 
 def to_config(unit: Unit) -> dict[str, Any]:
-    """The Tune config of a unit; `cell` stays readable for Tune's trial names and the
-    per-cell scheduler."""
+    """The Tune config of a unit; `cell` is for Tune's trial names and the per-cell scheduler."""
     return {"cell": unit.cell.id, "unit": unit}
 
 
