@@ -26,13 +26,8 @@ def fmt_duration(seconds: float) -> str:
 
 def fmt_rate(per_second: float, unit: str) -> str:
     """Per second when at least one a second, else per minute (slow stages read better so)."""
-    if per_second >= 1:
-        return f"{_short(per_second)} {unit}/s"
-    return f"{_short(60 * per_second)} {unit}/min"
-
-
-def _short(x: float) -> str:
-    return f"{x / 1000:.3g}k" if x >= 1000 else f"{x:.3g}"
+    x, per = (per_second, "s") if per_second >= 1 else (60 * per_second, "min")
+    return f"{x / 1000:.3g}k {unit}/{per}" if x >= 1000 else f"{x:.3g} {unit}/{per}"
 
 
 class Rate:
@@ -55,11 +50,10 @@ class Rate:
         """Units per second over the recent window, measured up to `now` (a stall lowers it)."""
         if not self._recent:
             return None
-        events = list(self._recent)
-        if len(events) > WINDOW:
-            anchor, events = events[0][0], events[1:]
-        else:
-            anchor = self.start
+        events = list(self._recent)  # a full window starts at its oldest event, else at `start`
+        anchor, events = (
+            (events[0][0], events[1:]) if len(events) > WINDOW else (self.start, events)
+        )
         span = now - anchor
         return sum(k for _, k in events) / span if span > 0 else None
 

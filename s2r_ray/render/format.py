@@ -78,6 +78,12 @@ def target_phrase(target: dict) -> str:
     return f"Simulated rows needed for a target MAE of {fmt(target.get('target'))}: {reach}"
 
 
+def headline_sizes(report: dict) -> list[dict]:
+    """The transfer sizes at the fit's m (all of them when m does not vary)."""
+    m = (report.get("fit") or {}).get("m")
+    return [s for s in report.get("sizes") or [] if m is None or s.get("m") == m]
+
+
 def units(report: dict) -> str:
     """' eV' after a number; '' for a study without units."""
     return f" {report['units']}" if report.get("units") else ""

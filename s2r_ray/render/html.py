@@ -1,9 +1,6 @@
-"""report.html: the whole study in one self-contained page a scientist can mail.
-
-Built from the report dict and the files beside it (the plots, config.yaml,
-rejected_rows.csv); it writes nothing and fetches nothing. Plots are embedded as base64 PNG,
-the style is inline, there is no script: the page opens offline, in any mail client's browser,
-and prints. Every text from the report or the files is escaped.
+"""report.html: the whole study in one self-contained page a scientist can mail, from the report
+dict and the files beside it (plots, config.yaml, rejected_rows.csv). Plots are inline base64 PNG,
+the style is inline, no script, nothing fetched: it opens offline and prints. All text is escaped.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from s2r_ray.render.format import (
     extrapolation_phrase,
     fit_sentence,
     fmt,
+    headline_sizes,
     in_units,
     interval,
     target_phrase,
@@ -90,9 +88,7 @@ def _image(path: Path | None, alt: str, caption: str) -> str:
 
 def _largest(report: dict) -> dict | None:
     """The largest transfer size at the fit's m: where the measured gain is best seen."""
-    m = (report.get("fit") or {}).get("m")
-    sizes = [s for s in report.get("sizes") or [] if m is None or s.get("m") == m]
-    return sizes[-1] if sizes else None
+    return (headline_sizes(report) or [None])[-1]
 
 
 # -- the answer, in numbers and words ---------------------------------------------------------
@@ -132,39 +128,35 @@ def _cut(alpha: float) -> str:
 
 
 def _law_words(report: dict) -> list[str]:
-    """The fitted law and what each parameter means for the reader's next simulation."""
+    """The fitted law and what α and C mean for the reader's next simulation, as far as the
+    diagnostics let them say anything."""
     fit = report.get("fit") or {}
     if fit.get("C") is None:
         return [f"Fitted law: {fit_sentence(report)}"]
-    used = fit["sizes_used"]
+    used, u, C = fit["sizes_used"], units(report), fmt(fit["C"])
+    codes = {d["code"] for d in report.get("diagnostics", [])}
     where = f" at m = {fmt(fit['m'])} experimental training rows" if fit.get("m") else ""
-    out = [
+    law = (
         f"Fitted law: {fit_sentence(report)}, bootstrap over repetitions, from {len(used)} "
         f"sizes n = {fmt(min(used))} … {fmt(max(used))}{where}."
-    ]
-    return out + _meaning(fit, {d["code"] for d in report.get("diagnostics", [])}, units(report))
-
-
-def _meaning(fit: dict, codes: set[str], u: str) -> list[str]:
-    """What α and C say, in words, as far as the diagnostics let them say anything."""
-    alpha, bounds, C = fit.get("alpha"), fit.get("alpha_ci90"), fmt(fit["C"])
+    )
+    alpha, bounds = fit.get("alpha"), fit.get("alpha_ci90")
     if alpha is None:
         return [
+            law,
             "The curve is flat: within the noise, more simulated rows do not change the error, "
-            f"which stays at C = {C}{u}"
+            f"which stays at C = {C}{u}",
         ]
     if "alpha_not_identified" in codes:
         return [
+            law,
             "What α and C mean here: nothing firm yet. The errors do not fall clearly enough "
             "against their noise to say how fast more simulation helps or where the error "
-            "levels off (see the notes): do not quote α or C, or extrapolate far."
+            "levels off (see the notes): do not quote α or C, or extrapolate far.",
         ]
     span = f" (between {_cut(bounds[0])} and {_cut(bounds[1])})" if bounds else ""
-    edge = (
-        " α sits at the edge of its allowed range: the form fits poorly."
-        if "alpha_at_bound" in codes
-        else ""
-    )
+    edge = " α sits at the edge of its allowed range: the form fits poorly."
+    edge = edge if "alpha_at_bound" in codes else ""
     if "C_at_bound" in codes:
         gap = (
             "What C means: C = 0 here, no levelling off is seen yet, so the law assumes the "
@@ -182,6 +174,7 @@ def _meaning(fit: dict, codes: set[str], u: str) -> list[str]:
             "simulation and experiment that no number of simulated rows closes."
         )
     return [
+        law,
         f"What α means: each tenfold increase in simulated rows cuts the part of the error "
         f"above C by {_cut(alpha)}{span}.{edge}",
         gap,
@@ -271,47 +264,28 @@ def _answer(report: dict) -> str:
 def _size_rows(report: dict) -> tuple[list[str], list[list[object]]]:
     has_m = any("m" in s for s in report.get("sizes") or [])
     base = report.get("baseline_by_m") or ([report["baseline"]] if report.get("baseline") else [])
-    headers = ["size", *(["m"] if has_m else [])]
-    u = in_units(report)
-    headers += ["reps", f"test MAE{u}", "90% CI", "RMSE", "gain vs n=0", "gain 90% CI", "wins"]
-    headers += ["zero-shot MAE", "source hold-out MAE", "pretraining converged", "trials"]
+    headers = ["size", *(["m"] if has_m else []), "reps", f"test MAE{in_units(report)}", "90% CI"]
+    headers += ["RMSE", "gain vs n=0", "gain 90% CI", "wins", "zero-shot MAE"]
+    headers += ["source hold-out MAE", "pretraining converged", "trials"]
     rows = []
     for s in [*base, *(report.get("sizes") or [])]:
-        gain = s.get("paired_gain") or {}
-        planned = s.get("planned_repetitions")
-        rows.append(
-            [
-                size_key(s["n"]),
-                *([fmt(s.get("m"))] if has_m else []),
-                f"{s['repetitions']}/{planned}" if planned else s["repetitions"],
-                fmt(s.get("test_mae_mean")),
-                interval(s.get("test_mae_ci90")),
-                fmt(s.get("test_rmse_mean")),
-                fmt(gain.get("mean")),
-                interval(gain.get("ci90")),
-                f"{gain['wins']}/{gain['repetitions']}" if gain else "–",
-                fmt(s.get("zero_shot_mae")),
-                fmt(s.get("source_val_mae")),
-                fmt(s.get("pretrain_converged")),
-                fmt(s.get("trials"), 3),
-            ]
-        )
+        g, gain, planned = s.get, s.get("paired_gain") or {}, s.get("planned_repetitions")
+        row = [size_key(s["n"]), *([fmt(g("m"))] if has_m else [])]
+        row += [f"{s['repetitions']}/{planned}" if planned else s["repetitions"]]
+        row += [fmt(g("test_mae_mean")), interval(g("test_mae_ci90")), fmt(g("test_rmse_mean"))]
+        row += [fmt(gain.get("mean")), interval(gain.get("ci90"))]
+        row += [f"{gain['wins']}/{gain['repetitions']}" if gain else "–"]
+        row += [fmt(g(k)) for k in ("zero_shot_mae", "source_val_mae", "pretrain_converged")]
+        rows.append([*row, fmt(g("trials"), 3)])
     return headers, rows
 
 
 def _backtest(report: dict) -> str:
-    rows = [
-        [
-            e["k"],
-            fmt(e["n_fit_max"]),
-            fmt(p["n"]),
-            fmt(p["mae"]),
-            fmt(p["predicted"]),
-            f"{100 * p['rel_error']:+.1f}%",
-        ]
-        for e in report.get("backtest") or []
-        for p in e["points"]
-    ]
+    rows = []
+    for e in report.get("backtest") or []:
+        for p in e["points"]:
+            nums = map(fmt, (e["n_fit_max"], p["n"], p["mae"], p["predicted"]))
+            rows.append([e["k"], *nums, f"{100 * p['rel_error']:+.1f}%"])
     if not rows:
         return '<p class="muted">The backtest needs at least 4 sizes.</p>'
     headers = ["sizes fitted", "up to n", "held-out n", "measured", "predicted", "error"]
@@ -447,11 +421,13 @@ def render_html(
     study, prop = _e(report.get("study", "")), _e(report.get("property") or "test error")
     progress = report.get("progress") or {}
     provisional = (
-        f'<p class="note">Provisional: the study is {_e(status)} '
-        f"({progress.get('cells_done', '?')}/{progress.get('cells_planned', '?')} cells "
-        "finished); this page is rewritten as sizes complete.</p>"
-        if status != "complete"
-        else ""
+        ""
+        if status == "complete"
+        else (
+            f'<p class="note">Provisional: the study is {_e(status)} '
+            f"({progress.get('cells_done', '?')}/{progress.get('cells_planned', '?')} cells "
+            "finished); this page is rewritten as sizes complete.</p>"
+        )
     )
     notes = "".join(
         f'<p class="note"><code>{_e(d["code"])}</code> {_e(d["message"])}</p>'
@@ -497,17 +473,10 @@ def render_html(
             "Config", "config", f"<pre>{_e(config_text)}</pre>" if config_text else "<p>–</p>"
         ),
     ]
-    footer = (
-        f"<p class=muted>Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
-        f"s2r-ray {_e(__version__)}"
-        + (
-            f"; MLflow {_e(mlflow.get('tracking_uri', ''))}, study run "
-            f"{_e(mlflow.get('study_run_id', ''))}"
-            if mlflow
-            else ""
-        )
-        + ".</p>"
-    )
+    uri, run_id = (_e(mlflow.get(k, "")) for k in ("tracking_uri", "study_run_id"))
+    run = f"; MLflow {uri}, study run {run_id}" if mlflow else ""
+    written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    footer = f"<p class=muted>Written {written} by s2r-ray {_e(__version__)}{run}.</p>"
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
