@@ -86,11 +86,6 @@ def _image(path: Path | None, alt: str, caption: str) -> str:
     )
 
 
-def _largest(report: dict) -> dict | None:
-    """The largest transfer size at the fit's m: where the measured gain is best seen."""
-    return (headline_sizes(report) or [None])[-1]
-
-
 # -- the answer, in numbers and words ---------------------------------------------------------
 
 
@@ -103,7 +98,8 @@ def _cards(report: dict) -> str:
         what = "not identified" if "alpha_not_identified" in codes else "how fast simulation helps"
         cards.append((f"α ({what})", fit.get("alpha"), fit.get("alpha_ci90")))
         cards.append((f"C, the transfer gap{u}", fit["C"], fit.get("C_ci90")))
-    largest, base = _largest(report), report.get("baseline")
+    # the largest transfer size at the fit's m: where the measured gain is best seen
+    largest, base = (headline_sizes(report) or [None])[-1], report.get("baseline")
     if largest:
         label = f"test MAE at n = {fmt(largest['n'])}{u}"
         cards.append((label, largest["test_mae_mean"], largest.get("test_mae_ci90")))
@@ -184,7 +180,7 @@ def _law_words(report: dict) -> list[str]:
 def _findings(report: dict) -> list[str]:
     """Measured gain, predictions, target and references: one sentence each."""
     u, out = units(report), []
-    largest, base = _largest(report), report.get("baseline")
+    largest, base = (headline_sizes(report) or [None])[-1], report.get("baseline")
     if largest and largest.get("test_mae_mean") is not None:
         text = (
             f"Measured: at the largest size n = {fmt(largest['n'])}, test MAE "
@@ -293,16 +289,12 @@ def _backtest(report: dict) -> str:
 
 
 def _alternatives(report: dict) -> str:
-    rows = [
-        [
-            a["form"] + (" (headline)" if a.get("headline") else ""),
-            a["n_params"],
-            fmt(a.get("delta_aicc"), 3),
-            "–" if a.get("backtest_rel_error") is None else f"{100 * a['backtest_rel_error']:.1f}%",
-            fmt(a.get("best_extrapolating")),
-        ]
-        for a in report.get("alternatives") or []
-    ]
+    rows = []
+    for a in report.get("alternatives") or []:
+        form = a["form"] + (" (headline)" if a.get("headline") else "")
+        err = a.get("backtest_rel_error")
+        err, best = "–" if err is None else f"{100 * err:.1f}%", fmt(a.get("best_extrapolating"))
+        rows.append([form, a["n_params"], fmt(a.get("delta_aicc"), 3), err, best])
     if not rows:
         return ""
     headers = ["form", "parameters", "ΔAICc", "backtest error", "best extrapolating"]
@@ -313,17 +305,11 @@ def _target_axis(report: dict, plots: dict[str, Path]) -> str:
     axis = report.get("target_axis")
     if not axis:
         return ""
-    rows = [
-        [
-            fmt(e["m"]),
-            fmt(e.get("alpha"), 3),
-            interval(e.get("alpha_ci90"), 3),
-            fmt(e.get("C")),
-            interval(e.get("C_ci90")),
-            ", ".join(fmt(n) for n in e.get("sizes_used") or []),
-        ]
-        for e in axis["scaling_in_n"]
-    ]
+    rows = []
+    for e in axis["scaling_in_n"]:
+        alpha = [fmt(e.get("alpha"), 3), interval(e.get("alpha_ci90"), 3)]
+        used = ", ".join(fmt(n) for n in e.get("sizes_used") or [])
+        rows.append([fmt(e["m"]), *alpha, fmt(e.get("C")), interval(e.get("C_ci90")), used])
     body = _image(
         plots.get("target_axis"),
         "E(n) at each m and E(m) with and without pretraining",
@@ -341,26 +327,12 @@ def _target_axis(report: dict, plots: dict[str, Path]) -> str:
         f"<p>How many experimental rows the baseline (no pretraining) would need to match the "
         f"pretrained model trained on m = {_e(fmt(eq['m_ref']))} rows.</p>"
     )
-    rows = [
-        [
-            fmt(p["n"]),
-            fmt(p["mae"]),
-            fmt(p["m_eq"], 3),
-            interval(p.get("m_eq_ci90"), 3),
-            fmt(p["gain_factor"], 3),
-            fmt(p["extrapolated"]),
-        ]
-        for p in eq["points"]
-    ]
+    rows = []
+    for p in eq["points"]:
+        m_eq = [fmt(p["m_eq"], 3), interval(p.get("m_eq_ci90"), 3), fmt(p["gain_factor"], 3)]
+        rows.append([fmt(p["n"]), fmt(p["mae"]), *m_eq, fmt(p["extrapolated"])])
     headers = ["n", "MAE", "equivalent m", "90% CI", "× m", "extrapolated"]
     return body + _table(headers, rows, left=0)
-
-
-def _counts(report: dict) -> str:
-    counts = report.get("counts") or {}
-    if not counts:
-        return ""
-    return _table(["count", "value"], [[k.replace("_", " "), fmt(v)] for k, v in counts.items()])
 
 
 def _rejected(path: Path | None) -> str:
@@ -403,8 +375,7 @@ def _timing(report: dict) -> str:
             rows.append(["share of wall × slots spent training", f"{100 * value:.0f}%", ""])
         else:
             rows.append([key.replace("_", " "), fmt(value), ""])
-    progress = report.get("progress") or {}
-    if progress:
+    if progress := report.get("progress"):
         rows.append(["cells finished", f"{progress['cells_done']}/{progress['cells_planned']}", ""])
     return _table([], rows) if rows else '<p class="muted">Not recorded yet.</p>'
 
@@ -433,7 +404,7 @@ def render_html(
         f'<p class="note"><code>{_e(d["code"])}</code> {_e(d["message"])}</p>'
         for d in report.get("diagnostics") or []
     )
-    headers, rows = _size_rows(report)
+    counts = [[k.replace("_", " "), fmt(v)] for k, v in (report.get("counts") or {}).items()]
     config_text = config.read_text() if config is not None and config.is_file() else ""
     mlflow = report.get("mlflow") or {}
     axis = _target_axis(report, plots)
@@ -465,9 +436,13 @@ def render_html(
             + _alternatives(report),
         ),
         *([_section("The experimental axis m", "m-axis", axis)] if axis else []),
-        _section("Per size", "sizes", _table(headers, rows)),
+        _section("Per size", "sizes", _table(*_size_rows(report))),
         _section("Notes", "notes", notes or "<p>None.</p>"),
-        _section("Data", "data", _counts(report) + _rejected(rejected)),
+        _section(
+            "Data",
+            "data",
+            (_table(["count", "value"], counts) if counts else "") + _rejected(rejected),
+        ),
         _section("Timing", "timing", _timing(report)),
         _section(
             "Config", "config", f"<pre>{_e(config_text)}</pre>" if config_text else "<p>–</p>"

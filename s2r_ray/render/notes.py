@@ -74,8 +74,8 @@ def artifact_path(experiment_id: str, run_id: str, name: str) -> str:
 def runs_path(
     experiment_id: str, search: str | None = None, order_by: str | None = None, asc: bool = False
 ) -> str:
-    """The runs list, filtered and ordered. Oldest first puts a study run on top of its own
-    runs, with the size runs (created next) and their trials nested under it."""
+    """The runs list, filtered and ordered; oldest first puts a study run above its size runs
+    and their trials."""
     query = {"workflowType": "machine_learning"}
     query |= {"searchFilter": search} if search else {}
     query |= {"orderByKey": order_by, "orderByAsc": str(asc).lower()} if order_by else {}
@@ -105,26 +105,9 @@ def _link(text: str, path: str) -> str:
     return f"[{text}]({path})"
 
 
-def _sizes_table(report: dict) -> list[str]:
-    entries = ([report["baseline"]] if report.get("baseline") else []) + report.get("sizes", [])
-    has_m = any(e.get("m") is not None for e in entries)
-    m_head, m_rule = (" m |", "---:|") if has_m else ("", "")
-    rows = [f"| n |{m_head} repetitions | test MAE | 90% interval | gain vs n=0 |"]
-    rows.append(f"|---:|{m_rule}---:|---:|---|---:|")
-    for e in entries:
-        gain = (e.get("paired_gain") or {}).get("mean")
-        m = f" {fmt(e.get('m'))} |" if has_m else ""
-        rows.append(
-            f"| {size_key(e.get('n', 0))} |{m} {e.get('repetitions', 0)} |"
-            f" {fmt(e.get('test_mae_mean'))} | {interval(e.get('test_mae_ci90'))} | {fmt(gain)} |"
-        )
-    return rows
-
-
 def headline(report: dict) -> str:
     """One line for the experiment's studies table: state, fit, best size."""
-    fit = report.get("fit") or {}
-    progress = report.get("progress") or {}
+    fit, progress = report.get("fit") or {}, report.get("progress") or {}
     parts = [str(report.get("status", "running"))]
     if progress.get("cells_planned"):
         parts.append(f"{progress.get('cells_done', 0)}/{progress['cells_planned']} cells")
@@ -155,6 +138,18 @@ def study_note(report: dict, experiment_id: str, study_run_id: str, plots: list[
         _link("failed trials", runs_path(e, study_filter(s, "trial", status="FAILED"))),
         _link("pretraining", runs_path(e, study_filter(s, "pretrain"))),
     ]
+    entries = ([report["baseline"]] if report.get("baseline") else []) + report.get("sizes", [])
+    has_m = any(x.get("m") is not None for x in entries)
+    m_head, m_rule = (" m |", "---:|") if has_m else ("", "")
+    table = [f"| n |{m_head} repetitions | test MAE | 90% interval | gain vs n=0 |"]
+    table.append(f"|---:|{m_rule}---:|---:|---|---:|")
+    for x in entries:
+        gain = (x.get("paired_gain") or {}).get("mean")
+        m = f" {fmt(x.get('m'))} |" if has_m else ""
+        table.append(
+            f"| {size_key(x.get('n', 0))} |{m} {x.get('repetitions', 0)} |"
+            f" {fmt(x.get('test_mae_mean'))} | {interval(x.get('test_mae_ci90'))} | {fmt(gain)} |"
+        )
     lines = [
         f"**{report.get('study')}** ({report.get('status')}): test MAE{in_units(report)} of "
         f"{report.get('property') or 'the target'} against the number n of simulated rows.",
@@ -162,7 +157,7 @@ def study_note(report: dict, experiment_id: str, study_run_id: str, plots: list[
         f"**Fit:** {fit_sentence(report)}.",
         "",
         *([f"**Plots:** {' · '.join(plot_links)}", ""] if plots else []),
-        *_sizes_table(report),
+        *table,
         "",
         *([f"References: {refs}.", ""] if refs else []),
         "**Extrapolation**",

@@ -1,8 +1,6 @@
 """Plots drawn from the report dict alone, so `s2r report` can re-render them from report.json.
-
-Figures are built with matplotlib's object API and the Agg canvas (no pyplot state), so they
-are safe inside a long-running actor. Every panel copes with missing pieces (no sizes, no fit,
-no baseline) by drawing what there is and saying what is not.
+Object API and Agg canvas (no pyplot state): safe inside a long-running actor. Every panel draws
+what there is (no sizes, no fit, no baseline) and says what is not.
 """
 
 from __future__ import annotations

@@ -45,18 +45,6 @@ def cell_line(record: dict, records: list[dict], done: int, total: int) -> str:
     return f"{where}: test MAE {fmt(record['mae'])} (best so far{at})"
 
 
-def _worth(point: dict) -> str:
-    """What n simulated rows are worth: experimental rows beyond m_ref, per simulated row."""
-    n = fmt(point["n"])
-    if point["m_eq"] == "unreachable":
-        return f"  at n = {n}: below the fitted floor C0 of E0(m): no m on that curve matches it"
-    return (
-        f"  at n = {n}: one simulated row is worth {fmt(point['worth_per_row'], 2)} "
-        f"{interval(point.get('worth_per_row_ci90'), 2)} experimental rows "
-        f"(no pretraining needs m = {fmt(point['m_eq'], 3)} {interval(point.get('m_eq_ci90'), 3)})"
-    )
-
-
 def summary_text(report: dict) -> str:
     """The report as a person reads it in a terminal."""
     by_m = report.get("baseline_by_m")  # the study varies m: a block of sizes n per m
@@ -67,7 +55,7 @@ def summary_text(report: dict) -> str:
         + f"  {'n':>9} {'reps':>5} {'MAE':>9} {'90% CI':>21} {'gain vs n=0':>12}",
     ]
     rows = by_m or ([report["baseline"]] if report.get("baseline") else [])
-    rows = rows + list(report.get("sizes", []))
+    rows = [*rows, *report.get("sizes", [])]
     if by_m:
         rows.sort(key=lambda s: (s["m"], s["n"]))
     for s in rows:
@@ -102,6 +90,14 @@ def summary_text(report: dict) -> str:
             f"  equivalent experimental sample size at m = {fmt(eq['m_ref'])} (90% CI; an m "
             f"above {fmt(b['m_used'][-1])} extrapolates E0):"
         )
-        lines += [_worth(p) for p in eq["points"]]
+        for p in eq["points"]:  # what n simulated rows are worth in experimental rows
+            n = fmt(p["n"])
+            lines.append(
+                f"  at n = {n}: below the fitted floor C0 of E0(m): no m on that curve matches it"
+                if p["m_eq"] == "unreachable"
+                else f"  at n = {n}: one simulated row is worth {fmt(p['worth_per_row'], 2)} "
+                f"{interval(p.get('worth_per_row_ci90'), 2)} experimental rows (no pretraining "
+                f"needs m = {fmt(p['m_eq'], 3)} {interval(p.get('m_eq_ci90'), 3)})"
+            )
     lines += [f"  note: {d.get('message')}" for d in report.get("diagnostics") or []]
     return "\n".join(lines)
