@@ -1,9 +1,6 @@
-"""Progress of long stages (featurization, pretrainings, cells): the recent rate and an ETA.
-
-`Rate` turns event times into "6.2 cells/min, ETA 1:08"; the driver's lines and `s2r status`
-use it. `Meter` prints a stage that has no lines of its own (featurization of a large table),
-the way tqdm-style tools do on a terminal: one line rewritten in place with \\r. Into a file or
-a pipe it writes whole lines, one per tenth of the work, so a log never fills with updates.
+"""Progress of long stages: `Rate` turns event times into "6.2 cells/min, ETA 1:08" (the driver's
+lines, `s2r status`); `Meter` prints a stage with no lines of its own, on a terminal as one line
+rewritten with \\r, into a file or pipe one line per tenth of the work, so a log never fills up.
 """
 
 from __future__ import annotations
@@ -26,20 +23,13 @@ def fmt_duration(seconds: float) -> str:
 
 def fmt_rate(per_second: float, unit: str) -> str:
     """Per second when at least one a second, else per minute (slow stages read better so)."""
-    if per_second >= 1:
-        return f"{_short(per_second)} {unit}/s"
-    return f"{_short(60 * per_second)} {unit}/min"
-
-
-def _short(x: float) -> str:
-    return f"{x / 1000:.3g}k" if x >= 1000 else f"{x:.3g}"
+    x, per = (per_second, "s") if per_second >= 1 else (60 * per_second, "min")
+    return f"{x / 1000:.3g}k {unit}/{per}" if x >= 1000 else f"{x:.3g} {unit}/{per}"
 
 
 class Rate:
-    """Done out of total, and the rate over the last `WINDOW` events since `start`.
-
-    Events before `start` (an earlier attempt's cells) count as done but not in the rate: the
-    pause between two attempts is no measure of speed."""
+    """Done out of total, and the rate over the last `WINDOW` events since `start`: earlier ones
+    (an earlier attempt's) count as done only, a pause between attempts is no measure of speed."""
 
     def __init__(self, total: int, done: int = 0, start: float | None = None, unit: str = "cells"):
         self.total, self.done, self.unit = total, done, unit
@@ -55,11 +45,10 @@ class Rate:
         """Units per second over the recent window, measured up to `now` (a stall lowers it)."""
         if not self._recent:
             return None
-        events = list(self._recent)
-        if len(events) > WINDOW:
-            anchor, events = events[0][0], events[1:]
-        else:
-            anchor = self.start
+        events = list(self._recent)  # a full window starts at its oldest event, else at `start`
+        anchor, events = (
+            (events[0][0], events[1:]) if len(events) > WINDOW else (self.start, events)
+        )
         span = now - anchor
         return sum(k for _, k in events) / span if span > 0 else None
 
@@ -98,10 +87,9 @@ class Meter:
         self.rate.add(k=k)
         now, r = time.time(), self.rate
         tenths = 10 * r.done // max(1, r.total)
-        finished = r.done >= r.total
-        if self._tty and not (finished or now - self._written_at >= TTY_EVERY_S):
-            return
-        if not self._tty and tenths == self._tenths:
+        # a terminal line at most every TTY_EVERY_S and at the end, else one per tenth
+        due = r.done >= r.total or now - self._written_at >= TTY_EVERY_S
+        if not (due if self._tty else tenths != self._tenths):
             return
         self._tenths, self._written_at = tenths, now
         # on a terminal: back to the line's start, rewrite it, clear what a longer one left

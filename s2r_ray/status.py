@@ -13,48 +13,34 @@ from s2r_ray.protocol import cell_grid, size_key
 from s2r_ray.render.text import fit_line
 
 
-def attempt_start(folder: StudyFolder, state: dict) -> float:
-    """When the current attempt began: study.json's `attempt_started_at`, else the time
-    study.json was last written (at the attempt's start, seconds after loading the data)."""
-    return float(state.get("attempt_started_at") or folder.state_written_at())
-
-
-def size_rows(planned: Counter[int], records: list[dict]) -> list[tuple[str, int, int, int]]:
-    """(size, finished, planned, failed) per size, baseline first."""
-    done = Counter(r["n"] for r in records)
-    failed = Counter(r["n"] for r in records if r.get("status") != "ok")
-    return [(size_key(n), done[n], planned[n], failed[n]) for n in sorted(planned)]
-
-
-def cell_rate(records: list[dict], total: int, since: float) -> Rate:
-    """The rate of the cells finished since `since` (the attempt's start); earlier cells count
-    as done only."""
-    times = sorted(r["finished_at"] for r in records if r.get("finished_at", 0) >= since)
-    rate = Rate(total, len(records) - len(times), start=since)
-    for t in times:
-        rate.add(t)
-    return rate
-
-
 def status_text(folder: StudyFolder, now: float | None = None) -> str:
     """Cells done/planned per size, failures, time so far, rate and ETA, the current fit."""
     now = time.time() if now is None else now
     cfg, state, records = folder.config(), folder.state(), folder.ledger()
     planned = Counter(c.n for c in cell_grid(cfg))
     total, status = sum(planned.values()), folder.status()
-    failed = sum(1 for r in records if r.get("status") != "ok")
+    done = Counter(r["n"] for r in records)
+    failed = Counter(r["n"] for r in records if r.get("status") != "ok")
     before, attempts = float(state.get("elapsed_seconds", 0.0)), state.get("attempts", 1)
     lines = [
         f"study {cfg.name} in {folder.path}: {status}, attempt {attempts}; "
-        f"{len(records)}/{total} cells finished, {failed} failed"
+        f"{len(records)}/{total} cells finished, {failed.total()} failed",
+        f"  {'size':>10} {'finished':>9} {'planned':>8} {'failed':>7}",
     ]
-    lines.append(f"  {'size':>10} {'finished':>9} {'planned':>8} {'failed':>7}")
-    lines += [f"  {s:>10} {d:>9} {p:>8} {f:>7}" for s, d, p, f in size_rows(planned, records)]
+    lines += [
+        f"  {size_key(n):>10} {done[n]:>9} {planned[n]:>8} {failed[n]:>7}" for n in sorted(planned)
+    ]
     if status == "running" and folder.driver_alive():
-        start = attempt_start(folder, state)
+        # the attempt began at study.json's `attempt_started_at`, else when study.json was last
+        # written (at its start, seconds after loading the data); only its cells make the rate
+        start = float(state.get("attempt_started_at") or folder.state_written_at())
+        times = sorted(r["finished_at"] for r in records if r.get("finished_at", 0) >= start)
+        rate = Rate(total, len(records) - len(times), start=start)
+        for t in times:
+            rate.add(t)
         lines.append(
             f"  time so far {fmt_duration(before + now - start)} (this attempt "
-            f"{fmt_duration(now - start)}); {cell_rate(records, total, start).describe(now)}"
+            f"{fmt_duration(now - start)}); {rate.describe(now)}"
         )
     elif status == "running":
         lines.append(

@@ -1,8 +1,5 @@
-"""The number formats every view shares: a number, an interval, and the fitted law in words.
-
-One format per idea, so the terminal, the MLflow notes, report.html and the plots print the same
-value the same way. A value the report could not compute is None ("–"); a size the curve never
-reaches is the report's word for it ("unreachable"), printed as that word.
+"""The formats every view shares (a number, an interval, the fitted law in words), so each view
+prints a value the same way. A value not computed is None ("–"); a word ("unreachable") stays.
 """
 
 from __future__ import annotations
@@ -37,9 +34,8 @@ def interval(ci: Sequence | None, digits: int = 4) -> str:
 
 
 def fit_sentence(report: dict) -> str:
-    """The fitted law with the intervals of α and C, or why there is none yet: the one wording
-    the terminal, the live log, the MLflow note and report.html all use. D only scales the
-    curve, so its interval (in report.json) is left out."""
+    """The fitted law with the intervals of α and C, or why there is none yet, as every view
+    words it. D only scales the curve, so its interval (in report.json) is left out."""
     fit = report.get("fit") or {}
     if fit.get("C") is None:
         why = next(
@@ -76,6 +72,12 @@ def target_phrase(target: dict) -> str:
         else f"n ≈ {fmt(n, 3)} {interval(target.get('n_ci90'), 3)}"
     )
     return f"Simulated rows needed for a target MAE of {fmt(target.get('target'))}: {reach}"
+
+
+def headline_sizes(report: dict) -> list[dict]:
+    """The transfer sizes at the fit's m (all of them when m does not vary)."""
+    m = (report.get("fit") or {}).get("m")
+    return [s for s in report.get("sizes") or [] if m is None or s.get("m") == m]
 
 
 def units(report: dict) -> str:

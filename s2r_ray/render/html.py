@@ -1,9 +1,6 @@
-"""report.html: the whole study in one self-contained page a scientist can mail.
-
-Built from the report dict and the files beside it (the plots, config.yaml,
-rejected_rows.csv); it writes nothing and fetches nothing. Plots are embedded as base64 PNG,
-the style is inline, there is no script: the page opens offline, in any mail client's browser,
-and prints. Every text from the report or the files is escaped.
+"""report.html: the whole study in one self-contained page a scientist can mail, from the report
+dict and the files beside it (plots, config.yaml, rejected_rows.csv). Plots are inline base64 PNG,
+the style is inline, no script, nothing fetched: it opens offline and prints. All text is escaped.
 """
 
 from __future__ import annotations
@@ -23,6 +20,7 @@ from s2r_ray.render.format import (
     extrapolation_phrase,
     fit_sentence,
     fmt,
+    headline_sizes,
     in_units,
     interval,
     target_phrase,
@@ -88,13 +86,6 @@ def _image(path: Path | None, alt: str, caption: str) -> str:
     )
 
 
-def _largest(report: dict) -> dict | None:
-    """The largest transfer size at the fit's m: where the measured gain is best seen."""
-    m = (report.get("fit") or {}).get("m")
-    sizes = [s for s in report.get("sizes") or [] if m is None or s.get("m") == m]
-    return sizes[-1] if sizes else None
-
-
 # -- the answer, in numbers and words ---------------------------------------------------------
 
 
@@ -107,7 +98,8 @@ def _cards(report: dict) -> str:
         what = "not identified" if "alpha_not_identified" in codes else "how fast simulation helps"
         cards.append((f"α ({what})", fit.get("alpha"), fit.get("alpha_ci90")))
         cards.append((f"C, the transfer gap{u}", fit["C"], fit.get("C_ci90")))
-    largest, base = _largest(report), report.get("baseline")
+    # the largest transfer size at the fit's m: where the measured gain is best seen
+    largest, base = (headline_sizes(report) or [None])[-1], report.get("baseline")
     if largest:
         label = f"test MAE at n = {fmt(largest['n'])}{u}"
         cards.append((label, largest["test_mae_mean"], largest.get("test_mae_ci90")))
@@ -132,39 +124,35 @@ def _cut(alpha: float) -> str:
 
 
 def _law_words(report: dict) -> list[str]:
-    """The fitted law and what each parameter means for the reader's next simulation."""
+    """The fitted law and what α and C mean for the reader's next simulation, as far as the
+    diagnostics let them say anything."""
     fit = report.get("fit") or {}
     if fit.get("C") is None:
         return [f"Fitted law: {fit_sentence(report)}"]
-    used = fit["sizes_used"]
+    used, u, C = fit["sizes_used"], units(report), fmt(fit["C"])
+    codes = {d["code"] for d in report.get("diagnostics", [])}
     where = f" at m = {fmt(fit['m'])} experimental training rows" if fit.get("m") else ""
-    out = [
+    law = (
         f"Fitted law: {fit_sentence(report)}, bootstrap over repetitions, from {len(used)} "
         f"sizes n = {fmt(min(used))} … {fmt(max(used))}{where}."
-    ]
-    return out + _meaning(fit, {d["code"] for d in report.get("diagnostics", [])}, units(report))
-
-
-def _meaning(fit: dict, codes: set[str], u: str) -> list[str]:
-    """What α and C say, in words, as far as the diagnostics let them say anything."""
-    alpha, bounds, C = fit.get("alpha"), fit.get("alpha_ci90"), fmt(fit["C"])
+    )
+    alpha, bounds = fit.get("alpha"), fit.get("alpha_ci90")
     if alpha is None:
         return [
+            law,
             "The curve is flat: within the noise, more simulated rows do not change the error, "
-            f"which stays at C = {C}{u}"
+            f"which stays at C = {C}{u}",
         ]
     if "alpha_not_identified" in codes:
         return [
+            law,
             "What α and C mean here: nothing firm yet. The errors do not fall clearly enough "
             "against their noise to say how fast more simulation helps or where the error "
-            "levels off (see the notes): do not quote α or C, or extrapolate far."
+            "levels off (see the notes): do not quote α or C, or extrapolate far.",
         ]
     span = f" (between {_cut(bounds[0])} and {_cut(bounds[1])})" if bounds else ""
-    edge = (
-        " α sits at the edge of its allowed range: the form fits poorly."
-        if "alpha_at_bound" in codes
-        else ""
-    )
+    edge = " α sits at the edge of its allowed range: the form fits poorly."
+    edge = edge if "alpha_at_bound" in codes else ""
     if "C_at_bound" in codes:
         gap = (
             "What C means: C = 0 here, no levelling off is seen yet, so the law assumes the "
@@ -182,6 +170,7 @@ def _meaning(fit: dict, codes: set[str], u: str) -> list[str]:
             "simulation and experiment that no number of simulated rows closes."
         )
     return [
+        law,
         f"What α means: each tenfold increase in simulated rows cuts the part of the error "
         f"above C by {_cut(alpha)}{span}.{edge}",
         gap,
@@ -191,7 +180,7 @@ def _meaning(fit: dict, codes: set[str], u: str) -> list[str]:
 def _findings(report: dict) -> list[str]:
     """Measured gain, predictions, target and references: one sentence each."""
     u, out = units(report), []
-    largest, base = _largest(report), report.get("baseline")
+    largest, base = (headline_sizes(report) or [None])[-1], report.get("baseline")
     if largest and largest.get("test_mae_mean") is not None:
         text = (
             f"Measured: at the largest size n = {fmt(largest['n'])}, test MAE "
@@ -271,47 +260,28 @@ def _answer(report: dict) -> str:
 def _size_rows(report: dict) -> tuple[list[str], list[list[object]]]:
     has_m = any("m" in s for s in report.get("sizes") or [])
     base = report.get("baseline_by_m") or ([report["baseline"]] if report.get("baseline") else [])
-    headers = ["size", *(["m"] if has_m else [])]
-    u = in_units(report)
-    headers += ["reps", f"test MAE{u}", "90% CI", "RMSE", "gain vs n=0", "gain 90% CI", "wins"]
-    headers += ["zero-shot MAE", "source hold-out MAE", "pretraining converged", "trials"]
+    headers = ["size", *(["m"] if has_m else []), "reps", f"test MAE{in_units(report)}", "90% CI"]
+    headers += ["RMSE", "gain vs n=0", "gain 90% CI", "wins", "zero-shot MAE"]
+    headers += ["source hold-out MAE", "pretraining converged", "trials"]
     rows = []
     for s in [*base, *(report.get("sizes") or [])]:
-        gain = s.get("paired_gain") or {}
-        planned = s.get("planned_repetitions")
-        rows.append(
-            [
-                size_key(s["n"]),
-                *([fmt(s.get("m"))] if has_m else []),
-                f"{s['repetitions']}/{planned}" if planned else s["repetitions"],
-                fmt(s.get("test_mae_mean")),
-                interval(s.get("test_mae_ci90")),
-                fmt(s.get("test_rmse_mean")),
-                fmt(gain.get("mean")),
-                interval(gain.get("ci90")),
-                f"{gain['wins']}/{gain['repetitions']}" if gain else "–",
-                fmt(s.get("zero_shot_mae")),
-                fmt(s.get("source_val_mae")),
-                fmt(s.get("pretrain_converged")),
-                fmt(s.get("trials"), 3),
-            ]
-        )
+        g, gain, planned = s.get, s.get("paired_gain") or {}, s.get("planned_repetitions")
+        row = [size_key(s["n"]), *([fmt(g("m"))] if has_m else [])]
+        row += [f"{s['repetitions']}/{planned}" if planned else s["repetitions"]]
+        row += [fmt(g("test_mae_mean")), interval(g("test_mae_ci90")), fmt(g("test_rmse_mean"))]
+        row += [fmt(gain.get("mean")), interval(gain.get("ci90"))]
+        row += [f"{gain['wins']}/{gain['repetitions']}" if gain else "–"]
+        row += [fmt(g(k)) for k in ("zero_shot_mae", "source_val_mae", "pretrain_converged")]
+        rows.append([*row, fmt(g("trials"), 3)])
     return headers, rows
 
 
 def _backtest(report: dict) -> str:
-    rows = [
-        [
-            e["k"],
-            fmt(e["n_fit_max"]),
-            fmt(p["n"]),
-            fmt(p["mae"]),
-            fmt(p["predicted"]),
-            f"{100 * p['rel_error']:+.1f}%",
-        ]
-        for e in report.get("backtest") or []
-        for p in e["points"]
-    ]
+    rows = []
+    for e in report.get("backtest") or []:
+        for p in e["points"]:
+            nums = map(fmt, (e["n_fit_max"], p["n"], p["mae"], p["predicted"]))
+            rows.append([e["k"], *nums, f"{100 * p['rel_error']:+.1f}%"])
     if not rows:
         return '<p class="muted">The backtest needs at least 4 sizes.</p>'
     headers = ["sizes fitted", "up to n", "held-out n", "measured", "predicted", "error"]
@@ -319,16 +289,12 @@ def _backtest(report: dict) -> str:
 
 
 def _alternatives(report: dict) -> str:
-    rows = [
-        [
-            a["form"] + (" (headline)" if a.get("headline") else ""),
-            a["n_params"],
-            fmt(a.get("delta_aicc"), 3),
-            "–" if a.get("backtest_rel_error") is None else f"{100 * a['backtest_rel_error']:.1f}%",
-            fmt(a.get("best_extrapolating")),
-        ]
-        for a in report.get("alternatives") or []
-    ]
+    rows = []
+    for a in report.get("alternatives") or []:
+        form = a["form"] + (" (headline)" if a.get("headline") else "")
+        err = a.get("backtest_rel_error")
+        err, best = "–" if err is None else f"{100 * err:.1f}%", fmt(a.get("best_extrapolating"))
+        rows.append([form, a["n_params"], fmt(a.get("delta_aicc"), 3), err, best])
     if not rows:
         return ""
     headers = ["form", "parameters", "ΔAICc", "backtest error", "best extrapolating"]
@@ -339,17 +305,11 @@ def _target_axis(report: dict, plots: dict[str, Path]) -> str:
     axis = report.get("target_axis")
     if not axis:
         return ""
-    rows = [
-        [
-            fmt(e["m"]),
-            fmt(e.get("alpha"), 3),
-            interval(e.get("alpha_ci90"), 3),
-            fmt(e.get("C")),
-            interval(e.get("C_ci90")),
-            ", ".join(fmt(n) for n in e.get("sizes_used") or []),
-        ]
-        for e in axis["scaling_in_n"]
-    ]
+    rows = []
+    for e in axis["scaling_in_n"]:
+        alpha = [fmt(e.get("alpha"), 3), interval(e.get("alpha_ci90"), 3)]
+        used = ", ".join(fmt(n) for n in e.get("sizes_used") or [])
+        rows.append([fmt(e["m"]), *alpha, fmt(e.get("C")), interval(e.get("C_ci90")), used])
     body = _image(
         plots.get("target_axis"),
         "E(n) at each m and E(m) with and without pretraining",
@@ -367,26 +327,12 @@ def _target_axis(report: dict, plots: dict[str, Path]) -> str:
         f"<p>How many experimental rows the baseline (no pretraining) would need to match the "
         f"pretrained model trained on m = {_e(fmt(eq['m_ref']))} rows.</p>"
     )
-    rows = [
-        [
-            fmt(p["n"]),
-            fmt(p["mae"]),
-            fmt(p["m_eq"], 3),
-            interval(p.get("m_eq_ci90"), 3),
-            fmt(p["gain_factor"], 3),
-            fmt(p["extrapolated"]),
-        ]
-        for p in eq["points"]
-    ]
+    rows = []
+    for p in eq["points"]:
+        m_eq = [fmt(p["m_eq"], 3), interval(p.get("m_eq_ci90"), 3), fmt(p["gain_factor"], 3)]
+        rows.append([fmt(p["n"]), fmt(p["mae"]), *m_eq, fmt(p["extrapolated"])])
     headers = ["n", "MAE", "equivalent m", "90% CI", "× m", "extrapolated"]
     return body + _table(headers, rows, left=0)
-
-
-def _counts(report: dict) -> str:
-    counts = report.get("counts") or {}
-    if not counts:
-        return ""
-    return _table(["count", "value"], [[k.replace("_", " "), fmt(v)] for k, v in counts.items()])
 
 
 def _rejected(path: Path | None) -> str:
@@ -429,8 +375,7 @@ def _timing(report: dict) -> str:
             rows.append(["share of wall × slots spent training", f"{100 * value:.0f}%", ""])
         else:
             rows.append([key.replace("_", " "), fmt(value), ""])
-    progress = report.get("progress") or {}
-    if progress:
+    if progress := report.get("progress"):
         rows.append(["cells finished", f"{progress['cells_done']}/{progress['cells_planned']}", ""])
     return _table([], rows) if rows else '<p class="muted">Not recorded yet.</p>'
 
@@ -447,17 +392,19 @@ def render_html(
     study, prop = _e(report.get("study", "")), _e(report.get("property") or "test error")
     progress = report.get("progress") or {}
     provisional = (
-        f'<p class="note">Provisional: the study is {_e(status)} '
-        f"({progress.get('cells_done', '?')}/{progress.get('cells_planned', '?')} cells "
-        "finished); this page is rewritten as sizes complete.</p>"
-        if status != "complete"
-        else ""
+        ""
+        if status == "complete"
+        else (
+            f'<p class="note">Provisional: the study is {_e(status)} '
+            f"({progress.get('cells_done', '?')}/{progress.get('cells_planned', '?')} cells "
+            "finished); this page is rewritten as sizes complete.</p>"
+        )
     )
     notes = "".join(
         f'<p class="note"><code>{_e(d["code"])}</code> {_e(d["message"])}</p>'
         for d in report.get("diagnostics") or []
     )
-    headers, rows = _size_rows(report)
+    counts = [[k.replace("_", " "), fmt(v)] for k, v in (report.get("counts") or {}).items()]
     config_text = config.read_text() if config is not None and config.is_file() else ""
     mlflow = report.get("mlflow") or {}
     axis = _target_axis(report, plots)
@@ -489,25 +436,22 @@ def render_html(
             + _alternatives(report),
         ),
         *([_section("The experimental axis m", "m-axis", axis)] if axis else []),
-        _section("Per size", "sizes", _table(headers, rows)),
+        _section("Per size", "sizes", _table(*_size_rows(report))),
         _section("Notes", "notes", notes or "<p>None.</p>"),
-        _section("Data", "data", _counts(report) + _rejected(rejected)),
+        _section(
+            "Data",
+            "data",
+            (_table(["count", "value"], counts) if counts else "") + _rejected(rejected),
+        ),
         _section("Timing", "timing", _timing(report)),
         _section(
             "Config", "config", f"<pre>{_e(config_text)}</pre>" if config_text else "<p>–</p>"
         ),
     ]
-    footer = (
-        f"<p class=muted>Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by "
-        f"s2r-ray {_e(__version__)}"
-        + (
-            f"; MLflow {_e(mlflow.get('tracking_uri', ''))}, study run "
-            f"{_e(mlflow.get('study_run_id', ''))}"
-            if mlflow
-            else ""
-        )
-        + ".</p>"
-    )
+    uri, run_id = (_e(mlflow.get(k, "")) for k in ("tracking_uri", "study_run_id"))
+    run = f"; MLflow {uri}, study run {run_id}" if mlflow else ""
+    written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    footer = f"<p class=muted>Written {written} by s2r-ray {_e(__version__)}{run}.</p>"
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'

@@ -1,10 +1,8 @@
-"""What a reviewer reads in the MLflow UI: run names, the markdown descriptions of the study and
-size runs and of the experiment, and the links into the UI, built from plain dicts.
+"""What a reviewer reads in the MLflow UI: run names, the markdown notes of the study, size runs
+and experiment, and links into the UI; pure (no MLflow import, `tracking.py` writes them).
 
-Pure (no MLflow import), so every sentence and link is testable alone; `tracking.py` writes them.
-The links are the UI's hash routes (`#/experiments/<id>/runs/<run>`), relative to wherever the
-UI is served; they carry `workflowType=machine_learning` because MLflow 3.17's UI otherwise
-opens an experiment on its GenAI trace overview.
+Links are the UI's hash routes, relative to wherever it is served; they carry
+`workflowType=machine_learning` or MLflow 3.17's UI opens an experiment on its GenAI overview.
 """
 
 from __future__ import annotations
@@ -76,8 +74,8 @@ def artifact_path(experiment_id: str, run_id: str, name: str) -> str:
 def runs_path(
     experiment_id: str, search: str | None = None, order_by: str | None = None, asc: bool = False
 ) -> str:
-    """The runs list, filtered and ordered. Oldest first puts a study run on top of its own
-    runs, with the size runs (created next) and their trials nested under it."""
+    """The runs list, filtered and ordered; oldest first puts a study run above its size runs
+    and their trials."""
     query = {"workflowType": "machine_learning"}
     query |= {"searchFilter": search} if search else {}
     query |= {"orderByKey": order_by, "orderByAsc": str(asc).lower()} if order_by else {}
@@ -107,36 +105,9 @@ def _link(text: str, path: str) -> str:
     return f"[{text}]({path})"
 
 
-def _sizes_table(report: dict) -> list[str]:
-    entries = ([report["baseline"]] if report.get("baseline") else []) + report.get("sizes", [])
-    has_m = any(e.get("m") is not None for e in entries)
-    head = (
-        "| n |"
-        + (" m |" if has_m else "")
-        + " repetitions | test MAE | 90% interval | gain vs n=0 |"
-    )
-    rows = [head, "|---:|" + ("---:|" if has_m else "") + "---:|---:|---|---:|"]
-    for e in entries:
-        gain = (e.get("paired_gain") or {}).get("mean")
-        m = f" {fmt(e.get('m'))} |" if has_m else ""
-        rows.append(
-            f"| {size_key(e.get('n', 0))} |{m} {e.get('repetitions', 0)} |"
-            f" {fmt(e.get('test_mae_mean'))} | {interval(e.get('test_mae_ci90'))} | {fmt(gain)} |"
-        )
-    return rows
-
-
-def _extrapolation(report: dict) -> list[str]:
-    lines = [f"- {extrapolation_phrase(report, e)}" for e in report.get("extrapolation") or []]
-    target = report.get("n_for_target")
-    lines += [f"- {target_phrase(target)}"] if target else []
-    return lines or ["- none: it needs a fit."]
-
-
 def headline(report: dict) -> str:
     """One line for the experiment's studies table: state, fit, best size."""
-    fit = report.get("fit") or {}
-    progress = report.get("progress") or {}
+    fit, progress = report.get("fit") or {}, report.get("progress") or {}
     parts = [str(report.get("status", "running"))]
     if progress.get("cells_planned"):
         parts.append(f"{progress.get('cells_done', 0)}/{progress['cells_planned']} cells")
@@ -150,11 +121,11 @@ def headline(report: dict) -> str:
 
 
 def study_note(report: dict, experiment_id: str, study_run_id: str, plots: list[str]) -> str:
-    """The study run's description: what the study found, then where to look further.
-
-    `plots` are artifact names already logged on the study run; the UI renders them inline
-    from its own artifact endpoint (a relative URL, so it works wherever the UI is served)."""
-    e, s = experiment_id, study_run_id
+    """The study run's description: what the study found, then where to look further. `plots`
+    are artifacts of the study run, shown inline by a relative URL (works wherever served)."""
+    e, s, target = experiment_id, study_run_id, report.get("n_for_target")
+    ahead = [f"- {extrapolation_phrase(report, x)}" for x in report.get("extrapolation") or []]
+    ahead += [f"- {target_phrase(target)}"] if target else []
     refs = ", ".join(f"{k} {fmt(v)}" for k, v in (report.get("references") or {}).items())
     plot_links = [_link(p, artifact_path(e, s, p)) for p in plots]
     links = [
@@ -167,6 +138,18 @@ def study_note(report: dict, experiment_id: str, study_run_id: str, plots: list[
         _link("failed trials", runs_path(e, study_filter(s, "trial", status="FAILED"))),
         _link("pretraining", runs_path(e, study_filter(s, "pretrain"))),
     ]
+    entries = ([report["baseline"]] if report.get("baseline") else []) + report.get("sizes", [])
+    has_m = any(x.get("m") is not None for x in entries)
+    m_head, m_rule = (" m |", "---:|") if has_m else ("", "")
+    table = [f"| n |{m_head} repetitions | test MAE | 90% interval | gain vs n=0 |"]
+    table.append(f"|---:|{m_rule}---:|---:|---|---:|")
+    for x in entries:
+        gain = (x.get("paired_gain") or {}).get("mean")
+        m = f" {fmt(x.get('m'))} |" if has_m else ""
+        table.append(
+            f"| {size_key(x.get('n', 0))} |{m} {x.get('repetitions', 0)} |"
+            f" {fmt(x.get('test_mae_mean'))} | {interval(x.get('test_mae_ci90'))} | {fmt(gain)} |"
+        )
     lines = [
         f"**{report.get('study')}** ({report.get('status')}): test MAE{in_units(report)} of "
         f"{report.get('property') or 'the target'} against the number n of simulated rows.",
@@ -174,12 +157,12 @@ def study_note(report: dict, experiment_id: str, study_run_id: str, plots: list[
         f"**Fit:** {fit_sentence(report)}.",
         "",
         *([f"**Plots:** {' · '.join(plot_links)}", ""] if plots else []),
-        *_sizes_table(report),
+        *table,
         "",
         *([f"References: {refs}.", ""] if refs else []),
         "**Extrapolation**",
         "",
-        *_extrapolation(report),
+        *(ahead or ["- none: it needs a fit."]),
         "",
         "**Verdict**",
         "",
@@ -263,10 +246,8 @@ class StudyRow:
 
 
 def experiment_note(experiment_id: str, studies: list[StudyRow]) -> str:
-    """The experiment's description, shown above its runs list however many runs there are.
-
-    Its first line (all a collapsed description shows) links to the studies view; the table
-    below gives each study one row with its study run and its runs as one tree."""
+    """The experiment's description, above its runs list: its first line (all a collapsed one
+    shows) links to the studies view; below, one row per study with its runs as one tree."""
     studies_view = _link("open the studies view", runs_path(experiment_id, STUDIES_FILTER))
     lines = [
         f"{EXPERIMENT_NOTE_START} {studies_view} (newest first; below, the "

@@ -1,8 +1,6 @@
 """Plots drawn from the report dict alone, so `s2r report` can re-render them from report.json.
-
-Figures are built with matplotlib's object API and the Agg canvas (no pyplot state), so they
-are safe inside a long-running actor. Every panel copes with missing pieces (no sizes, no fit,
-no baseline) by drawing what there is and saying what is not.
+Object API and Agg canvas (no pyplot state): safe inside a long-running actor. Every panel draws
+what there is (no sizes, no fit, no baseline) and says what is not.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from s2r_ray.atomic import atomic_path
-from s2r_ray.render.format import fmt, in_units, interval
+from s2r_ray.render.format import fmt, headline_sizes, in_units, interval
 from s2r_ray.scaling import ci_key
 
 
@@ -54,11 +52,6 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _headline_sizes(report: dict) -> list[dict]:
-    m = (report.get("fit") or {}).get("m")
-    return [s for s in report.get("sizes", []) if m is None or s.get("m") == m]
-
-
 def _title(report: dict) -> str:
     fit, ci = report.get("fit") or {}, _ci(report)
     if fit.get("C") is None:
@@ -73,15 +66,16 @@ def _title(report: dict) -> str:
     return title + ("  (α not identified)" if "alpha_not_identified" in codes else "")
 
 
-def _scaling_panel(ax: Axes, report: dict) -> None:
-    ci, sizes = _ci(report), _headline_sizes(report)
-    curve = report.get("curve")
+def plot_scaling(report: dict, path: Path) -> Path:
+    """MAE against n with the fit and its band, baseline, references, target; gains below."""
+    fig = Figure(figsize=(7, 6.5))
+    ax, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.3])
+    ci, sizes, curve = _ci(report), headline_sizes(report), report.get("curve")
     if curve:
         ax.plot(curve["n"], curve["mae"], color="C0", label="D·n^-α + C")
         if curve.get("lo"):
-            ax.fill_between(
-                curve["n"], curve["lo"], curve["hi"], color="C0", alpha=0.2, label=f"{ci:.0%} band"
-            )
+            band = f"{ci:.0%} band"
+            ax.fill_between(curve["n"], curve["lo"], curve["hi"], color="C0", alpha=0.2, label=band)
     if sizes:
         _size_points(ax, sizes, color="k", label="pretrained + fine-tuned")
         ax.axvline(sizes[-1]["n"], color="0.6", lw=0.8, ls=":")
@@ -98,40 +92,23 @@ def _scaling_panel(ax: Axes, report: dict) -> None:
     target = (report.get("n_for_target") or {}).get("target")
     if target is not None:
         ax.axhline(target, color="C2", ls=":", lw=1.5, label="target MAE")
-    if not (sizes or curve):
+    if sizes or curve:
+        ax.set_xscale("log")
+        ax.set_ylabel(f"test MAE{in_units(report)}")
+        _legend(ax)
+    else:
         _empty(ax, "no finished sizes yet")
-        return
-    ax.set_xscale("log")
-    ax.set_ylabel(f"test MAE{in_units(report)}")
-    _legend(ax)
-
-
-def _gain_panel(ax: Axes, report: dict) -> None:
-    rows = [s for s in _headline_sizes(report) if s.get("paired_gain")]
-    ax.axhline(0, color="0.5", lw=0.8)
-    if not rows:
-        _empty(ax, "no paired gain (needs baseline cells on the same repetitions)")
-        return
-    gains = [s["paired_gain"] for s in rows]
-    _errorbar(
-        ax,
-        [s["n"] for s in rows],
-        [g["mean"] for g in gains],
-        [g.get(ci_key("", _ci(report))) for g in gains],
-        color="C1",
-    )
-    ax.set_xscale("log")
-    ax.set_ylabel("paired gain\n(baseline − transfer)")
-
-
-def plot_scaling(report: dict, path: Path) -> Path:
-    """MAE against n with the fit and its band, baseline, references, target; gains below."""
-    fig = Figure(figsize=(7, 6.5))
-    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.3])
-    _scaling_panel(top, report)
-    _gain_panel(bottom, report)
+    gains = [s for s in sizes if s.get("paired_gain")]
+    bottom.axhline(0, color="0.5", lw=0.8)
+    if gains:
+        x, g = [s["n"] for s in gains], [s["paired_gain"] for s in gains]
+        _errorbar(bottom, x, [e["mean"] for e in g], [e.get(ci_key("", ci)) for e in g], color="C1")
+        bottom.set_xscale("log")
+        bottom.set_ylabel("paired gain\n(baseline − transfer)")
+    else:
+        _empty(bottom, "no paired gain (needs baseline cells on the same repetitions)")
     bottom.set_xlabel("simulated rows used for pretraining, n")
-    top.set_title(_title(report), fontsize=9)
+    ax.set_title(_title(report), fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -143,13 +120,8 @@ def plot_backtest(report: dict, path: Path) -> Path:
     ax.axhline(0, color="0.5", lw=0.8)
     entries = report.get("backtest") or []
     for e in entries:
-        pts = e["points"]
-        ax.plot(
-            [p["n"] for p in pts],
-            [100 * p["rel_error"] for p in pts],
-            "o-",
-            label=f"fit on {e['k']} sizes (n ≤ {e['n_fit_max']})",
-        )
+        pts, label = e["points"], f"fit on {e['k']} sizes (n ≤ {e['n_fit_max']})"
+        ax.plot([p["n"] for p in pts], [100 * p["rel_error"] for p in pts], "o-", label=label)
     if entries:
         ax.set_xscale("log")
         _legend(ax)
@@ -162,40 +134,32 @@ def plot_backtest(report: dict, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _curve_from(fit: dict, x: np.ndarray) -> np.ndarray | None:
-    """A nested fit's curve; a flat fit (α undetermined) is the constant C."""
-    if fit.get("C") is None:
-        return None
-    if fit.get("alpha") is None:
-        return np.full_like(x, fit["C"])
-    return fit["D"] * x ** (-fit["alpha"]) + fit["C"]
-
-
 def plot_target_axis(report: dict, path: Path) -> Path:
     """E(n) at each m, and E(m) at each n with (n > 0) and without (n = 0) pretraining."""
     axis, ci = report["target_axis"], _ci(report)
     rows = report.get("sizes", []) + (report.get("baseline_by_m") or [])
     fig = Figure(figsize=(11, 4.5))
     left, right = fig.subplots(1, 2)
-    for i, entry in enumerate(axis["scaling_in_n"]):
-        pts = [s for s in rows if s["m"] == entry["m"] and s["n"] > 0]
-        if pts:
-            _size_points(left, pts, color=f"C{i}", label=f"m = {entry['m']:g}")
-            x = np.geomspace(pts[0]["n"], pts[-1]["n"], 50)
-            y = _curve_from(entry, x)
-            if y is not None:
-                left.plot(x, y, color=f"C{i}")
-    for i, entry in enumerate(axis["learning_curves"]):
-        pts = sorted((s for s in rows if s["n"] == entry["n"]), key=lambda s: s["m"])
-        color = "k" if entry["n"] == 0 else f"C{i}"
-        label = "no pretraining" if entry["n"] == 0 else f"n = {entry['n']:g}"
-        if pts:
-            _size_points(right, pts, "m", color=color, label=label)
-            x = np.geomspace(pts[0]["m"], pts[-1]["m"], 50)
-            y = _curve_from(entry, x)
-            if y is not None:
-                right.plot(x, y, color=color, ls="--" if entry["n"] == 0 else "-")
-    for ax, xlabel in ((left, "simulated rows n"), (right, "experimental training rows m")):
+    panels = (
+        (left, axis["scaling_in_n"], "n", "m", "simulated rows n"),
+        (right, axis["learning_curves"], "m", "n", "experimental training rows m"),
+    )
+    for ax, entries, x, by, xlabel in panels:
+        for i, entry in enumerate(entries):
+            pts = [s for s in rows if s[by] == entry[by] and (by == "n" or s["n"] > 0)]
+            if by == "n":
+                pts.sort(key=lambda s: s["m"])
+            base = by == "n" and entry["n"] == 0  # no pretraining: black, its curve dashed
+            color = "k" if base else f"C{i}"
+            if not pts:
+                continue
+            label = "no pretraining" if base else f"{by} = {entry[by]:g}"
+            _size_points(ax, pts, x, color=color, label=label)
+            if entry.get("C") is not None:  # a flat fit (α undetermined) is the constant C
+                xs = np.geomspace(pts[0][x], pts[-1][x], 50)
+                flat = entry.get("alpha") is None
+                y = np.full_like(xs, entry["C"]) if flat else entry["D"] * xs ** -entry["alpha"]
+                ax.plot(xs, y if flat else y + entry["C"], color=color, ls="--" if base else "-")
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test MAE")

@@ -29,45 +29,51 @@ def size_line(entry: dict) -> str:
     return f"MAE {fmt(entry['test_mae_mean'])} {interval(entry.get('test_mae_ci90'))}"
 
 
-def _best_at_m(record: dict, records: list[dict]) -> str:
-    """The best cell finished so far at this cell's m: only cells with as many experimental
-    rows compare, since a larger m alone lowers the error."""
+def cell_line(record: dict, records: list[dict], done: int, total: int) -> str:
+    """A finished cell as the live log prints it, with the best cell so far at its m (only
+    cells with as many experimental rows compare); `records` include this one."""
     m = record.get("m")
+    where = f"[{done}/{total} cells] {size_key(record['n'])}{'' if m is None else f' m={m}'}"
+    where += f" r{record['repetition']}"
+    if record["status"] != "ok":
+        return f"{where}: FAILED ({record['error']})"
     same_m = [r for r in records if r.get("status") == "ok" and r.get("m") == m]
     best = min(same_m, key=lambda r: r["mae"], default=None)
     at = "" if m is None else f" at m={m}"
-    if best is None or best["cell"] == record["cell"]:
-        return f" (best so far{at})"
-    return f" (best so far{at}: {fmt(best['mae'])}, {size_key(best['n'])} r{best['repetition']})"
+    if best is not None and best["cell"] != record["cell"]:
+        at += f": {fmt(best['mae'])}, {size_key(best['n'])} r{best['repetition']}"
+    return f"{where}: test MAE {fmt(record['mae'])} (best so far{at})"
 
 
-def cell_line(record: dict, records: list[dict], done: int, total: int) -> str:
-    """A finished cell as the live log prints it; `records` are the cells finished so far,
-    this one included."""
-    m = f" m={record['m']}" if record.get("m") is not None else ""
-    where = f"[{done}/{total} cells] {size_key(record['n'])}{m} r{record['repetition']}"
-    if record["status"] != "ok":
-        return f"{where}: FAILED ({record['error']})"
-    return f"{where}: test MAE {fmt(record['mae'])}{_best_at_m(record, records)}"
-
-
-def _worth(point: dict) -> str:
-    """What n simulated rows are worth: experimental rows beyond m_ref, per simulated row."""
-    n = fmt(point["n"])
-    if point["m_eq"] == "unreachable":
-        return f"  at n = {n}: below the fitted floor C0 of E0(m): no m on that curve matches it"
-    return (
-        f"  at n = {n}: one simulated row is worth {fmt(point['worth_per_row'], 2)} "
-        f"{interval(point.get('worth_per_row_ci90'), 2)} experimental rows "
-        f"(no pretraining needs m = {fmt(point['m_eq'], 3)} {interval(point.get('m_eq_ci90'), 3)})"
-    )
-
-
-def _axis_lines(report: dict) -> list[str]:
-    """The target-size axis: the gap C at each m, E0(m), and the equivalent sample sizes."""
-    lines = []
+def summary_text(report: dict) -> str:
+    """The report as a person reads it in a terminal."""
+    by_m = report.get("baseline_by_m")  # the study varies m: a block of sizes n per m
+    lines = [
+        f"study {report.get('study')} ({report.get('status')}): test MAE{units(report)} by "
+        "source size n",
+        (f"  {'m':>5}" if by_m else "")
+        + f"  {'n':>9} {'reps':>5} {'MAE':>9} {'90% CI':>21} {'gain vs n=0':>12}",
+    ]
+    rows = by_m or ([report["baseline"]] if report.get("baseline") else [])
+    rows = [*rows, *report.get("sizes", [])]
+    if by_m:
+        rows.sort(key=lambda s: (s["m"], s["n"]))
+    for s in rows:
+        gain = (s.get("paired_gain") or {}).get("mean")
+        lines.append(
+            (f"  {fmt(s['m']):>5}" if by_m else "")
+            + f"  {s.get('n', 0):>9} {s.get('repetitions', 0):>5} "
+            f"{fmt(s.get('test_mae_mean')):>9} {interval(s.get('test_mae_ci90')):>21} "
+            f"{fmt(gain):>12}"
+        )
+    lines += [f"  reference {k}: {fmt(v)}" for k, v in (report.get("references") or {}).items()]
+    if (report.get("fit") or {}).get("C") is not None:  # else the notes below say why not
+        lines.append(f"  fit: {fit_sentence(report)}")
+    lines += [f"  {extrapolation_phrase(report, e)}" for e in report.get("extrapolation") or []]
+    if report.get("n_for_target"):
+        lines.append(f"  {target_phrase(report['n_for_target'])}")
     axis, eq = report.get("target_axis"), report.get("equivalent_samples")
-    if axis:
+    if axis:  # the target-size axis: the gap C at each m, E0(m), the equivalent sample sizes
         gaps = ", ".join(
             f"m = {fmt(e['m'])}: {fmt(e['C'], 3)} {interval(e.get('C_ci90'), 3)}"
             for e in axis["scaling_in_n"]
@@ -84,41 +90,14 @@ def _axis_lines(report: dict) -> list[str]:
             f"  equivalent experimental sample size at m = {fmt(eq['m_ref'])} (90% CI; an m "
             f"above {fmt(b['m_used'][-1])} extrapolates E0):"
         )
-        lines += [_worth(p) for p in eq["points"]]
-    return lines
-
-
-def summary_text(report: dict) -> str:
-    """The report as a person reads it in a terminal."""
-    lines = [
-        f"study {report.get('study')} ({report.get('status')}): test MAE{units(report)} by "
-        "source size n"
-    ]
-    by_m = report.get("baseline_by_m")  # the study varies m: a block of sizes n per m
-    lines.append(
-        (f"  {'m':>5}" if by_m else "")
-        + f"  {'n':>9} {'reps':>5} {'MAE':>9} {'90% CI':>21} {'gain vs n=0':>12}"
-    )
-    rows = by_m or ([report["baseline"]] if report.get("baseline") else [])
-    rows = rows + list(report.get("sizes", []))
-    if by_m:
-        rows.sort(key=lambda s: (s["m"], s["n"]))
-    for s in rows:
-        gain = (s.get("paired_gain") or {}).get("mean")
-        lines.append(
-            (f"  {fmt(s['m']):>5}" if by_m else "")
-            + f"  {s.get('n', 0):>9} {s.get('repetitions', 0):>5} "
-            f"{fmt(s.get('test_mae_mean')):>9} {interval(s.get('test_mae_ci90')):>21} "
-            f"{fmt(gain):>12}"
-        )
-    for name, value in (report.get("references") or {}).items():
-        lines.append(f"  reference {name}: {fmt(value)}")
-    if (report.get("fit") or {}).get("C") is not None:  # else the notes below say why not
-        lines.append(f"  fit: {fit_sentence(report)}")
-    lines += [f"  {extrapolation_phrase(report, e)}" for e in report.get("extrapolation") or []]
-    if report.get("n_for_target"):
-        lines.append(f"  {target_phrase(report['n_for_target'])}")
-    lines += _axis_lines(report)
-    for d in report.get("diagnostics") or []:
-        lines.append(f"  note: {d.get('message')}")
+        for p in eq["points"]:  # what n simulated rows are worth in experimental rows
+            n = fmt(p["n"])
+            lines.append(
+                f"  at n = {n}: below the fitted floor C0 of E0(m): no m on that curve matches it"
+                if p["m_eq"] == "unreachable"
+                else f"  at n = {n}: one simulated row is worth {fmt(p['worth_per_row'], 2)} "
+                f"{interval(p.get('worth_per_row_ci90'), 2)} experimental rows (no pretraining "
+                f"needs m = {fmt(p['m_eq'], 3)} {interval(p.get('m_eq_ci90'), 3)})"
+            )
+    lines += [f"  note: {d.get('message')}" for d in report.get("diagnostics") or []]
     return "\n".join(lines)
