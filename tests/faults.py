@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -179,3 +180,38 @@ def runs(db: Path, kind: str, status: str | None = None) -> list:
     if status:
         query += f" and attributes.status = '{status}'"
     return client.search_runs([exp.experiment_id], query, max_results=5000)
+
+
+# A gRPC call to a GCS: the cluster's metadata, or how the call was refused.
+GCS_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from ray._raylet import GcsClient
+    try:
+        raw = GcsClient(address=sys.argv[1]).internal_kv_get(
+            b"CLUSTER_METADATA", namespace=b"cluster", timeout=20
+        )
+        print(json.dumps({"metadata": json.loads(raw)}))
+    except Exception as e:
+        print(json.dumps({"refused": f"{type(e).__name__}: {e}"}))
+    """
+)
+
+
+def gcs_probe(address: str, env: dict[str, str]) -> dict:
+    """What a client with `env`'s auth settings gets from the GCS at `address`."""
+    done = subprocess.run(
+        [sys.executable, "-c", GCS_PROBE, address],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
+    return json.loads(lines[-1]) if lines else {"refused": done.stderr[-500:]}
+
+
+def reports_usage(metadata: dict) -> bool:
+    """Whether a Ray cluster reports usage to Ray's servers: Ray writes its commit and OS into
+    the cluster's metadata only when reporting is on."""
+    return "git_commit" in metadata

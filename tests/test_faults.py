@@ -19,6 +19,7 @@ from faults import (
     descendants,
     kill_ray_processes,
     ledger_lines,
+    reports_usage,
     runs,
     wait_for,
     write_config,
@@ -290,7 +291,9 @@ CLUSTER_SCRIPT = textwrap.dedent(
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     workers = {n.node_id: n for n in (cluster.add_node(num_cpus=2), cluster.add_node(num_cpus=2))}
     ray.init(address=cluster.address)
-    lost = {}
+    from ray.experimental.internal_kv import _internal_kv_get
+    metadata = json.loads(_internal_kv_get(b"CLUSTER_METADATA", namespace=b"cluster"))
+    lost = {"cluster_metadata": metadata}
 
     def running_pretraining():
         client = MlflowClient(f"sqlite:///{db}")
@@ -366,6 +369,7 @@ def test_a_study_survives_losing_a_node_in_the_middle_of_a_pretraining(tmp_path)
     rerun = len(runs(db, "trial")) - TRIALS
     print(f"lost node: {lost}; trials run again: {rerun}")
     assert lost["status"] == "complete"
+    assert not reports_usage(lost["cluster_metadata"]), lost["cluster_metadata"]
     assert lost["pretraining"] not in lost["pretrained_before"]
     records = StudyFolder(tmp_path / "out").ledger()
     assert len(records) == CELLS and all(r["status"] == "ok" for r in records)

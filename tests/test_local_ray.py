@@ -11,46 +11,17 @@ import os
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import psutil
 import pytest
-from faults import REPO, StudyProcess, runs, wait_for
+from faults import REPO, StudyProcess, gcs_probe, reports_usage, runs, wait_for
 
 from s2r_ray.local_servers import free_port
 
 pytestmark = pytest.mark.ray
 
 LOOPBACKS = ("127.0.0.1", "::1")
-
-# A gRPC call to a GCS: the cluster's metadata, or how the call was refused.
-GCS_PROBE = textwrap.dedent(
-    """
-    import json, sys
-    from ray._raylet import GcsClient
-    try:
-        raw = GcsClient(address=sys.argv[1]).internal_kv_get(
-            b"CLUSTER_METADATA", namespace=b"cluster", timeout=20
-        )
-        print(json.dumps({"metadata": json.loads(raw)}))
-    except Exception as e:
-        print(json.dumps({"refused": f"{type(e).__name__}: {e}"}))
-    """
-)
-
-
-def gcs_probe(address: str, env: dict[str, str]) -> dict:
-    """What a client with `env`'s auth settings gets from the GCS at `address`."""
-    done = subprocess.run(
-        [sys.executable, "-c", GCS_PROBE, address],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
-    return json.loads(lines[-1]) if lines else {"refused": done.stderr[-500:]}
 
 
 def ray_processes(ray_tmp: str) -> dict[int, psutil.Process]:
@@ -116,8 +87,7 @@ def test_a_local_study_is_its_own_closed_ray_whatever_a_dead_cluster_left(tmp_pa
         assert "refused" in refused and "token" in refused["refused"].lower(), refused
         answered = gcs_probe(gcs, user_env(home) | {"RAY_AUTH_MODE": "token"})
         assert "metadata" in answered, answered
-        # Ray writes its commit and OS into the metadata only when usage reporting is on
-        assert "git_commit" not in answered["metadata"], answered["metadata"]
+        assert not reports_usage(answered["metadata"]), answered["metadata"]
         code, out, err = study.wait(timeout=600)
         assert code == 0, err[-3000:]
         assert "study micro (complete)" in out
@@ -138,3 +108,12 @@ def test_an_address_where_no_ray_answers_is_one_line(tmp_path):
         f"s2r: error: --address {address}: no Ray answers at {address}; start the cluster "
         "(ray start --head), or leave --address and RAY_ADDRESS unset for a local Ray"
     ], done.stderr[-2000:]
+
+
+def test_the_suites_own_ray_reports_no_usage(ray_session):
+    """The session's local Ray (tests/conftest.py), as every other kind the suite starts: the
+    Cluster of the lost-node test and the `ray start` heads of test_submit check theirs."""
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    metadata = json.loads(_internal_kv_get(b"CLUSTER_METADATA", namespace=b"cluster"))
+    assert metadata["ray_version"] and not reports_usage(metadata), metadata

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from faults import call_within
+from faults import call_within, gcs_probe, reports_usage
 from mlflow.tracking import MlflowClient
 from ray.job_submission import JobSubmissionClient
 
@@ -78,6 +78,8 @@ def ray_cluster(auth: dict[str, str], head_cpus: int = 2, workers: int = 0) -> I
                 wait_http(f"{url}/api/version", groups[0], 180, log, status=answer)
         if workers:
             _wait_for_nodes(gcs, 1 + workers, env)
+        answered = gcs_probe(f"{LOOPBACK}:{gcs}", env)  # as a client with the cluster's token
+        assert "metadata" in answered and not reports_usage(answered["metadata"]), answered
         yield Cluster(url, temp)
     finally:
         for group in reversed(groups):
