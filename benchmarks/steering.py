@@ -252,7 +252,8 @@ def replay(folder: str, target_mae: float | None, gamma: float) -> str:
     }
     by_size = {n: g.to_dict("records") for n, g in pool.groupby("n", sort=False)}
     total = float(pool["s"].sum())
-    opening = tuple(int(sizes[k]) for k in np.unique(np.linspace(0, len(sizes) - 1, 3).round()))
+    picks = np.unique(np.linspace(0, len(sizes) - 1, 3).round().astype(int))
+    opening = tuple(int(sizes[k]) for k in picks)
 
     def draw(n: int, reps: range) -> list[dict]:
         return by_size[n][reps.start : reps.stop]

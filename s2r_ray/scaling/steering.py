@@ -223,7 +223,7 @@ def propose(
     budget = _Budget(budget_seconds, budget_cells)
     counts = dict(zip(groups.n.astype(int).tolist(), groups.counts.tolist(), strict=True))
     common = {"goal": goal.label, "sizes_measured": groups.size_count, "when": when}
-    opening = _grid_step(counts, plan.grid, plan.opening_repetitions)
+    opening = _grid_step(counts, plan.grid, plan.opening_repetitions, busy)
     if opening is not None:
         return _measure(opening, counts, cost, budget, common, "opening grid", fallback=False)
     if groups.size_count < 3:
@@ -233,7 +233,7 @@ def propose(
     common["before"] = before
     p = post.law_p_value
     if p is not None and p < POOR_FIT_P:
-        step = _grid_step(counts, plan.grid, plan.grid_repetitions)
+        step = _grid_step(counts, plan.grid, plan.grid_repetitions, busy)
         why = f"the law does not hold (χ² p = {p:.2g} over {post.fit_dof} dof): fixed grid"
         if step is None:
             return Decision("stop", why + " done", stop_reason="grid_done", fallback=True, **common)
@@ -246,10 +246,12 @@ def propose(
     return _best(post, goal, plan, cost, budget, moves, counts, common, enough_sizes)
 
 
-def _grid_step(counts: dict[int, int], grid: tuple[int, ...], reps: int) -> tuple[int, int] | None:
-    """The smallest grid size short of reps repetitions, and how many it lacks."""
+def _grid_step(
+    counts: dict[int, int], grid: tuple[int, ...], reps: int, busy: frozenset[int]
+) -> tuple[int, int] | None:
+    """The smallest grid size short of reps repetitions (and not busy), and how many it lacks."""
     for n in sorted(grid):
-        if counts.get(n, 0) < reps:
+        if counts.get(n, 0) < reps and n not in busy:
             return n, reps - counts.get(n, 0)
     return None
 
@@ -316,8 +318,14 @@ def _candidates(
     """(n, repetitions) of every allowed move: a new size, or one more repetition of a size."""
     new_sizes = [n for n in counts if n not in plan.grid]
     may_add = plan.max_new_sizes is None or len(new_sizes) < plan.max_new_sizes
-    fresh = [n for n in plan.candidates if may_add and np.abs(np.log(n / groups.n)).min() > NEAR]
-    again = [] if not enough_sizes else [n for n, r in counts.items() if r < plan.max_repetitions]
+    fresh = [
+        n
+        for n in plan.candidates
+        if may_add and n not in busy and np.abs(np.log(n / groups.n)).min() > NEAR
+    ]
+    again = [
+        n for n, r in counts.items() if enough_sizes and n not in busy and r < plan.max_repetitions
+    ]
     n = np.array(fresh + again, float)
     reps = np.array([plan.new_size_repetitions] * len(fresh) + [1] * len(again), float)
     return n, reps
