@@ -34,10 +34,7 @@ class _Strict(BaseModel):
 
 class SyntheticData(_Strict):
     """Real = f + missing physics g + noise; simulated = f + smooth bias + noise (the demo pair).
-
-    With `missing` = 0 (the default) the simulation lacks nothing but a correctable bias, and
-    the pair is the same as before the field existed.
-    """
+    With `missing` = 0 (the default) the simulation lacks nothing but a correctable bias."""
 
     n_source: int = Field(4000, ge=10)
     n_target: int = Field(300, ge=10)
@@ -149,8 +146,7 @@ class ModelConfig(_Strict):
 
 
 class FinetuneConfig(FinetuneSpace):
-    """The `finetune:` section: the family's search space, and beside it (where old configs have
-    it) how many seeds scoring averages, which no search sees."""
+    """The family's search space, and beside it how many seeds scoring averages."""
 
     ensemble: int = Field(1, ge=1, description="seeds of the best configuration averaged per cell")
 
@@ -212,42 +208,6 @@ class ReportConfig(_Strict):
     )
 
 
-class SteerConfig(_Strict):
-    """The `steer:` section: the study picks its next sizes (s2r_ray.scaling.steering).
-
-    `sizes` become the opening grid (run at opening_repetitions each; also the fixed grid at
-    `repetitions` the study falls back to when the law does not hold); after each finished
-    size the next cells are the ones expected to shrink the goal's interval most per cost^gamma.
-    """
-
-    goal: Literal["mae_at", "n_for_target", "gap"] = Field(
-        description="mae_at: the MAE at factor x the source pool; n_for_target: the rows "
-        "needed for target_mae; gap: the transfer gap C"
-    )
-    factor: float = Field(100.0, gt=1, description="mae_at: n = factor x the source pool size")
-    precision: float = Field(
-        0.1,
-        gt=0,
-        description="stop when the goal's 90% interval width over |goal| is below this "
-        "(for n_for_target: ln(hi/lo))",
-    )
-    budget_seconds: float | None = Field(None, gt=0, description="compute of all cells, s")
-    budget_cells: int | None = Field(None, ge=1, description="(n, repetition) cells in all")
-    gamma: float = Field(0.5, gt=0, lt=1, description="score = variance drop / cost^gamma")
-    min_sizes: int = Field(4, ge=4, description="distinct sizes always measured")
-    opening_repetitions: int = Field(2, ge=2)
-    new_size_repetitions: int = Field(2, ge=1)
-    max_repetitions: int = Field(10, ge=2)
-    max_new_sizes: int | None = Field(None, ge=0)
-    candidates_per_decade: int = Field(4, ge=1, description="new sizes on offer, log-spaced")
-
-    @model_validator(mode="after")
-    def _bounded(self) -> SteerConfig:
-        if self.budget_seconds is None and self.budget_cells is None:
-            raise ValueError("give budget_seconds or budget_cells: steering stops within a budget")
-        return self
-
-
 class StudyConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     sizes: list[int] = Field(min_length=1)
@@ -265,7 +225,6 @@ class StudyConfig(_Strict):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
-    steer: SteerConfig | None = None
     quick: dict[str, Any] = Field(
         default_factory=dict, description="dotted overrides applied by `s2r run --quick`"
     )
@@ -285,14 +244,6 @@ class StudyConfig(_Strict):
     def _split_leaves_rows(self) -> StudyConfig:
         if self.split.test + self.split.val * (1 - self.split.test) >= 0.95:
             raise ValueError("split.test and split.val leave under 5% of target rows to train on")
-        return self
-
-    @model_validator(mode="after")
-    def _steer_goal_defined(self) -> StudyConfig:
-        if self.steer is not None and self.steer.goal == "n_for_target" and not self.target_mae:
-            raise ValueError("steer.goal n_for_target needs target_mae (the MAE to reach)")
-        if self.steer is not None and self.steer.opening_repetitions > self.repetitions:
-            raise ValueError("steer.opening_repetitions exceeds repetitions (the fallback grid's)")
         return self
 
 

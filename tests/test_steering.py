@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s2r_ray.config import ConfigError, build_config
 from s2r_ray.scaling.cost import CostModel
 from s2r_ray.scaling.posterior import posterior
 from s2r_ray.scaling.pricing import database_value, price_target
@@ -18,7 +17,6 @@ from s2r_ray.scaling.steering import (
     candidate_sizes,
     goal_interval,
     measured_groups,
-    plan_for,
     propose,
 )
 
@@ -149,16 +147,3 @@ def test_price_and_value_are_json_and_sensible():
     value = database_value(post, 50_000)
     assert value["per_10_percent"]["ci90"][1] <= 0
     json.dumps(price | value)
-
-
-def test_the_steer_section_is_validated_and_planned():
-    base = {"name": "s", "sizes": [100, 1000, 10000], "repetitions": 5}
-    steer = {"goal": "n_for_target", "budget_seconds": 1000}
-    with pytest.raises(ConfigError, match="target_mae"):
-        build_config(base | {"steer": steer})
-    with pytest.raises(ConfigError, match="budget"):
-        build_config(base | {"steer": {"goal": "gap"}})
-    cfg = build_config(base | {"target_mae": 0.3, "steer": steer})
-    goal, p = plan_for(cfg, POOL)
-    assert goal.target_mae == 0.3 and p.grid == (100, 1000, 10000)
-    assert max(p.candidates) == POOL and p.grid_repetitions == 5

@@ -12,7 +12,7 @@ fails its χ² check sends the study back to the fixed grid, saying so.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -25,8 +25,6 @@ from s2r_ray.scaling.jsonsafe import json_safe
 from s2r_ray.scaling.posterior import Posterior, laplace_covariance, posterior
 from s2r_ray.scaling.powerlaw import Params
 
-if TYPE_CHECKING:  # the config is read, not imported: the scaling package stays pure
-    from s2r_ray.config import StudyConfig
 
 GoalKind = Literal["mae_at", "n_for_target", "gap"]
 NEAR = np.log(1.3)  # a candidate this close (in log n) to a measured size is that size
@@ -125,7 +123,7 @@ def goal_interval(post: Posterior, goal: Goal, ci: float = 0.9, seed: int = 0) -
 
 @dataclass(frozen=True)
 class Plan:
-    """The steering policy (from SteerConfig plus the study's sizes and source pool).
+    """The steering policy: the study's sizes and source pool, and how to choose among them.
 
     grid × grid_repetitions is the fixed design: its sizes open the study at
     opening_repetitions each, and it is what the study falls back to when the law fails.
@@ -395,25 +393,3 @@ def _best(
         after=after,
         **common,
     )
-
-
-def plan_for(cfg: StudyConfig, pool_max: int) -> tuple[Goal, Plan]:
-    """The goal and policy of a study with a `steer:` section, its source pool pool_max rows."""
-    steer = cfg.steer
-    if steer is None:
-        raise ValueError("the study has no steer: section")
-    goal = Goal(steer.goal, n=steer.factor * pool_max, target_mae=cfg.target_mae)
-    plan = Plan(
-        precision=steer.precision,
-        candidates=candidate_sizes(min(cfg.sizes), pool_max, steer.candidates_per_decade),
-        grid=tuple(cfg.sizes),
-        grid_repetitions=cfg.repetitions,
-        opening_repetitions=steer.opening_repetitions,
-        gamma=steer.gamma,
-        min_sizes=steer.min_sizes,
-        new_size_repetitions=steer.new_size_repetitions,
-        max_repetitions=steer.max_repetitions,
-        max_new_sizes=steer.max_new_sizes,
-        seed=cfg.seed,
-    )
-    return goal, plan
