@@ -25,7 +25,6 @@ from s2r_ray.scaling.jsonsafe import json_safe
 from s2r_ray.scaling.posterior import Posterior, laplace_covariance, posterior
 from s2r_ray.scaling.powerlaw import Params
 
-
 GoalKind = Literal["mae_at", "n_for_target", "gap"]
 NEAR = np.log(1.3)  # a candidate this close (in log n) to a measured size is that size
 NO_GAIN = 1e-3  # a best candidate cutting the goal's variance by less than this cannot help
