@@ -1,0 +1,394 @@
+"""Steering a scaling study: after each finished size, what to measure next, or why to stop.
+
+The goal is one number (the MAE at a size n*, the n needed for a target MAE, or the gap C), its
+interval comes from the α-grid posterior (posterior.py), and each candidate (a new size inside
+the source pool, or more repetitions of a measured one) is scored V-optimally: the expected drop
+in the goal's posterior variance from its cells, averaged over the posterior of α, divided by
+cost^γ (γ < 1, or every choice drifts to the cheapest, least informative sizes). Guards: the
+config's sizes open the study, at least min_sizes distinct sizes are measured, and a law that
+fails its χ² check sends the study back to the fixed grid, saying so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from s2r_ray.scaling.bootstrap import interval
+from s2r_ray.scaling.cost import CostModel
+from s2r_ray.scaling.estimator import POOR_FIT_P, size_or_unreachable
+from s2r_ray.scaling.groups import Groups, group_repetitions
+from s2r_ray.scaling.jsonsafe import json_safe
+from s2r_ray.scaling.posterior import Posterior, laplace_covariance, posterior
+from s2r_ray.scaling.powerlaw import Params
+
+GoalKind = Literal["mae_at", "n_for_target", "gap"]
+NEAR = np.log(1.3)  # a candidate this close (in log n) to a measured size is that size
+NO_GAIN = 1e-3  # a best candidate cutting the goal's variance by less than this cannot help
+
+
+@dataclass(frozen=True)
+class Goal:
+    """What the study must pin down: E(n) at n (mae_at), n for target_mae, or C (gap)."""
+
+    kind: GoalKind
+    n: float | None = None
+    target_mae: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "mae_at" and not (self.n and self.n > 0):
+            raise ValueError("goal mae_at needs the size n whose MAE is wanted")
+        if self.kind == "n_for_target" and not (self.target_mae and self.target_mae > 0):
+            raise ValueError("goal n_for_target needs a positive target_mae")
+
+    @property
+    def log_scale(self) -> bool:
+        """The n for a target spans decades: its precision is ln(hi/lo), not (hi-lo)/point."""
+        return self.kind == "n_for_target"
+
+    @property
+    def label(self) -> str:
+        if self.kind == "mae_at":
+            return f"MAE at n={self.n:.4g}"
+        if self.kind == "n_for_target":
+            return f"n for MAE {self.target_mae:g}"
+        return "transfer gap C"
+
+    def values(self, d_ref: np.ndarray, alpha: np.ndarray, c: np.ndarray, n_ref: float):
+        """The goal for each parameter draw (inf where a target is never reached)."""
+        p = Params(d_ref, alpha, c, n_ref)
+        if self.kind == "mae_at":
+            return p.predict(np.float64(self.n))
+        if self.kind == "n_for_target":
+            return p.size_for(self.target_mae)
+        return np.asarray(c, float)
+
+    def gradient(self, post: Posterior) -> np.ndarray:
+        """(A, 3) gradient in (D_ref, α, C) at each grid α (of ln n for n_for_target)."""
+        d, c, a = post.beta[:, 0], post.beta[:, 1], post.alpha
+        one, zero = np.ones_like(a), np.zeros_like(a)
+        if self.kind == "gap":
+            return np.stack([zero, zero, one], -1)
+        if self.kind == "mae_at":
+            x = (self.n / post.n_ref) ** -a
+            return np.stack([x, -d * x * np.log(self.n / post.n_ref), one], -1)
+        t = float(self.target_mae)  # ln n = ln n_ref + (ln D_ref - ln(t - C)) / α, clipped
+        d, gap = np.maximum(d, 1e-3 * t), np.maximum(t - c, 1e-3 * t)
+        return np.stack([1 / (a * d), -np.log(d / gap) / a**2, 1 / (a * gap)], -1)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A goal's posterior point (median) and central interval; width is relative."""
+
+    point: float
+    lo: float
+    hi: float
+    log_scale: bool = False
+
+    @property
+    def width(self) -> float:
+        if self.log_scale:
+            return float(np.log(self.hi / self.lo)) if self.lo > 0 else float("inf")
+        return float((self.hi - self.lo) / abs(self.point)) if self.point else float("inf")
+
+    def shrunk(self, factor: float) -> Interval:
+        """The interval narrowed by factor about its point (what a decision predicts)."""
+        if self.log_scale:
+            lo = self.point * (self.lo / self.point) ** factor
+            hi = self.point * (self.hi / self.point) ** factor
+        else:
+            lo = self.point - factor * (self.point - self.lo)
+            hi = self.point + factor * (self.hi - self.point)
+        return Interval(self.point, float(lo), float(hi), self.log_scale)
+
+    def to_dict(self) -> dict:
+        """JSON: an n never reached is 'unreachable', as in PowerLawFit's report."""
+        out = asdict(self) | {"width": self.width}
+        if self.log_scale:
+            out |= {k: size_or_unreachable(out[k]) for k in ("point", "lo", "hi")}
+        return json_safe(out)
+
+
+def goal_interval(post: Posterior, goal: Goal, ci: float = 0.9, seed: int = 0) -> Interval:
+    """The goal's median and central ci interval over posterior draws."""
+    q = goal.values(*post.samples(seed), post.n_ref)
+    lo, hi = interval(q, ci)
+    return Interval(float(np.median(q)), float(lo), float(hi), goal.log_scale)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The steering policy: the study's sizes and source pool, and how to choose among them.
+
+    grid × grid_repetitions is the fixed design: its sizes open the study at
+    opening_repetitions each, and it is what the study falls back to when the law fails.
+    candidates are the new sizes steering may add (candidate_sizes: log-spaced in the pool).
+    """
+
+    precision: float
+    candidates: tuple[int, ...]
+    grid: tuple[int, ...] = ()
+    grid_repetitions: int = 5
+    opening_repetitions: int = 2
+    gamma: float = 0.5
+    min_sizes: int = 4
+    new_size_repetitions: int = 2
+    max_repetitions: int = 10
+    max_new_sizes: int | None = None
+    ci: float = 0.9
+    seed: int = 0
+
+
+def candidate_sizes(n_min: int, pool_max: int, per_decade: int = 4) -> tuple[int, ...]:
+    """Log-spaced sizes from n_min to the whole source pool, pool_max included."""
+    count = max(2, int(np.ceil(per_decade * np.log10(pool_max / n_min))) + 1)
+    return tuple(sorted({round(float(v)) for v in np.geomspace(n_min, pool_max, count)}))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One steering decision, as the study records it (to_dict is its JSON line).
+
+    action 'measure': run `repetitions` more cells at n (new_size: n not yet measured);
+    'stop': stop_reason is 'precise', 'budget', 'no_gain' or 'grid_done'.
+    before is the goal's interval now; after the interval predicted once the cells are in.
+    """
+
+    action: Literal["measure", "stop"]
+    reason: str
+    goal: str
+    sizes_measured: int
+    n: int | None = None
+    repetitions: int = 0
+    new_size: bool = False
+    stop_reason: str | None = None
+    before: Interval | None = None
+    after: Interval | None = None
+    cost_seconds: float = 0.0
+    score: float | None = None
+    fallback: bool = False
+    when: str | None = None
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for key in ("before", "after"):
+            value = getattr(self, key)
+            out[key] = None if value is None else value.to_dict()
+        return json_safe(out)
+
+
+@dataclass(frozen=True)
+class _Budget:
+    seconds: float | None
+    cells: int | None
+
+    def allows(self, cost: float, cells: int) -> bool:
+        return (self.seconds is None or cost <= self.seconds) and (
+            self.cells is None or cells <= self.cells
+        )
+
+
+def measured_groups(cells: pd.DataFrame) -> Groups:
+    """Finished source sizes (n > 0, finite MAE) and their repetitions."""
+    n = pd.to_numeric(cells["n"], errors="coerce")
+    mae = pd.to_numeric(cells["mae"], errors="coerce")
+    keep = np.isfinite(n) & np.isfinite(mae) & (n > 0)
+    return group_repetitions(pd.DataFrame({"n": n[keep], "mae": mae[keep]}))
+
+
+def propose(
+    cells: pd.DataFrame,
+    goal: Goal,
+    plan: Plan,
+    cost: CostModel,
+    budget_seconds: float | None = None,
+    budget_cells: int | None = None,
+    busy: frozenset[int] = frozenset(),
+    when: str | None = None,
+) -> Decision:
+    """The next cells to run, or a stop with its reason, given the finished cells (n, mae).
+
+    budget_seconds / budget_cells: what is left (None: no limit). busy: sizes not to propose
+    now (cells still running there, or a replayed pool exhausted). Cells at n = 0 (the
+    baseline) and unfinished ones are ignored; pass one m (the headline target size) per cell.
+    """
+    groups = measured_groups(cells)
+    budget = _Budget(budget_seconds, budget_cells)
+    counts = dict(zip(groups.n.astype(int).tolist(), groups.counts.tolist(), strict=True))
+    common = {"goal": goal.label, "sizes_measured": groups.size_count, "when": when}
+    opening = _grid_step(counts, plan.grid, plan.opening_repetitions, busy)
+    if opening is not None:
+        return _measure(opening, counts, cost, budget, common, "opening grid", fallback=False)
+    if groups.size_count < 3:
+        return _spread(groups, plan, cost, budget, busy, common)
+    post = posterior(groups)
+    before = goal_interval(post, goal, plan.ci, plan.seed)
+    common["before"] = before
+    p = post.law_p_value
+    if p is not None and p < POOR_FIT_P:
+        step = _grid_step(counts, plan.grid, plan.grid_repetitions, busy)
+        why = f"the law does not hold (χ² p = {p:.2g} over {post.fit_dof} dof): fixed grid"
+        if step is None:
+            return Decision("stop", why + " done", stop_reason="grid_done", fallback=True, **common)
+        return _measure(step, counts, cost, budget, common, why, fallback=True)
+    enough_sizes = groups.size_count >= plan.min_sizes
+    if enough_sizes and np.isfinite(before.width) and before.width <= plan.precision:
+        why = f"{goal.label}: {plan.ci:.0%} width {before.width:.3g} <= {plan.precision:g}"
+        return Decision("stop", why, stop_reason="precise", **common)
+    moves = _candidates(groups, plan, counts, busy, enough_sizes)
+    return _best(post, goal, plan, cost, budget, moves, counts, common, enough_sizes)
+
+
+def _grid_step(
+    counts: dict[int, int], grid: tuple[int, ...], reps: int, busy: frozenset[int]
+) -> tuple[int, int] | None:
+    """The smallest grid size short of reps repetitions (and not busy), and how many it lacks."""
+    for n in sorted(grid):
+        if counts.get(n, 0) < reps and n not in busy:
+            return n, reps - counts.get(n, 0)
+    return None
+
+
+def _measure(
+    step: tuple[int, int],
+    counts: dict[int, int],
+    cost: CostModel,
+    budget: _Budget,
+    common: dict,
+    why: str,
+    fallback: bool,
+) -> Decision:
+    n, reps = step
+    seconds = reps * float(cost(n))
+    if not budget.allows(seconds, reps):
+        return Decision(
+            "stop",
+            f"{why}: n={n} x{reps} exceeds the budget",
+            stop_reason="budget",
+            fallback=fallback,
+            **common,
+        )
+    return Decision(
+        "measure",
+        why,
+        n=n,
+        repetitions=reps,
+        new_size=n not in counts,
+        cost_seconds=seconds,
+        fallback=fallback,
+        **common,
+    )
+
+
+def _spread(
+    groups: Groups, plan: Plan, cost: CostModel, budget: _Budget, busy: frozenset[int], common
+) -> Decision:
+    """Fewer than 3 sizes, no posterior yet: the candidate farthest (in log n) from them all."""
+    cand = np.array([n for n in plan.candidates if n not in busy], float)
+    if groups.size_count:
+        far = np.abs(np.log(cand[:, None] / groups.n[None, :])).min(axis=1)
+    else:
+        far = np.log(cand / cand.min())
+    for k in np.argsort(-far, kind="stable"):
+        n, reps = int(cand[k]), plan.new_size_repetitions
+        if far[k] > NEAR and budget.allows(reps * float(cost(n)), reps):
+            why = f"fewer than 3 sizes: n={n} spreads the design"
+            return Decision(
+                "measure",
+                why,
+                n=n,
+                repetitions=reps,
+                new_size=True,
+                cost_seconds=reps * float(cost(n)),
+                **common,
+            )
+    return Decision("stop", "no new size fits the budget", stop_reason="budget", **common)
+
+
+def _candidates(
+    groups: Groups, plan: Plan, counts: dict[int, int], busy: frozenset[int], enough_sizes: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """(n, repetitions) of every allowed move: a new size, or one more repetition of a size."""
+    new_sizes = [n for n in counts if n not in plan.grid]
+    may_add = plan.max_new_sizes is None or len(new_sizes) < plan.max_new_sizes
+    fresh = [
+        n
+        for n in plan.candidates
+        if may_add and n not in busy and np.abs(np.log(n / groups.n)).min() > NEAR
+    ]
+    again = [
+        n for n, r in counts.items() if enough_sizes and n not in busy and r < plan.max_repetitions
+    ]
+    n = np.array(fresh + again, float)
+    reps = np.array([plan.new_size_repetitions] * len(fresh) + [1] * len(again), float)
+    return n, reps
+
+
+def expected_drop(post: Posterior, goal: Goal, n: np.ndarray, reps: np.ndarray):
+    """(goal variance now, expected drop for each candidate), both averaged over α's posterior.
+
+    At each grid α the drop from adding weight w at n is w (gᵀΣj)² / (1 + w jᵀΣj) (Sherman-
+    Morrison), with Σ the local 3-parameter covariance and j the law's gradient at n.
+    """
+    cov = laplace_covariance(post)
+    g = goal.gradient(post)
+    logx = np.log(n / post.n_ref)[None, :]
+    x = np.exp(-post.alpha[:, None] * logx)
+    j = np.stack([x, -post.beta[:, :1] * x * logx, np.ones_like(x)], -1)  # (A, K, 3)
+    w = reps / post.cell_variance(n) / post.phi[:, None]
+    sg = np.einsum("aij,aj->ai", cov, g)
+    g_s_j = np.einsum("ai,aki->ak", sg, j)
+    j_s_j = np.einsum("aki,aij,akj->ak", j, cov, j)
+    var = post.prob @ np.einsum("ai,ai->a", g, sg)
+    return float(var), post.prob @ (w * g_s_j**2 / (1 + w * j_s_j))
+
+
+def _best(
+    post: Posterior,
+    goal: Goal,
+    plan: Plan,
+    cost: CostModel,
+    budget: _Budget,
+    moves: tuple[np.ndarray, np.ndarray],
+    counts: dict[int, int],
+    common: dict,
+    enough_sizes: bool,
+) -> Decision:
+    n, reps = moves
+    seconds = reps * cost(n)
+    ok = np.array([budget.allows(s, int(r)) for s, r in zip(seconds, reps, strict=True)], bool)
+    if not ok.any():
+        why = "no candidate fits the budget left" if n.size else "no candidate left to measure"
+        return Decision("stop", why, stop_reason="budget" if n.size else "no_gain", **common)
+    n, reps, seconds = n[ok], reps[ok], seconds[ok]
+    var, drop = expected_drop(post, goal, n, reps)
+    score = drop / seconds**plan.gamma
+    k = int(np.argmax(score))
+    share = float(drop[k] / var) if var > 0 else 0.0
+    if enough_sizes and share < NO_GAIN:
+        why = f"the best candidate (n={int(n[k])}) would cut the variance by {share:.1e}"
+        return Decision("stop", why, stop_reason="no_gain", **common)
+    size = int(n[k])
+    new = size not in counts
+    why = (
+        f"{'new size' if new else 'repetition'} n={size}: expected variance drop "
+        f"{share:.1%} for {seconds[k]:.3g} s (score drop/cost^{plan.gamma:g})"
+    )
+    if not enough_sizes:
+        why = f"fewer than {plan.min_sizes} sizes; " + why
+    after = common["before"].shrunk(float(np.sqrt(max(1 - share, 0.0))))
+    return Decision(
+        "measure",
+        why,
+        n=size,
+        repetitions=int(reps[k]),
+        new_size=new,
+        cost_seconds=float(seconds[k]),
+        score=float(score[k]),
+        after=after,
+        **common,
+    )
