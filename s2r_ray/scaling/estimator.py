@@ -229,7 +229,10 @@ class PowerLawFit:
         }
         if self.params is not None:
             out["extrapolation"] = self._extrapolation()
-            out["curve"] = self._curve()
+            top = self.groups.n[-1] * max(self.extrapolate_factors, default=1.0)
+            n = np.geomspace(self.groups.n[0], max(top, self.groups.n[-1]), CURVE_POINTS)
+            point, lo, hi = self._with_ci(n)
+            out["curve"] = {"n": n, "mae": point, "lo": lo, "hi": hi}
             if self.target_mae is not None:
                 out["n_for_target"] = self._target()
         return json_safe(out)
@@ -277,12 +280,6 @@ class PowerLawFit:
             }
             for i, (f, x, v) in enumerate(zip(self.extrapolate_factors, n, point, strict=True))
         ]
-
-    def _curve(self) -> dict:
-        top = self.groups.n[-1] * max(self.extrapolate_factors, default=1.0)
-        n = np.geomspace(self.groups.n[0], max(top, self.groups.n[-1]), CURVE_POINTS)
-        point, lo, hi = self._with_ci(n)
-        return {"n": n, "mae": point, "lo": lo, "hi": hi}
 
     def _target(self) -> dict:
         t = float(self.target_mae)
