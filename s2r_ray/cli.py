@@ -19,14 +19,6 @@ alpha says how fast more simulation helps, C is the transfer gap that no amount 
 """
 
 
-def resume_command(args: argparse.Namespace, out: Path) -> str:
-    """The command that picks an interrupted study up: the same one, pointed at its folder."""
-    words = ["s2r", "run", args.config, "--out", str(out)]
-    words += [w for s in args.set for w in ("--set", s)]
-    words += ["--quick"] * args.quick + (["--address", args.address] if args.address else [])
-    return shlex.join(words)
-
-
 def mlflow_lines(out: Path) -> list[str]:
     """Where a reviewer opens the study in MLflow, from the ids its folder keeps."""
     from s2r_ray.folder import StudyFolder
@@ -49,7 +41,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if e.report:
             print(summary_text(e.report))
         print(f"s2r: {e}; the study folder {out} keeps everything done so far.", file=sys.stderr)
-        print(f"resume with: {resume_command(args, out)}", file=sys.stderr, flush=True)
+        words = ["s2r", "run", args.config, "--out", str(out)]  # the same, pointed at its folder
+        words += [w for s in args.set for w in ("--set", s)]
+        words += ["--quick"] * args.quick + (["--address", args.address] if args.address else [])
+        print(f"resume with: {shlex.join(words)}", file=sys.stderr, flush=True)
         return 128 + e.signum
     print(summary_text(study.report))
     print(f"report: {study.folder.report_path()}  plot: {study.plots.get('scaling')}")

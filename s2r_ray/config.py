@@ -281,16 +281,6 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return " ".join(str(err).split())
 
 
-def _blame(field: str, overrides: list[str]) -> str | None:
-    """The last `--set key=value` that set this field, a field inside it or one of its parents
-    (a section's validator reports the section): that override, not the file, caused the error."""
-    for text in reversed(overrides):
-        key = text.split("=", 1)[0].strip()
-        if field == key or field.startswith(key + ".") or key.startswith(field + "."):
-            return f"--set {text}"
-    return None
-
-
 def _format(err: ValidationError, origin: str, overrides: list[str]) -> str:
     """One line per error, headed by where the errors come from: the file, the overrides or both."""
     sources: list[str] = []
@@ -301,7 +291,14 @@ def _format(err: ValidationError, origin: str, overrides: list[str]) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see configs/demo.yaml)"
         lines.append(f"  {field}: {msg}")
-        source = _blame(field, overrides) or origin
+        # the last `--set key=value` that set this field, a field inside it or one of its
+        # parents (a section's validator reports the section) caused it, not the file
+        source = origin
+        for text in reversed(overrides):
+            key = text.split("=", 1)[0].strip()
+            if field == key or field.startswith(key + ".") or key.startswith(field + "."):
+                source = f"--set {text}"
+                break
         if source not in sources:
             sources.append(source)
     return "\n".join([f"{', '.join(sources)}: invalid study config", *lines])

@@ -71,13 +71,8 @@ class Plan:
     def source_split(self, cell: Cell) -> tuple[np.ndarray, ...]:
         """Pretraining arrays: the n source rows and the repetition's source hold-out."""
         ds, rep = self.dataset, self.repetitions[cell.repetition]
-        rows = rep.source_subset(cell.n)
-        return (
-            ds.source_X[rows],
-            ds.source_y[rows],
-            ds.source_X[rep.holdout],
-            ds.source_y[rep.holdout],
-        )
+        rows, hold = rep.source_subset(cell.n), rep.holdout
+        return ds.source_X[rows], ds.source_y[rows], ds.source_X[hold], ds.source_y[hold]
 
     def target_split(self, cell: Cell) -> tuple[np.ndarray, ...]:
         """Fine-tuning arrays: the cell's m target train rows and the validation rows."""
@@ -113,16 +108,7 @@ def make_repetition(ds: Dataset, split: SplitConfig, index: int, seed: int) -> R
     eligible = rng.permutation(eligible)
     n_hold = min(round(split.source_holdout * len(eligible)), split.source_holdout_max)
     n_hold = max(n_hold, min(10, len(eligible) // 2))
-    return Repetition(
-        index=index,
-        seed=seed,
-        train=train,
-        val=val,
-        test=test,
-        pool=eligible[n_hold:],
-        holdout=eligible[:n_hold],
-        excluded_for_leakage=excluded,
-    )
+    return Repetition(index, seed, train, val, test, eligible[n_hold:], eligible[:n_hold], excluded)
 
 
 def make_plan(cfg: StudyConfig, ds: Dataset) -> Plan:

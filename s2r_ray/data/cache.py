@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -60,14 +61,7 @@ class FeatureStore:
         known = self._read_keys()
         missing = [t for t in ids if t not in known]
         if missing:
-            chunks = map_chunks(
-                self.featurizer.canonical,
-                missing,
-                self.featurizer.chunk_size,
-                self.pool,
-                f"{self.file_name}: parsing identifiers",
-                "ids",
-            )
+            chunks = self._map(self.featurizer.canonical, missing, "parsing identifiers", "ids")
             known.update(zip(missing, (r for chunk in chunks for r in chunk), strict=True))
             self._write_keys(known)
         self.stats["ids_canonicalised"] += len(missing)
@@ -79,14 +73,8 @@ class FeatureStore:
         table = self._read_features(names)
         missing = [k for k, at in zip(keys, table.index.get_indexer(keys), strict=True) if at < 0]
         if missing:
-            chunks = map_chunks(
-                self.featurizer.featurize,
-                missing,
-                self.featurizer.chunk_size,
-                self.pool,
-                f"{self.file_name}: featurizing ({self.featurizer.name})",
-                "keys",
-            )
+            what = f"featurizing ({self.featurizer.name})"
+            chunks = self._map(self.featurizer.featurize, missing, what, "keys")
             new = pd.DataFrame(
                 np.vstack(chunks), index=pd.Index(missing, name="key"), columns=names
             )
@@ -95,6 +83,11 @@ class FeatureStore:
         self.stats["keys_featurized"] += len(missing)
         self.stats["keys_cached"] += len(keys) - len(missing)
         return table.to_numpy(np.float32)[table.index.get_indexer(keys)]
+
+    def _map(self, fn: Callable[[list], list], items: list, what: str, unit: str) -> list:
+        """fn over chunks of items, in the pool's processes for large inputs."""
+        size, pool = self.featurizer.chunk_size, self.pool
+        return map_chunks(fn, items, size, pool, f"{self.file_name}: {what}", unit)
 
     def _read_keys(self) -> dict[tuple[str, ...], str | Rejection]:
         if not self.keys_path.is_file():

@@ -54,20 +54,15 @@ def make_synthetic(cfg: SyntheticData) -> Dataset:
     def modelled(X: np.ndarray) -> np.ndarray:
         return np.tanh(X @ w1 / np.sqrt(d) * 1.5 + b1) @ w2 * 2.0
 
-    def simulated(X: np.ndarray) -> np.ndarray:
-        return modelled(X) + cfg.bias * (X @ a + 1.0)
-
-    def real(X: np.ndarray) -> np.ndarray:
-        return modelled(X) + missing(X)
-
     Xs = rng.normal(size=(cfg.n_source, d))
-    ys = simulated(Xs) + rng.normal(scale=cfg.source_noise, size=cfg.n_source)
+    ys = modelled(Xs) + cfg.bias * (Xs @ a + 1.0)  # simulated: f + a smooth bias, + noise
+    ys = ys + rng.normal(scale=cfg.source_noise, size=cfg.n_source)
     source_ids = np.array([f"M{i:06d}" for i in range(cfg.n_source)])
 
     n_shared = min(cfg.n_target // 3, cfg.n_source)
     shared = rng.choice(cfg.n_source, size=n_shared, replace=False)
     Xt = np.vstack([Xs[shared], rng.normal(size=(cfg.n_target - n_shared, d))])
-    yt = real(Xt) + rng.normal(scale=cfg.target_noise, size=cfg.n_target)
+    yt = modelled(Xt) + missing(Xt) + rng.normal(scale=cfg.target_noise, size=cfg.n_target)
     target_ids = np.concatenate(
         [source_ids[shared], [f"M{cfg.n_source + j:06d}" for j in range(cfg.n_target - n_shared)]]
     )

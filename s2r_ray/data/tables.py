@@ -156,18 +156,19 @@ def _numeric(raw: pd.Series) -> tuple[pd.Series, dict[str, pd.Series]]:
     }
 
 
-def _format_condition(v: float) -> str:
-    """Shortest round-trip text of a condition value, no exponent: 25.0 -> '25', 0.49 -> '0.49'."""
-    return np.format_float_positional(v, trim="-")
-
-
 def _read_selected(
     spec: TableSpec, side: str, featurizer: Featurizer
 ) -> tuple[Path, pd.DataFrame, list[str], dict[str, int]]:
     """The file's rows chosen by the query, after checking every named column is there."""
     path = spec.resolved_path()
-    if not path.is_file():
-        raise DataError(_missing_file(spec, side, path))
+    if not path.is_file():  # name any unset variable whose default made it (e.g. S2R_DATA_DIR)
+        message = f"{path}: no such data file (data.{side}.path {spec.path!r})"
+        for name in dict.fromkeys(re.findall(r"\$\{(\w+)", spec.path)):
+            if name not in os.environ:
+                message += (
+                    f"; {name} is not set, so its default was used: export {name}=/path/to/data"
+                )
+        raise DataError(message)
     table = read_table(path, spec.id_columns)
     row_columns = featurizer.row_columns(list(table.columns))
     roles = dict.fromkeys(spec.id_columns, "id") | {spec.value_column: "value"}
@@ -188,16 +189,6 @@ def _read_selected(
             raise DataError(f"{path}: data.{side}.query {spec.query!r} failed: {problem}") from None
         counts[f"{side}_rows_not_selected"] = counts[f"{side}_rows_read"] - len(table)
     return path, table, row_columns, counts
-
-
-def _missing_file(spec: TableSpec, side: str, path: Path) -> str:
-    """Why the file is not there, when the path took a default for an unset variable: the
-    shipped configs find their data through S2R_DATA_DIR."""
-    message = f"{path}: no such data file (data.{side}.path {spec.path!r})"
-    for name in dict.fromkeys(re.findall(r"\$\{(\w+)", spec.path)):
-        if name not in os.environ:
-            message += f"; {name} is not set, so its default was used: export {name}=/path/to/data"
-    return message
 
 
 def _validate_cells(
@@ -272,24 +263,28 @@ def load_side(
 
     counts |= {f"{side}_{k}": v for k, v in store.stats.items()} | rejections.counts()
     numbers = numbers.loc[entity.index]
-    row_key = _row_keys(spec, entity, numbers)
-    keys, y, row_means, entity_of_key = _reduce(spec, row_key, entity, numbers, X_rows)
+    row_key = entity  # a row's key: its entity plus its condition values, as the shortest
+    for c in spec.condition_columns:  # round-trip text without exponent (25.0 -> '25')
+        text = numbers[c].map(lambda v: np.format_float_positional(v, trim="-"))
+        row_key = row_key + KEY_SEPARATOR + text
+    # one row per key, in order of first appearance: the value reduced by the side's rule, the
+    # per-row features averaged
+    codes, uniques = pd.factorize(row_key)
+    keys = np.asarray(uniques, dtype=str)
+    y = numbers[spec.value_column].groupby(codes).agg(spec.reduce).to_numpy()
+    row_means = pd.DataFrame(X_rows).groupby(codes).mean().to_numpy()
+    entity_of_key = entity.groupby(codes).first().to_numpy()
     counts[f"{side}_duplicates_reduced"] = len(entity) - len(keys)
     conflicts = _conflicts(row_key, numbers[spec.value_column])
     counts[f"{side}_conflicting_duplicates"] = len(conflicts)
     if len(conflicts):
+        spreads = ", ".join(f"{k} ({v:.4g})" for k, v in conflicts.nlargest(5).items())
         log.warning(
             "%s: %d %s key(s) have rows whose %s values spread over more than %s of the "
             "side's interquartile range (%s_conflicting_duplicates), reduced by %s anyway; "
             "largest spreads: %s",
-            path,
-            len(conflicts),
-            side,
-            spec.value_column,
-            f"{CONFLICT_TOLERANCE:.0%}",
-            side,
-            spec.reduce,
-            ", ".join(f"{k} ({v:.4g})" for k, v in conflicts.nlargest(5).items()),
+            *(path, len(conflicts), side, spec.value_column, f"{CONFLICT_TOLERANCE:.0%}"),
+            *(side, spec.reduce, spreads),
         )
     counts[f"{side}_rows"] = len(keys)  # 0 here is an error, raised once rejected rows are out
     X_keys = X_distinct[pd.Index(distinct).get_indexer(entity_of_key)]
@@ -303,14 +298,6 @@ def load_side(
     )
 
 
-def _row_keys(spec: TableSpec, entity: pd.Series, numbers: pd.DataFrame) -> pd.Series:
-    """The key of each row: its entity plus its condition values."""
-    key = entity
-    for c in spec.condition_columns:
-        key = key + KEY_SEPARATOR + numbers[c].map(_format_condition)
-    return key
-
-
 def _conflicts(row_key: pd.Series, values: pd.Series) -> pd.Series:
     """Spread (max - min) of each key whose rows disagree by more than `CONFLICT_TOLERANCE` of
     the interquartile range of all rows: duplicates a reduction hides, though they disagree."""
@@ -318,28 +305,6 @@ def _conflicts(row_key: pd.Series, values: pd.Series) -> pd.Series:
     spread = groups.max() - groups.min()
     low, high = values.quantile([0.25, 0.75]) if len(values) else (0.0, 0.0)
     return spread[spread > CONFLICT_TOLERANCE * (high - low)]
-
-
-def _reduce(
-    spec: TableSpec, key: pd.Series, entity: pd.Series, numbers: pd.DataFrame, X_rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One row per key (entity + condition values): the value reduced by the side's rule, the
-    per-row features averaged; keys in order of first appearance in the file.
-
-    Returns the keys, their values, their per-row features and their entity keys.
-    """
-    codes, keys = pd.factorize(key)
-    y = numbers[spec.value_column].groupby(codes).agg(spec.reduce).to_numpy()
-    row_means = pd.DataFrame(X_rows).groupby(codes).mean().to_numpy()
-    entity_of_key = entity.groupby(codes).first().to_numpy()
-    return np.asarray(keys, dtype=str), y, row_means, entity_of_key
-
-
-def _empty_side_message(path: Path, side: str, loaded: Side, rejected_csv: Path | None) -> str:
-    """Why a side has no rows: its counts, and where its rejected rows are listed."""
-    summary = ", ".join(f"{k}={v}" for k, v in loaded.counts.items())
-    where = f"; rejected rows are listed in {rejected_csv}" if rejected_csv is not None else ""
-    return f"{path}: no {side} rows left after selection and cleaning ({summary}){where}"
 
 
 def load_dataset(
@@ -371,9 +336,14 @@ def load_dataset(
         rejected = pd.concat([source.rejected, target.rejected], ignore_index=True)
         with atomic_path(rejected_csv) as tmp:
             rejected.to_csv(tmp, index=False)
+    where = f"; rejected rows are listed in {rejected_csv}" if rejected_csv is not None else ""
     for spec, side, loaded in ((src, "source", source), (tgt, "target", target)):
-        if len(loaded.keys) == 0:
-            raise DataError(_empty_side_message(spec.resolved_path(), side, loaded, rejected_csv))
+        if len(loaded.keys) == 0:  # why: its counts, and where its rejected rows are listed
+            summary = ", ".join(f"{k}={v}" for k, v in loaded.counts.items())
+            raise DataError(
+                f"{spec.resolved_path()}: no {side} rows left after selection and cleaning "
+                f"({summary}){where}"
+            )
     if source.feature_names != target.feature_names:
         raise DataError(
             f"{tgt.resolved_path()}: target features differ from the source's "

@@ -83,19 +83,18 @@ def parameter_checks(
     out: list[Diagnostic] = []
     tiny = 1e-9 * max(scale, 1e-300)
     if D_at_min <= tiny:
-        out.append(
+        return [
             note(
                 "alpha_not_identified",
                 "the best fit is flat (D = 0): the errors show no decrease with n, so α has no "
                 "meaning here and the extrapolation is just the mean error",
             )
-        )
-        return out
+        ]
     if alpha_ci is not None and (
         alpha_ci[1] - alpha_ci[0] > UNIDENTIFIED_WIDTH
         or alpha_ci[1] > UNIDENTIFIED_RATIO * alpha_ci[0]
     ):
-        out.append(
+        return [
             note(
                 "alpha_not_identified",
                 f"α = {_g(alpha)} but its interval [{_g(alpha_ci[0])}, {_g(alpha_ci[1])}] is too "
@@ -103,8 +102,7 @@ def parameter_checks(
                 "the error falls. C trades off against α (a near-zero α turns D·n^-α into a "
                 "constant), so C is not determined either; do not quote α or C or extrapolate far",
             )
-        )
-        return out
+        ]
     if alpha <= ALPHA_MIN * 1.01 or alpha >= ALPHA_MAX * 0.999:
         out.append(
             note(

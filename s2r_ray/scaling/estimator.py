@@ -22,6 +22,11 @@ BOOTSTRAP_METHOD = (
     "percentile bootstrap over repetitions within each size, deviations rescaled by "
     "sqrt(R/(R-1)) so resampled means have the unbiased variance"
 )
+WEIGHTS = {  # by whether the repetitions' spread gives a noise estimate
+    False: "equal per repetition (no spread between repetitions to estimate noise)",
+    True: "inverse variance of each size's repetition mean, the variance floored at the "
+    "pooled within-size variance / R",
+}
 
 
 def size_or_unreachable(n: float) -> float | str:
@@ -85,8 +90,18 @@ class PowerLawFit:
         missing = {"n", "mae"} - set(table.columns)
         if missing:
             raise ValueError(f"table lacks column(s) {sorted(missing)}; needs n and mae")
-        table = self._select_m(table, m)
-        groups = group_repetitions(self._clean(table))
+        if "m" in table.columns and not table["m"].isna().all():
+            self.m = float(table["m"].max() if m is None else m)
+            table = table[table["m"] == self.m]
+        n = pd.to_numeric(table["n"], errors="coerce")
+        mae = pd.to_numeric(table["mae"], errors="coerce")
+        finite = np.isfinite(n) & np.isfinite(mae)
+        if (~finite).sum():
+            self.diagnostics.append(dg.dropped_rows(int((~finite).sum()), "non-finite n or mae"))
+        if (finite & (n <= 0)).sum():
+            self.diagnostics.append(dg.baseline_rows_ignored(int((finite & (n <= 0)).sum())))
+        keep = finite & (n > 0)
+        groups = group_repetitions(pd.DataFrame({"n": n[keep], "mae": mae[keep]}))
         self.groups = groups
         if groups.size_count < 3:
             self.diagnostics.append(dg.too_few_sizes(groups.size_count))
@@ -112,24 +127,6 @@ class PowerLawFit:
         """The headline estimator (robust or not) as a fitter for its own backtest."""
         p = fit_batch(n, y[None], w[None], robust=self.robust)
         return lambda x: p.predict(x)[0]
-
-    def _select_m(self, table: pd.DataFrame, m: float | None) -> pd.DataFrame:
-        if "m" not in table.columns or table["m"].isna().all():
-            return table
-        self.m = float(table["m"].max() if m is None else m)
-        return table[table["m"] == self.m]
-
-    def _clean(self, table: pd.DataFrame) -> pd.DataFrame:
-        n = pd.to_numeric(table["n"], errors="coerce")
-        mae = pd.to_numeric(table["mae"], errors="coerce")
-        finite = np.isfinite(n) & np.isfinite(mae)
-        if (~finite).sum():
-            self.diagnostics.append(dg.dropped_rows(int((~finite).sum()), "non-finite n or mae"))
-        baseline = finite & (n <= 0)
-        if baseline.sum():
-            self.diagnostics.append(dg.baseline_rows_ignored(int(baseline.sum())))
-        keep = finite & (n > 0)
-        return pd.DataFrame({"n": n[keep], "mae": mae[keep]})
 
     def _bootstrap(self, spread: np.ndarray) -> Params | None:
         """Refit every resample at once; None when there is no noise estimate to resample."""
@@ -188,20 +185,12 @@ class PowerLawFit:
         b = self.boot
         if b is None:
             return {"D": None, "alpha": None, "C": None}
-        out = {}
-        for name, values in (("D", b.D), ("C", b.C)):
-            lo, hi = interval(values, self.ci)
-            out[name] = (float(lo), float(hi))
+        out = {k: tuple(map(float, interval(v, self.ci))) for k, v in (("D", b.D), ("C", b.C))}
         flat = b.D_ref <= 0
         lo = interval(np.where(flat, ALPHA_MIN, b.alpha), self.ci)[0]
         hi = interval(np.where(flat, ALPHA_MAX, b.alpha), self.ci)[1]
         out["alpha"] = (float(lo), float(hi))
         return out
-
-    def _alpha(self) -> float | None:
-        """The point α, or None for a flat fit (D = 0), where any α fits equally."""
-        p = self._require_fit()
-        return float(p.alpha[0]) if p.D_ref[0] > 0 else None
 
     def predict(self, n: np.ndarray) -> np.ndarray:
         """Fitted MAE at sizes n (any shape)."""
@@ -240,7 +229,10 @@ class PowerLawFit:
         }
         if self.params is not None:
             out["extrapolation"] = self._extrapolation()
-            out["curve"] = self._curve()
+            top = self.groups.n[-1] * max(self.extrapolate_factors, default=1.0)
+            n = np.geomspace(self.groups.n[0], max(top, self.groups.n[-1]), CURVE_POINTS)
+            point, lo, hi = self._with_ci(n)
+            out["curve"] = {"n": n, "mae": point, "lo": lo, "hi": hi}
             if self.target_mae is not None:
                 out["n_for_target"] = self._target()
         return json_safe(out)
@@ -258,25 +250,16 @@ class PowerLawFit:
             "ci": self.ci,
             "seed": self.seed,
             "robust": self.robust,
-            "weights": self._weights_text(),
+            "weights": None if self._weights is None else WEIGHTS[self._known_variance],
             "bootstrap": BOOTSTRAP_METHOD,
         }
         if p is None:
             return out
-        out.update(D=float(p.D[0]), alpha=self._alpha(), C=float(p.C[0]))
+        alpha = float(p.alpha[0]) if p.D_ref[0] > 0 else None  # a flat fit (D = 0): any α fits
+        out.update(D=float(p.D[0]), alpha=alpha, C=float(p.C[0]))
         out |= {ci_key(name, self.ci): bounds for name, bounds in self.intervals.items()}
         out.update(chi2=self._chi2, dof=g.size_count - 3)
         return out
-
-    def _weights_text(self) -> str | None:
-        if self._weights is None:
-            return None
-        if not self._known_variance:
-            return "equal per repetition (no spread between repetitions to estimate noise)"
-        return (
-            "inverse variance of each size's repetition mean, the variance floored at the "
-            "pooled within-size variance / R"
-        )
 
     def _with_ci(self, n: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         point = self.predict(n)
@@ -297,12 +280,6 @@ class PowerLawFit:
             }
             for i, (f, x, v) in enumerate(zip(self.extrapolate_factors, n, point, strict=True))
         ]
-
-    def _curve(self) -> dict:
-        top = self.groups.n[-1] * max(self.extrapolate_factors, default=1.0)
-        n = np.geomspace(self.groups.n[0], max(top, self.groups.n[-1]), CURVE_POINTS)
-        point, lo, hi = self._with_ci(n)
-        return {"n": n, "mae": point, "lo": lo, "hi": hi}
 
     def _target(self) -> dict:
         t = float(self.target_mae)

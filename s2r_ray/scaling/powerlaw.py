@@ -62,12 +62,7 @@ class Params:
 
 
 def solve_dc(
-    sw: np.ndarray,
-    sx: np.ndarray,
-    sy: np.ndarray,
-    sxx: np.ndarray,
-    sxy: np.ndarray,
-    with_c: bool,
+    sw: np.ndarray, sx: np.ndarray, sy: np.ndarray, sxx: np.ndarray, sxy: np.ndarray, with_c: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weighted NNLS for y ≈ D·x + C from its moment sums, elementwise (closed form)."""
     d_only = np.maximum(sxy / sxx, 0.0)
