@@ -1,14 +1,14 @@
 """Where pretrained networks live while a study runs: one interface, chosen in one place.
 
 A network is written to the study folder the moment it exists. On a local Ray jobs read and
-write the folder themselves; on a cluster they go through the reducer, which runs on the
-driver's node, so the folder need not be on a shared filesystem. Either way a
-reused trial actor keeps the last few networks it read: it usually runs several trials of the
-same cell in a row.
+write the folder themselves; on a cluster they go through the reducer, on the driver's node, so
+the folder need not be shared. Either way a reused trial actor keeps the last few networks it
+read: it usually runs several trials of the same cell in a row.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import ray
@@ -65,7 +65,7 @@ def choose_store(folder: StudyFolder, reducer: ray.actor.ActorHandle) -> Pretrai
 _CACHE: dict[str, Pretrained] = {}
 
 
-def _cached(key: str, read) -> Pretrained:
+def _cached(key: str, read: Callable[[], Pretrained]) -> Pretrained:
     if key not in _CACHE:
         if len(_CACHE) >= _KEEP:
             _CACHE.pop(next(iter(_CACHE)))

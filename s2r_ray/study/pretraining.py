@@ -35,8 +35,7 @@ class Pretrainings:
     ):
         self.loaded = [k for k in needed if k in on_disk]
         self._todo = [k for k in needed if k not in on_disk]
-        self._done: set[str] = set(self.loaded)
-        self._running: set[str] = set()
+        self._done, self._running = set(self.loaded), set[str]()
         self.failed: dict[str, str] = {}
         self._slots, self._echo = slots, echo
         self._rate = Rate(len(self._todo), unit="pretrainings")
@@ -57,7 +56,13 @@ class Pretrainings:
             self.failed[key] = outcome.error
             line = f"pretraining {key} FAILED: {outcome.error}"
         else:
-            line = _finished_line(key, outcome)
+            how = (
+                "converged" if outcome.converged else "stopped on the step cap (pretrain.max_steps)"
+            )
+            line = (
+                f"pretraining {key}: source hold-out MAE {outcome.source_val_mae:.4g} after "
+                f"{outcome.steps} steps, {how} ({outcome.seconds:.0f} s)"
+            )
         self._rate.add()
         self._echo(f"{line} | {self._rate.done}/{self._rate.total}, {self._rate.describe()}")
 
@@ -76,11 +81,3 @@ def default_slots(res: Resources) -> int:
     if res.gpu:
         slots = min(slots, int(total.get("GPU", 0) // res.gpu))
     return max(1, slots)
-
-
-def _finished_line(key: str, s: PretrainingSummary) -> str:
-    how = "converged" if s.converged else "stopped on the step cap (pretrain.max_steps)"
-    return (
-        f"pretraining {key}: source hold-out MAE {s.source_val_mae:.4g} after "
-        f"{s.steps} steps, {how} ({s.seconds:.0f} s)"
-    )

@@ -12,11 +12,14 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 
 from s2r_ray.protocol import Cell
-from s2r_ray.scoring import failed_record
 from s2r_ray.study import units
 from s2r_ray.study.pretraining import Pretrainings
 from s2r_ray.study.tuner import CellTuner
 from s2r_ray.study.units import METRIC, Failure, Pretraining, Scoring, Trial
+
+
+def failed_record(cell: Cell, error: str) -> dict:
+    return {"cell": cell.id, **cell.to_dict(), "status": "failed", "error": error}
 
 
 class StudySearcher(Searcher):
@@ -86,11 +89,8 @@ class StudySearcher(Searcher):
                 )
         elif isinstance(unit, Scoring):
             scored = None if error else units.result_of(result)
-            record = (
-                scored.record
-                if isinstance(scored, units.Scored)
-                else failed_record(unit.cell, "scoring failed (see Tune's log)")
-            )
+            failed = failed_record(unit.cell, "scoring failed (see Tune's log)")
+            record = scored.record if isinstance(scored, units.Scored) else failed
             self._on_cell_done(record | self._tuners[unit.cell.id].counts())
         elif isinstance(unit, Trial) and not self._stopping:
             self._trial_ended(unit, result, error)
@@ -101,12 +101,8 @@ class StudySearcher(Searcher):
         if value is None or not math.isfinite(value):
             tuner.tell(trial, None, error=(result or {}).get("diverged"))
         else:
-            tuner.tell(
-                trial,
-                value,
-                stop_epoch=result.get("training_iteration"),
-                train_seconds=float(result.get("train_seconds", 0.0)),
-            )
+            it, seconds = result.get("training_iteration"), result.get("train_seconds", 0.0)
+            tuner.tell(trial, value, stop_epoch=it, train_seconds=float(seconds))
         if tuner.tuned():
             self._cell_tuned(trial.cell)
 
@@ -117,9 +113,9 @@ class StudySearcher(Searcher):
             self._record(
                 failed_record(cell, f"all trials failed: {tuner.errors()}") | tuner.counts()
             )
-            return
-        self._open.remove(cell)
-        self._to_score.append(scoring)
+        else:
+            self._open.remove(cell)
+            self._to_score.append(scoring)
 
     def _record(self, record: dict) -> None:
         self._open = [c for c in self._open if c.id != record["cell"]]
@@ -142,13 +138,10 @@ class PerCellASHA(FIFOScheduler):
 
     def __init__(self, max_t: int, grace_period: int, reduction_factor: int):
         super().__init__()
-        self._kwargs = {
-            "metric": METRIC,
-            "mode": "min",
-            "max_t": max_t,
-            "grace_period": min(grace_period, max_t),
-            "reduction_factor": reduction_factor,
-        }
+        self._kwargs = dict(
+            metric=METRIC, mode="min", max_t=max_t, reduction_factor=reduction_factor
+        )
+        self._kwargs["grace_period"] = min(grace_period, max_t)
         self._ashas: dict[str, AsyncHyperBandScheduler] = {}
         self._metric, self._mode = METRIC, "min"
 

@@ -1,11 +1,10 @@
 """One cell's hyperparameter search on Optuna's public ask/tell API: no Ray in it, so it is
 testable alone, and the Tune searcher is a thin adapter on it.
 
-Each cell's Optuna study lives in the study folder's journal, and everything its scoring needs
-(the trial's seed, hyperparameters, the epoch it stopped at) is stored on the Optuna trial, so a
-restarted study continues each half-tuned cell where it stopped. A trial that was running when
-its process died ends failed without an error of its own, `interrupted`, and does not count:
-the cell runs another in its place.
+Each cell's Optuna study lives in the study folder's journal with all its scoring needs (seed,
+hyperparameters, stop epoch) on the Optuna trial, so a restarted study continues each
+half-tuned cell. A trial whose process died ends failed without an error of its own
+(`interrupted`) and does not count: the cell runs another in its place.
 """
 
 from __future__ import annotations
@@ -51,9 +50,8 @@ class CellTuner:
         startup_trials: int,
         seed: int,
     ):
-        self.cell = cell
-        self._family, self._space, self._per_cell = family, space, trials_per_cell
-        self._seed = seed
+        self.cell, self._family, self._space = cell, family, space
+        self._per_cell, self._seed = trials_per_cell, seed
         self._study = optuna.create_study(
             storage=storage, study_name=cell.id, direction="minimize", load_if_exists=True
         )
@@ -69,14 +67,10 @@ class CellTuner:
     @property
     def ended(self) -> int:
         """Trials that count towards `trials_per_cell`."""
-        return sum(not interrupted(t) for t in self._counted_or_not())
-
-    @property
-    def running(self) -> int:
-        return len(self._live)
+        return sum(not interrupted(t) for t in self._ended())
 
     def wants_more(self) -> bool:
-        return self.ended + self.running < self._per_cell
+        return self.ended + len(self._live) < self._per_cell
 
     def tuned(self) -> bool:
         return self.ended >= self._per_cell
@@ -87,7 +81,8 @@ class CellTuner:
         key = f"{self.cell.id}-t{ot.number:02d}"
         trial = Trial(self.cell, ot.number, trial_seed(self._seed, key), {**fixed, **ot.params})
         # the format every journal holds: scoring rebuilds the trial from it alone
-        ot.set_user_attr("config", _stored(trial))
+        stored = {"cell": self.cell.to_dict(), "trial_key": key, "seed": trial.seed}
+        ot.set_user_attr("config", stored | {"hp": trial.hp})
         self._live[ot.number] = ot
         return trial
 
@@ -127,27 +122,17 @@ class CellTuner:
         return Scoring(trial, best.user_attrs.get("stop_epoch"), best.value)
 
     def errors(self) -> str:
-        found = {t.user_attrs.get("error", "?") for t in self._counted_or_not()}
-        return "; ".join(sorted(found))
+        return "; ".join(sorted({t.user_attrs.get("error", "?") for t in self._ended()}))
 
     def counts(self) -> dict[str, float]:
         """What the cell record says of its tuning."""
-        counted = [t for t in self._counted_or_not() if not interrupted(t)]
+        counted = [t for t in self._ended() if not interrupted(t)]
         return {
             "trials": len(counted),
             "failed_trials": sum(t.state == TrialState.FAIL for t in counted),
             "trial_seconds": sum(t.user_attrs.get("train_seconds", 0.0) for t in counted),
         }
 
-    def _counted_or_not(self) -> list[FrozenTrial]:
-        """Every trial that has ended (a live one has not)."""
+    def _ended(self) -> list[FrozenTrial]:
+        """Every trial that has ended, interrupted or not (a live one has not)."""
         return [t for t in self._study.get_trials(deepcopy=False) if t.number not in self._live]
-
-
-def _stored(trial: Trial) -> dict[str, Any]:
-    return {
-        "cell": trial.cell.to_dict(),
-        "trial_key": trial.key,
-        "seed": trial.seed,
-        "hp": trial.hp,
-    }

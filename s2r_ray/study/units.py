@@ -60,18 +60,6 @@ class Scoring:
     def key(self) -> str:
         return f"{self.cell.id}-score"
 
-    @property
-    def trial_key(self) -> str:
-        return self.trial.key
-
-    @property
-    def seed(self) -> int:
-        return self.trial.seed
-
-    @property
-    def hp(self) -> dict[str, Any]:
-        return self.trial.hp
-
 
 Unit = Pretraining | Trial | Scoring
 

@@ -1,19 +1,20 @@
 """The Ray Tune trainable: every unit of the study's work runs in a (reused) Tune trial actor, so
 one scheduler hands out the cluster. A pretraining stores its network and reports its summary;
 a trial trains on the cell's target train rows, logged from inside it, and reports validation
-MAE each epoch for ASHA; a scoring rebuilds the selected trial and reports the cell record."""
+MAE each epoch for ASHA; a scoring rebuilds the selected trial, evaluates it once on test and
+reports the cell record that the ledger, the reducer and the report all read."""
 
 from __future__ import annotations
 
 import math
 import time
 
+import numpy as np
 from ray import tune
 
 from s2r_ray.config import StudyConfig
-from s2r_ray.models.base import Diverged, Family
+from s2r_ray.models.base import Diverged, Family, Pretrained, mae, rmse
 from s2r_ray.protocol import Plan
-from s2r_ray.scoring import score_cell
 from s2r_ray.study import tracking, units
 from s2r_ray.study.pretrained import PretrainedStore
 from s2r_ray.study.tracking import TrackingContext
@@ -60,15 +61,9 @@ def _pretrain(
     before the job reports, so no later loss can take it."""
     device = setup_worker(cfg.tune.pretrain_resources.cpu)
     ds, rep = plan.dataset, plan.repetitions[unit.cell.repetition]
-    params = {
-        "n": unit.cell.n,
-        "repetition": unit.cell.repetition,
-        "holdout_rows": len(rep.holdout),
-        **cfg.pretrain.model_dump(),
-        "model": cfg.model.model_dump(),
-        "device": device,
-        "ray_node": ray_node(),
-    }
+    params = {"n": unit.cell.n, "repetition": unit.cell.repetition}
+    params |= {"holdout_rows": len(rep.holdout), **cfg.pretrain.model_dump()}
+    params |= {"model": cfg.model.model_dump(), "device": device, "ray_node": ray_node()}
     try:
         with tracking.nested_run(ctx, unit.cell, "pretrain", f"pretrain {unit.key}", params) as run:
             result = family.pretrain(
@@ -77,24 +72,18 @@ def _pretrain(
                 X_extra=ds.target_X[rep.train],
                 device=device,
             )
-            summary = PretrainingSummary(
+            s = PretrainingSummary(
                 result.source_val_mae, result.steps, result.converged, result.seconds
             )
             tracking.log_curve(ctx, run, "source_val_mae", result.curve)
+            metrics = {"final_source_val_mae": s.source_val_mae, "steps": s.steps}
             tracking.log(
-                ctx,
-                run,
-                {
-                    "final_source_val_mae": summary.source_val_mae,
-                    "steps": summary.steps,
-                    "converged": float(summary.converged),
-                    "seconds": summary.seconds,
-                },
+                ctx, run, metrics | {"converged": float(s.converged), "seconds": s.seconds}
             )
         store.save(unit.key, result)
     except Exception as e:
-        return Failure(_last_line(e))
-    return summary
+        return Failure((str(e).strip().splitlines() or [type(e).__name__])[-1][-300:])
+    return s
 
 
 def _finetune(
@@ -128,5 +117,62 @@ def _finetune(
         tune.report({METRIC: math.inf, "diverged": str(e)})
 
 
-def _last_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[-1][-300:]
+def score_cell(
+    plan: Plan,
+    unit: units.Scoring,
+    pretrained: Pretrained | None,
+    family: Family,
+    ensemble: int,
+    device: str,
+) -> dict:
+    """The cell's result record: test MAE/RMSE of the selected configuration (averaged over
+    `ensemble` seeds, the first being the trial's own), the zero-shot error of the
+    pretrained model, and the simulation-alone error on the same test rows."""
+    start = time.perf_counter()
+    cell, trial = unit.cell, unit.trial
+    ds, rep = plan.dataset, plan.repetitions[cell.repetition]
+    X_test, y_test = ds.target_X[rep.test], ds.target_y[rep.test]
+    state = pretrained.state if pretrained is not None else None
+    preds, val = [], None
+    for i in range(ensemble):
+        ft = family.finetune(
+            *plan.target_split(cell),
+            hp=trial.hp,
+            seed=trial.seed + i,
+            stop_epoch=unit.stop_epoch,
+            pretrained=state,
+            device=device,
+        )
+        preds.append(ft.predictor.predict(X_test, device))
+        val = ft.best_val_mae if val is None else val
+    mean = np.mean(preds, axis=0)
+    record = {
+        "cell": cell.id,
+        **cell.to_dict(),
+        "status": "ok",
+        "device": device,
+        "mae": mae(y_test, mean),
+        "rmse": rmse(y_test, mean),
+        "single_mae": mae(y_test, preds[0]),
+        "val_mae": val,
+        "selection_val_mae": unit.selection_val_mae,
+        "best_trial": trial.key,
+        "best_hp": trial.hp,
+        "test_rows": len(rep.test),
+        "train_rows": len(rep.target_train(cell.m)),
+    }
+    ref = ds.target_reference[rep.test] if ds.target_reference is not None else np.array([np.nan])
+    has_ref = np.isfinite(ref)
+    record["reference_rows"] = int(has_ref.sum())
+    record["reference_mae"] = mae(y_test[has_ref], ref[has_ref]) if has_ref.any() else None
+    if pretrained is not None:
+        source = pretrained.source_val_mae
+        record |= {
+            "zero_shot_mae": mae(y_test, family.load(state).predict(X_test, device)),
+            "source_val_mae": None if source is None or not np.isfinite(source) else float(source),
+            "pretrain_converged": pretrained.converged,
+            "pretrain_steps": pretrained.steps,
+            "pretrain_seconds": pretrained.seconds,
+        }
+    record["score_seconds"] = time.perf_counter() - start
+    return record
