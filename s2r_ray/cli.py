@@ -221,7 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # opt in with RAY_USAGE_STATS_ENABLED=1
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

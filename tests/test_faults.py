@@ -160,7 +160,7 @@ def test_running_a_finished_study_again_runs_nothing(chain):
         code, stdout, _ = proc.wait(timeout=300, what=" on a finished study, which runs nothing")
     finally:
         proc.cleanup()
-    assert code == 0 and "already complete" in stdout and "fit E(n)" in stdout
+    assert code == 0 and "already complete" in stdout and "E(n) = D·n^−α + C with" in stdout
     assert len(runs(db, "trial")) == trials
     assert len(ledger_lines(out)) == CELLS
 
