@@ -33,8 +33,8 @@ def run_unit(
 ) -> None:
     """Run the unit a Tune config carries. Fine-tuning trials never read the test split. A
     trial whose loss diverges ends FAILED with a last report saying so; one that raises is
-    retried by Tune (`tune.max_failures`). A pretraining or scoring that raises fails its
-    cells, not the study (not retried: the same seed fails the same way)."""
+    retried by Tune (`tune.max_failures`), as is a scoring. A pretraining that raises fails
+    its cells, not the study (not retried: the same seed fails the same way)."""
     unit = units.from_config(config)
     if isinstance(unit, Pretraining):
         tune.report({RESULT: _pretrain(unit, plan, store, family, cfg, ctx)})
