@@ -1,8 +1,7 @@
 """Pin a deterministic study's per-cell results, to show a change of code keeps them.
 
-The study is the fault tests' 8-cell chain (3 sizes and the baseline x 2 repetitions, 2 trials a
-cell drawn at random, no early stopping: grace period past the last epoch), so every number
-depends on the code alone, not on the order trials end in.
+The study is the fault tests' 8-cell chain (tests/chain_study.yaml), whose every number depends
+on the code alone, not on the order trials end in.
 
     python benchmarks/pin_cells.py --out /tmp/pin-before.json         # on the old code
     python benchmarks/pin_cells.py --out /tmp/pin-after.json          # on the new code
@@ -17,17 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-CHAIN = {
-    "name": "chain",
-    "sizes": [40, 120, 300],
-    "repetitions": 2,
-    "data": {"synthetic": {"n_source": 600, "n_target": 120, "n_features": 6}},
-    "model": {"hidden": [32, 16]},
-    "pretrain": {"patience": 3, "max_steps": 1500},
-    "finetune": {"epochs": [6, 10]},
-    "tune": {"trials_per_cell": 2, "startup_trials": 2, "grace_period": 11},
-    "report": {"n_boot": 200},
-}
+import yaml
+
+CHAIN = yaml.safe_load((Path(__file__).parents[1] / "tests" / "chain_study.yaml").read_text())
 PINNED = ("mae", "single_mae", "zero_shot_mae", "source_val_mae", "val_mae", "best_trial")
 
 

@@ -13,7 +13,9 @@ import threading
 import time
 
 import pytest
+import yaml
 from faults import (
+    REPO,
     StudyProcess,
     call_within,
     descendants,
@@ -32,20 +34,9 @@ from s2r_ray.study.driver import run_study
 
 pytestmark = pytest.mark.ray
 
-# Deterministic per cell: every trial is a seeded random draw (startup_trials = trials_per_cell)
-# and ASHA never stops one (grace period past the longest trial), so an interrupted and an
-# uninterrupted run give the same MAE for every cell they both finished.
-CHAIN = {
-    "name": "chain",
-    "sizes": [40, 120, 300],
-    "repetitions": 2,
-    "data": {"synthetic": {"n_source": 600, "n_target": 120, "n_features": 6}},
-    "model": {"hidden": [32, 16]},
-    "pretrain": {"patience": 3, "max_steps": 1500},
-    "finetune": {"epochs": [6, 10]},
-    "tune": {"trials_per_cell": 2, "startup_trials": 2, "grace_period": 11},
-    "report": {"n_boot": 200},
-}
+# Deterministic per cell (see the file): an interrupted and an uninterrupted run give the same
+# MAE for every cell they both finished.
+CHAIN = yaml.safe_load((REPO / "tests" / "chain_study.yaml").read_text())
 CELLS, TRIALS, PRETRAININGS = 8, 16, 6
 
 
