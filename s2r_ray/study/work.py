@@ -58,7 +58,8 @@ def _pretrain(
 ) -> PretrainingSummary | Failure:
     """Train on the first n rows of the repetition's source permutation, stopping on the
     repetition's source hold-out (disjoint from every subset); the network goes to the store
-    before the job reports, so no later loss can take it."""
+    before its MLflow run ends and the job reports, so no later loss can take it, and a run
+    ends FINISHED only for a network that was kept (one lost with its node ends KILLED)."""
     device = setup_worker(cfg.tune.pretrain_resources.cpu)
     ds, rep = plan.dataset, plan.repetitions[unit.cell.repetition]
     params = {"n": unit.cell.n, "repetition": unit.cell.repetition}
@@ -80,7 +81,7 @@ def _pretrain(
             tracking.log(
                 ctx, run, metrics | {"converged": float(s.converged), "seconds": s.seconds}
             )
-        store.save(unit.key, result)
+            store.save(unit.key, result)  # inside the run: FINISHED means the network is kept
     except Exception as e:
         return Failure((str(e).strip().splitlines() or [type(e).__name__])[-1][-300:])
     return s
