@@ -3,7 +3,7 @@ one pretraining epoch and a forward pass cost.
 
 Loads configs/bandgap_mp.yaml's tables with the `elements` featurizer (rejections per reason,
 element-count histogram), then for each model size trains one epoch over the whole source pool
-at batch 256 (AdamW, L1 on standardised y, as `s2r_ray.model.pretrain`) and reports its wall
+at batch 256 (AdamW, L1 on standardised y, as `TorchFamily.pretrain`) and reports its wall
 time, the MAE on 5,000 held-out source rows after it, and eval throughput.
 
     nice -n 5 .venv/bin/python benchmarks/attention_epoch.py [--threads 2] [--max-elements 8]

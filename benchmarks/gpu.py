@@ -3,7 +3,7 @@
     python benchmarks/gpu.py [--out DIR]              # where CUDA is: ~6 minutes on one H200
     python benchmarks/gpu.py --device cpu --tiny      # the same logic, small, on any machine
 
-1. Pretraining throughput (rows/s) on the largest pool, `s2r_ray.model.pretrain` against a bare
+1. Pretraining throughput (rows/s) on the largest pool, `TorchFamily.pretrain` against a bare
    torch loop (same network, batch and optimiser) on the same device: what s2r's loop costs.
 2. Fine-tuning trials/s with 1, 2, 4 and 8 trials sharing one GPU (`tune.resources.gpu` 1, 0.5,
    0.25, 0.125), with GPU memory and utilisation sampled from nvidia-smi meanwhile.

@@ -36,20 +36,20 @@ class FolderStore:
         StudyFolder(self._path).save_pretrained(key, pretrained)
 
     def load(self, key: str) -> Pretrained:
-        return _cached(key, lambda: StudyFolder(self._path).load_pretrained(key))
+        return _cached((self._path, key), lambda: StudyFolder(self._path).load_pretrained(key))
 
 
 class ServedStore:
     """The study folder through the reducer on the driver's node: for jobs anywhere."""
 
-    def __init__(self, reducer: ray.actor.ActorHandle):
-        self._reducer = reducer
+    def __init__(self, reducer: ray.actor.ActorHandle, path: str):
+        self._reducer, self._path = reducer, path
 
     def save(self, key: str, pretrained: Pretrained) -> None:
         ray.get(self._reducer.save_pretrained.remote(key, pretrained))
 
     def load(self, key: str) -> Pretrained:
-        return _cached(key, lambda: ray.get(self._reducer.pretrained.remote(key)))
+        return _cached((self._path, key), lambda: ray.get(self._reducer.pretrained.remote(key)))
 
 
 def choose_store(folder: StudyFolder, reducer: ray.actor.ActorHandle) -> PretrainedStore:
@@ -59,13 +59,14 @@ def choose_store(folder: StudyFolder, reducer: ray.actor.ActorHandle) -> Pretrai
     nodes = [n for n in ray.nodes() if n["Alive"]]
     if all(n["NodeManagerAddress"] == LOOPBACK for n in nodes):
         return FolderStore(str(folder.path))
-    return ServedStore(reducer)
+    return ServedStore(reducer, str(folder.path))
 
 
-_CACHE: dict[str, Pretrained] = {}
+# (the study folder, the key): a worker process may serve several studies, whose keys repeat
+_CACHE: dict[tuple[str, str], Pretrained] = {}
 
 
-def _cached(key: str, read: Callable[[], Pretrained]) -> Pretrained:
+def _cached(key: tuple[str, str], read: Callable[[], Pretrained]) -> Pretrained:
     if key not in _CACHE:
         if len(_CACHE) >= _KEEP:
             _CACHE.pop(next(iter(_CACHE)))
