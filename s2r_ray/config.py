@@ -208,6 +208,50 @@ class ReportConfig(_Strict):
     )
 
 
+class SteerConfig(_Strict):
+    """A study that steers itself: `sizes` x `repetitions` open it, then after each round the
+    reducer chooses what to measure next (a new n inside the source pool, or more repetitions
+    of a measured one) until the goal's 90% interval is narrow enough or the budget is spent."""
+
+    goal: Literal["mae_at", "n_for_target", "gap"] = Field(
+        "mae_at",
+        description="mae_at: the MAE at n (or factor x the source pool); n_for_target: the n "
+        "that reaches target_mae; gap: the transfer gap C",
+    )
+    factor: float = Field(
+        100.0, gt=0, description="mae_at: the n whose MAE is wanted, as a multiple of the pool"
+    )
+    n: int | None = Field(None, ge=1, description="mae_at: that n in rows (instead of factor)")
+    precision: float = Field(
+        0.1,
+        gt=0,
+        description="stop when the goal's 90% interval is this narrow: (hi - lo) / point, or "
+        "ln(hi / lo) for n_for_target",
+    )
+    budget_seconds: float | None = Field(
+        None, gt=0, description="compute seconds of all cells at n > 0, the opening included"
+    )
+    budget_cells: int | None = Field(
+        None, ge=1, description="(n, repetition) pairs at n > 0, the opening included"
+    )
+    min_sizes: int = Field(4, ge=3, description="distinct sizes measured before any stop")
+    new_size_repetitions: int = Field(2, ge=1, description="repetitions a new size opens with")
+    max_repetitions: int = Field(8, ge=2, description="most repetitions of any size")
+    fallback_repetitions: int = Field(
+        5, ge=1, description="repetitions of each opening size when the law fails its check"
+    )
+    gamma: float = Field(
+        0.5, gt=0, le=1, description="a candidate's score is its variance drop / cost^gamma"
+    )
+    per_decade: int = Field(4, ge=1, description="candidate new sizes per decade of n")
+
+    @model_validator(mode="after")
+    def _reps_fit(self) -> SteerConfig:
+        if self.fallback_repetitions > self.max_repetitions:
+            raise ValueError("fallback_repetitions exceeds max_repetitions")
+        return self
+
+
 class StudyConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     sizes: list[int] = Field(min_length=1)
@@ -225,6 +269,9 @@ class StudyConfig(_Strict):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    steer: SteerConfig | None = Field(
+        None, description="let the study choose its next sizes (default: the fixed grid)"
+    )
     quick: dict[str, Any] = Field(
         default_factory=dict, description="dotted overrides applied by `s2r run --quick`"
     )
@@ -244,7 +291,17 @@ class StudyConfig(_Strict):
     def _split_leaves_rows(self) -> StudyConfig:
         if self.split.test + self.split.val * (1 - self.split.test) >= 0.95:
             raise ValueError("split.test and split.val leave under 5% of target rows to train on")
+        if self.steer is not None:
+            if self.steer.goal == "n_for_target" and self.target_mae is None:
+                raise ValueError("steer.goal n_for_target needs target_mae")
+            if self.repetitions > self.steer.max_repetitions:
+                raise ValueError("repetitions exceeds steer.max_repetitions")
         return self
+
+    @property
+    def repetitions_available(self) -> int:
+        """Target splits a study may use: a steered one may add repetitions up to its cap."""
+        return self.steer.max_repetitions if self.steer else self.repetitions
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

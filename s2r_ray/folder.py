@@ -10,6 +10,9 @@ What <out> holds, and when each part is written:
   as each cell ends; a cell id already there is never appended again.
 - ``pretrained/<n>-r<r>.pkl``: each pretrained network, written by the driver as soon as its
   task has ended.
+- ``steering.jsonl``: a steered study's decisions (`s2r_ray.steer`), one per line, appended
+  and fsynced before any cell a decision adds is handed out; a resumed study reads them back
+  and never decides a taken one again.
 - ``optuna.journal``: every cell's Optuna history, written at each ask and tell, so a half-tuned
   cell continues with its remaining trials.
 - ``report.json``, ``report.html``, plots: rebuilt from the ledger at start, at each completed
@@ -42,6 +45,7 @@ from s2r_ray.atomic import write_atomic
 from s2r_ray.config import ConfigError, StudyConfig, build_config
 
 CONFIG, STATE, LEDGER, JOURNAL = "config.yaml", "study.json", "cells.jsonl", "optuna.journal"
+STEERING = "steering.jsonl"
 REPORT, PAGE, REJECTED = "report.json", "report.html", "rejected_rows.csv"
 PRETRAINED, SUPERSEDED, LOCK = "pretrained", "superseded", ".driver.lock"
 # How a study is executed, not what it computes: these may change when a study is resumed.
@@ -106,7 +110,7 @@ class StudyFolder:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ConfigError(f"{self.path}: another s2r process is running this study") from None
-        for name in (LEDGER, JOURNAL):
+        for name in (LEDGER, JOURNAL, STEERING):
             _repair_tail(self.path / name)
         (self.path / (JOURNAL + ".lock")).unlink(missing_ok=True)
 
@@ -197,28 +201,48 @@ class StudyFolder:
     # -- the ledger ------------------------------------------------------------------------
 
     def ledger(self) -> list[dict]:
-        """Finished cells, first record per cell id. A partial last line (what a kill mid-write
-        leaves) is skipped with a warning; a damaged line elsewhere is an error naming it."""
-        path = self.path / LEDGER
-        if not path.is_file():
-            return []
-        lines = path.read_text().split("\n")
+        """Finished cells, first record per cell id."""
         records: dict[str, dict] = {}
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                if i == len(lines):  # no newline after it: the write never finished
-                    warnings.warn(f"{path}:{i}: skipping a partial last record", stacklevel=2)
-                    continue
-                raise ConfigError(f"{path}:{i}: not a JSON cell record: {line[:80]!r}") from None
+        for record in self._jsonl(LEDGER, "cell record"):
             records.setdefault(record["cell"], record)
         return list(records.values())
 
     def append_cell(self, record: dict) -> None:
-        with open(self.path / LEDGER, "a") as f:
+        self._append(LEDGER, record)
+
+    def decisions(self) -> list[dict]:
+        """The steering decisions taken so far, in order, first record per index."""
+        records: dict[int, dict] = {}
+        for record in self._jsonl(STEERING, "steering decision"):
+            records.setdefault(record["index"], record)
+        return [records[k] for k in sorted(records)]
+
+    def append_decision(self, record: dict) -> None:
+        """A steering decision, durable before any of its cells is handed out."""
+        self._append(STEERING, record)
+
+    def _jsonl(self, name: str, what: str) -> list[dict]:
+        """An append-only file's records. A partial last line (what a kill mid-write leaves) is
+        skipped with a warning; a damaged line elsewhere is an error naming it."""
+        path = self.path / name
+        if not path.is_file():
+            return []
+        lines = path.read_text().split("\n")
+        records = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines):  # no newline after it: the write never finished
+                    warnings.warn(f"{path}:{i}: skipping a partial last record", stacklevel=3)
+                    continue
+                raise ConfigError(f"{path}:{i}: not a JSON {what}: {line[:80]!r}") from None
+        return records
+
+    def _append(self, name: str, record: dict) -> None:
+        with open(self.path / name, "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -273,6 +297,8 @@ class StudyFolder:
         return self.path / REJECTED
 
     def record_files(self) -> list[Path]:
-        """The config, ledger and rejected rows there: what the study run keeps with the report."""
-        paths = (self.config_path(), self.path / LEDGER, self.rejected_rows_path())
+        """The config, ledger, steering decisions and rejected rows there: what the study run
+        keeps with the report."""
+        paths = (self.config_path(), self.path / LEDGER, self.path / STEERING)
+        paths += (self.rejected_rows_path(),)
         return [p for p in paths if p.is_file()]

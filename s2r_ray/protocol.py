@@ -115,7 +115,7 @@ def make_plan(cfg: StudyConfig, ds: Dataset) -> Plan:
     """Build all repetitions and cells, refusing a grid the data cannot fill."""
     reps = [
         make_repetition(ds, cfg.split, r, repetition_seed(cfg.seed, r))
-        for r in range(cfg.repetitions)
+        for r in range(cfg.repetitions_available)
     ]
     for rep in reps:
         for part in ("train", "val", "test"):

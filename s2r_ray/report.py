@@ -31,6 +31,14 @@ report.json keys (stable; every number JSON-safe, None where unknown):
   one simulated row is worth, 'unbounded' where m_eq is unreachable), ``extrapolated``, and
   the intervals ``m_eq_ci90`` and ``worth_per_row_ci90``.
 - anything in ``extra`` (timings, counts), merged last.
+- ``steering``: only in a steered study (``s2r_ray.steer.section``): ``goal``, ``precision``,
+  ``budget`` (asked, spent, left), ``decisions`` (each: ``index``, ``when``, ``action``
+  measure/stop, ``n``, ``repetitions``, ``first_repetition``, ``reason``, ``before`` and the
+  predicted ``after`` interval of the goal, ``cost_seconds``, ``cost_model``), ``stop_reason``
+  (precise, budget, no_gain, grid_done; None while it runs), ``goal_interval`` now,
+  ``cost_model`` (a + b·n^c seconds per (n, repetition), with the measured ``points``),
+  ``price`` (rows for ``target_mae``, rows beyond the pool, seconds to confirm) and
+  ``database_value`` (MAE change per +10% and per +10,000 rows at the pool's size).
 
 The report is computed here once; the terminal text, the MLflow notes, report.html and the
 plots (``s2r_ray.render``) only format it. Pure: no Ray, no MLflow, so `s2r report`, `s2r fit`
@@ -39,12 +47,14 @@ and `s2r status` run without either.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from s2r_ray import steer
 from s2r_ray.folder import StudyFolder
 from s2r_ray.scaling import PowerLawFit, json_safe, m_axis
 from s2r_ray.scaling import diagnostics as dg
@@ -143,7 +153,7 @@ def build_report(
     *,
     study: str,
     status: str,
-    planned_repetitions: int | None = None,
+    planned_repetitions: int | Mapping[int, int] | None = None,
     target_mae: float | None = None,
     extrapolate_factors: tuple[float, ...] = (10, 100),
     n_boot: int = 1000,
@@ -165,7 +175,10 @@ def build_report(
 
     def entry(rows: pd.DataFrame) -> dict:
         m = float(rows["m"].iloc[0]) if has_m else None
-        return _size_entry(rows, baseline_at(m), planned_repetitions, n_boot, seed)
+        planned = planned_repetitions
+        if isinstance(planned, Mapping):
+            planned = planned.get(int(rows["n"].iloc[0]))
+        return _size_entry(rows, baseline_at(m), planned, n_boot, seed)
 
     transfer = cells[cells["n"] > 0]
     sizes = [entry(rows) for _, rows in transfer.groupby(groups, sort=True)]
@@ -206,8 +219,15 @@ def build_report(
     return json_safe(report)
 
 
-def report_from_records(cfg: StudyConfig, records: list[dict], status: str, extra: dict) -> dict:
-    """The one way a report is made from cell records: by the live reducer and by `s2r report`."""
+def report_from_records(
+    cfg: StudyConfig,
+    records: list[dict],
+    status: str,
+    extra: dict,
+    decisions: list[dict] | None = None,
+) -> dict:
+    """The one way a report is made from cell records (and a steered study's decisions): by the
+    live reducer and by `s2r report`."""
     ok = pd.DataFrame([r for r in records if r.get("status") == "ok"])
     if ok.empty:
         ok = pd.DataFrame(columns=["n", "repetition", "mae"])
@@ -220,7 +240,11 @@ def report_from_records(cfg: StudyConfig, records: list[dict], status: str, extr
         ok,
         study=cfg.name,
         status=status,
-        planned_repetitions=cfg.repetitions,
+        planned_repetitions=(
+            {0: cfg.repetitions} | steer.planned_repetitions(cfg, decisions or [])
+            if cfg.steer
+            else cfg.repetitions
+        ),
         target_mae=cfg.target_mae,
         extrapolate_factors=tuple(cfg.report.extrapolate_factors),
         n_boot=cfg.report.n_boot,
@@ -232,6 +256,9 @@ def report_from_records(cfg: StudyConfig, records: list[dict], status: str, extr
     )
     if failed:
         report["diagnostics"].append(dg.failed_cells(failed))
+    pool = counts.get("source_pool_rows") or (decisions or [{}])[-1].get("pool_rows")
+    if cfg.steer and pool:
+        report["steering"] = steer.section(cfg, records, decisions or [], int(pool))
     return report
 
 
@@ -244,7 +271,9 @@ def folder_report(
     previous = folder.read_report()
     keep = {k: previous[k] for k in ("counts", "mlflow", "timing", "progress") if k in previous}
     status = status or folder.state().get("status") or previous.get("status", "running")
-    report = report_from_records(cfg, folder.ledger(), status, keep | (extra or {}))
+    report = report_from_records(
+        cfg, folder.ledger(), status, keep | (extra or {}), folder.decisions()
+    )
     write_report(report, folder)
     return report
 

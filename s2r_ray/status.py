@@ -9,15 +9,16 @@ from collections import Counter
 
 from s2r_ray.folder import StudyFolder
 from s2r_ray.progress import Rate, fmt_duration
-from s2r_ray.protocol import cell_grid, size_key
+from s2r_ray.protocol import size_key
 from s2r_ray.render.text import fit_line
+from s2r_ray.steer import study_cells
 
 
 def status_text(folder: StudyFolder, now: float | None = None) -> str:
     """Cells done/planned per size, failures, time so far, rate and ETA, the current fit."""
     now = time.time() if now is None else now
     cfg, state, records = folder.config(), folder.state(), folder.ledger()
-    planned = Counter(c.n for c in cell_grid(cfg))
+    planned = Counter(c.n for c in study_cells(cfg, folder.decisions()))
     total, status = sum(planned.values()), folder.status()
     done = Counter(r["n"] for r in records)
     failed = Counter(r["n"] for r in records if r.get("status") != "ok")

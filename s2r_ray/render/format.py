@@ -88,3 +88,45 @@ def units(report: dict) -> str:
 def in_units(report: dict) -> str:
     """' (eV)' after a quantity's name; '' for a study without units."""
     return f" ({report['units']})" if report.get("units") else ""
+
+
+def goal_interval(iv: dict | None) -> str:
+    """A steering goal's interval: 'point [lo, hi] (width w)', or '–' before 3 sizes."""
+    if not iv:
+        return MISSING
+    return f"{fmt(iv['point'])} {interval((iv['lo'], iv['hi']))} (width {fmt(iv['width'], 3)})"
+
+
+def decision_phrase(d: dict) -> str:
+    """One steering decision as every view words it."""
+    if d["action"] == "stop":
+        return f"stop ({d['stop_reason']}): {d['reason']}"
+    new = "new size " if d.get("new_size") else ""
+    first = d["first_repetition"]
+    reps = f"r{first}" if d["repetitions"] == 1 else f"r{first}-r{first + d['repetitions'] - 1}"
+    after = f"; predicted after: {goal_interval(d['after'])}" if d.get("after") else ""
+    cost = f"~{fmt(d['cost_seconds'], 3)} s"
+    return f"measure {new}n={fmt(d['n'])} {reps} ({cost}): {d['reason']}{after}"
+
+
+def price_phrases(steering: dict, report: dict) -> list[str]:
+    """The target's price and the database's value, from report['steering']."""
+    out = []
+    if price := steering.get("price"):
+        need, more = price["rows_needed"], price["rows_to_simulate"]
+        confirm = price["confirm_seconds"]
+        out.append(
+            f"MAE {fmt(price['target_mae'])}{units(report)} needs n = {fmt(need['point'], 3)} "
+            f"{interval(need['ci90'], 3)} rows: {fmt(more['point'], 3)} "
+            f"{interval(more['ci90'], 3)} beyond the {fmt(steering['pool_rows'])} in the pool; "
+            f"confirming it there takes ~{fmt(confirm['point'], 3)} s of compute for "
+            f"{price['confirm_repetitions']} repetitions"
+        )
+    if value := steering.get("database_value"):
+        p10, p1e4 = value["per_10_percent"], value["per_10000_rows"]
+        out.append(
+            f"the pool's next rows: +10% changes the MAE by {fmt(p10['point'], 3)} "
+            f"{interval(p10['ci90'], 3)}, +10,000 rows by {fmt(p1e4['point'], 3)} "
+            f"{interval(p1e4['ci90'], 3)}{units(report)}"
+        )
+    return out

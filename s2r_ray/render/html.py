@@ -20,9 +20,11 @@ from s2r_ray.render.format import (
     extrapolation_phrase,
     fit_sentence,
     fmt,
+    goal_interval,
     headline_sizes,
     in_units,
     interval,
+    price_phrases,
     target_phrase,
     units,
 )
@@ -380,6 +382,49 @@ def _timing(report: dict) -> str:
     return _table([], rows) if rows else '<p class="muted">Not recorded yet.</p>'
 
 
+def _steering(report: dict) -> str:
+    """A steered study: its goal now, each decision with the interval before and the one it
+    predicted, why it stopped, the cost model, the target's price and the pool's value."""
+    st = report["steering"]
+    budget = st["budget"]
+    asked = [
+        f"{fmt(budget[k])} {w}" for k, w in (("seconds", "s"), ("cells", "pairs")) if budget[k]
+    ]
+    head = (
+        f"<p>Goal: <b>{_e(st['goal'])}</b> = {_e(goal_interval(st.get('goal_interval')))}; "
+        f"asked: a {st['ci']:.0%} width of at most {fmt(st['precision'])}"
+        f"{'; budget ' + _e(', '.join(asked)) if asked else ''}. Used: {budget['cells_used']} "
+        f"(n, repetition) pairs, {_e(fmt_duration(budget['spent_seconds']))} of compute. "
+        f"Stop: <b>{_e(st['stop_reason'] or 'not yet, the study runs')}</b>.</p>"
+    )
+    rows = [
+        [
+            d["index"],
+            d.get("when") or "–",
+            d["action"],
+            fmt(d.get("n")),
+            d.get("repetitions") or "–",
+            goal_interval(d.get("before")),
+            goal_interval(d.get("after")),
+            d["reason"],
+        ]
+        for d in st["decisions"]
+    ]
+    table = _table(
+        ["#", "when (UTC)", "action", "n", "reps", "goal before", "predicted after", "why"],
+        rows,
+    )
+    cost = st["cost_model"]
+    points = ", ".join(f"n={fmt(p['n'])}: {fmt(p['seconds_mean'], 3)} s" for p in cost["points"])
+    model = (
+        f"<p>Seconds per (n, repetition) (pretraining, trials, scoring): {fmt(cost['a'], 3)} + "
+        f"{fmt(cost['b'], 3)}·n^{fmt(cost['c'], 3)}, {_e(cost['source'])}"
+        f"{'; measured ' + _e(points) if points else ''}.</p>"
+    )
+    prices = "".join(f"<p>{_e(p)}</p>" for p in price_phrases(st, report))
+    return head + table + model + prices
+
+
 # -- the page ------------------------------------------------------------------------------
 
 
@@ -436,6 +481,11 @@ def render_html(
             + _alternatives(report),
         ),
         *([_section("The experimental axis m", "m-axis", axis)] if axis else []),
+        *(
+            [_section("Steering: what the study chose to measure", "steering", _steering(report))]
+            if report.get("steering")
+            else []
+        ),
         _section("Per size", "sizes", _table(*_size_rows(report))),
         _section("Notes", "notes", notes or "<p>None.</p>"),
         _section(

@@ -14,11 +14,14 @@ from urllib.parse import quote, urlencode
 
 from s2r_ray.protocol import size_key
 from s2r_ray.render.format import (
+    decision_phrase,
     extrapolation_phrase,
     fit_sentence,
     fmt,
+    goal_interval,
     in_units,
     interval,
+    price_phrases,
     target_phrase,
 )
 
@@ -120,6 +123,26 @@ def headline(report: dict) -> str:
     return " · ".join(parts)
 
 
+def steering_note(report: dict) -> list[str]:
+    """A steered study's goal, decisions and stop, for the study run's description."""
+    st = report.get("steering")
+    if not st:
+        return []
+    stop = st["stop_reason"] or "not yet"
+    lines = [
+        "**Steering**",
+        "",
+        f"Goal {st['goal']} = {goal_interval(st.get('goal_interval'))}, asked width "
+        f"{fmt(st['precision'])}; stop: {stop}.",
+        "",
+        *[f"{d['index']}. {decision_phrase(d)}" for d in st["decisions"]],
+        "",
+        *[f"- {p}" for p in price_phrases(st, report)],
+        "",
+    ]
+    return lines
+
+
 def study_note(report: dict, experiment_id: str, study_run_id: str, plots: list[str]) -> str:
     """The study run's description: what the study found, then where to look further. `plots`
     are artifacts of the study run, shown inline by a relative URL (works wherever served)."""
@@ -164,6 +187,7 @@ def study_note(report: dict, experiment_id: str, study_run_id: str, plots: list[
         "",
         *(ahead or ["- none: it needs a fit."]),
         "",
+        *steering_note(report),
         "**Verdict**",
         "",
         *[f"- {d.get('message')}" for d in report.get("diagnostics") or []],

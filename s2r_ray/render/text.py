@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from s2r_ray.protocol import size_key
 from s2r_ray.render.format import (
+    decision_phrase,
     extrapolation_phrase,
     fit_sentence,
     fmt,
+    goal_interval,
     interval,
+    price_phrases,
     target_phrase,
     units,
 )
@@ -43,6 +46,29 @@ def cell_line(record: dict, records: list[dict], done: int, total: int) -> str:
     if best is not None and best["cell"] != record["cell"]:
         at += f": {fmt(best['mae'])}, {size_key(best['n'])} r{best['repetition']}"
     return f"{where}: test MAE {fmt(record['mae'])} (best so far{at})"
+
+
+def decision_line(d: dict) -> str:
+    """A steering decision as the live log prints it, with the goal's interval it was taken at."""
+    now = f"{d['goal']} now {goal_interval(d.get('before'))}"
+    return f"steering #{d['index']} ({now}): {decision_phrase(d)}"
+
+
+def steering_lines(report: dict) -> list[str]:
+    """A steered study's goal, decisions, stop and prices, for `s2r report`."""
+    st = report.get("steering")
+    if not st:
+        return []
+    stop = st["stop_reason"] or "still running"
+    budget = st["budget"]
+    lines = [
+        f"  steering: {st['goal']} = {goal_interval(st.get('goal_interval'))}, asked width "
+        f"{fmt(st['precision'])}; stop: {stop}; {budget['cells_used']} (n, repetition) pairs, "
+        f"{fmt(budget['spent_seconds'], 3)} s of compute",
+    ]
+    lines += [f"    #{d['index']} {decision_phrase(d)}" for d in st["decisions"]]
+    lines += [f"  {p}" for p in price_phrases(st, report)]
+    return lines
 
 
 def summary_text(report: dict) -> str:
@@ -99,5 +125,6 @@ def summary_text(report: dict) -> str:
                 f"{interval(p.get('worth_per_row_ci90'), 2)} experimental rows (no pretraining "
                 f"needs m = {fmt(p['m_eq'], 3)} {interval(p.get('m_eq_ci90'), 3)})"
             )
+    lines += steering_lines(report)
     lines += [f"  note: {d.get('message')}" for d in report.get("diagnostics") or []]
     return "\n".join(lines)

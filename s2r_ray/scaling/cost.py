@@ -28,7 +28,8 @@ class CostModel:
     cells: int = 0
 
     def __call__(self, n: np.ndarray | float) -> np.ndarray:
-        return self.a + self.b * np.asarray(n, float) ** self.c
+        with np.errstate(over="ignore"):  # an n beyond any database costs inf seconds
+            return self.a + self.b * np.asarray(n, float) ** self.c
 
     def to_dict(self) -> dict:
         source = f"fitted to {self.cells} cell(s)" if self.fitted else "prior guess"

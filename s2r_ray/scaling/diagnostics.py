@@ -6,6 +6,7 @@ what was seen and what it means for the extrapolation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypedDict
 
 import numpy as np
@@ -44,11 +45,16 @@ def dropped_rows(count: int, why: str) -> Diagnostic:
     return note("non_finite_dropped", f"{count} row(s) dropped: {why}")
 
 
-def missing_repetitions(n: np.ndarray, counts: np.ndarray, planned: int) -> list[Diagnostic]:
-    short = [(int(s), int(c)) for s, c in zip(n, counts, strict=True) if c < planned]
+def missing_repetitions(
+    n: np.ndarray, counts: np.ndarray, planned: int | Mapping[int, int]
+) -> list[Diagnostic]:
+    """Sizes short of their planned repetitions (one number, or per size in a steered study)."""
+    pairs = [(int(s), int(c)) for s, c in zip(n, counts, strict=True)]
+    want = {s: planned.get(s, c) if isinstance(planned, Mapping) else planned for s, c in pairs}
+    short = [(s, c, want[s]) for s, c in pairs if c < want[s]]
     if not short:
         return []
-    sizes = ", ".join(f"n={s} ({c}/{planned})" for s, c in short)
+    sizes = ", ".join(f"n={s} ({c}/{w})" for s, c, w in short)
     return [
         note(
             "missing_repetitions",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 from scipy.stats import chi2 as chi2_dist
@@ -43,7 +45,8 @@ class PowerLawFit:
     """Fit E(n) = D·n^-α + C with bootstrap intervals, alternatives, backtest and diagnostics.
 
     fit() never raises on thin or odd data: what it could not do is said in the diagnostics.
-    planned_repetitions (default: the most any size has) flags sizes still missing repetitions.
+    planned_repetitions (default: the most any size has; per size in a steered study) flags
+    sizes still missing repetitions.
     alternatives=False skips the rival forms (the slow part) for nested and repeated fits.
     """
 
@@ -59,7 +62,7 @@ class PowerLawFit:
         robust: bool = False,
         extrapolate_factors: tuple[float, ...] = (10, 100),
         target_mae: float | None = None,
-        planned_repetitions: int | None = None,
+        planned_repetitions: int | Mapping[int, int] | None = None,
         alternatives: bool = True,
     ) -> None:
         self.n_boot, self.ci, self.seed, self.robust = n_boot, ci, seed, robust

@@ -1,5 +1,6 @@
 """The study, top to bottom: study folder -> data -> plan -> one Tune experiment of every
-pretraining, fine-tuning trial and scoring -> the reducer's live fit -> report.
+pretraining, fine-tuning trial and scoring -> the reducer's live fit (and, in a steered study,
+its decision of what to measure next, whose cells join the same experiment) -> report.
 
 Pretraining runs once per (n, r), small n first, `tune.pretrain_slots` at a time; the searcher
 hands out only trials whose pretraining is done, so sizes interleave with no barrier and no
@@ -39,12 +40,14 @@ from ray import tune
 from ray._private import services
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from s2r_ray import steer
 from s2r_ray.config import ConfigError, Resources, StudyConfig, UserError
 from s2r_ray.data import load_dataset
 from s2r_ray.folder import StudyFolder
 from s2r_ray.local_servers import LOOPBACK
 from s2r_ray.models import make_family
 from s2r_ray.protocol import Plan, make_plan
+from s2r_ray.render.text import decision_line
 from s2r_ray.report import folder_report
 from s2r_ray.study import tracking, units
 from s2r_ray.study.pretrained import choose_store
@@ -160,10 +163,12 @@ def _answering(address: str) -> str:
 
 
 class _Progress(tune.Callback):
-    """Runs in Tune's loop: prints each cell's reducer line as soon as it is ready."""
+    """Runs in Tune's loop: prints each cell's reducer line as soon as it is ready, and hands a
+    steering decision's cells to the searcher (`on_decision`)."""
 
     def __init__(self, echo: Echo):
         self.pending: list[ray.ObjectRef] = []
+        self.on_decision: Callable[[dict], None] = lambda decision: None
         self._echo = echo
 
     def __getstate__(self) -> dict:
@@ -175,9 +180,11 @@ class _Progress(tune.Callback):
             if not ready:
                 return
             self.pending.remove(ready[0])
-            line = ray.get(ready[0])
+            line, decision = ray.get(ready[0])
             if line:
                 self._echo(line)
+            if decision:
+                self.on_decision(decision)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         self.drain()
@@ -235,6 +242,7 @@ def _run(
 
     ds = load_dataset(cfg.data, folder.rejected_rows_path())
     plan = make_plan(cfg, ds)
+    plan.cells = steer.study_cells(cfg, folder.decisions())  # a steered study's so far
     folder.write_config(cfg)
     pretrain_ids = {c.pretrain_id for c in plan.cells if not c.is_baseline}
     leak = [r.excluded_for_leakage for r in plan.repetitions]
@@ -246,6 +254,7 @@ def _run(
     counts = ds.counts | {
         "source_rows_excluded_as_test_ids": max(leak),
         "source_holdout_rows": len(plan.repetitions[0].holdout),
+        "source_pool_rows": min(len(r.pool) for r in plan.repetitions),
     }
     state = folder.state()
     folder.update_state(
@@ -304,9 +313,12 @@ def _run(
         reducer = Reducer.options(scheduling_strategy=here).remote(
             cfg, str(out.resolve()), ctx, dict(Counter(c.n for c in plan.cells)), extra
         )
+        if decision := ray.get(reducer.steer.remote()):  # the round ended with the last attempt
+            echo(decision_line(decision))
+            plan.cells += steer.decision_cells(cfg, decision)
         _tune(cfg, plan, folder, ctx, reducer, signals, orphans, echo)
         status = "interrupted" if signals.signum is not None else "complete"
-        missing = len(plan.cells) - len(folder.ledger())
+        missing = len(steer.study_cells(cfg, folder.decisions())) - len(folder.ledger())
         if status == "complete" and missing:
             raise RuntimeError(f"the study ended with {missing} cells unrecorded")
     except StudyInterrupted:
@@ -317,6 +329,7 @@ def _run(
         timing = {"wall_seconds": round(wall, 2)} | _timing(folder.ledger(), wall, cfg)
         if reducer is not None:
             report = ray.get(reducer.finish.remote(status, {"timing": timing}))
+            ctx = ray.get(reducer.context.remote())  # with the size runs steering opened
         else:
             report = folder_report(folder, status, {"timing": timing})
         if ctx is not None:
@@ -371,7 +384,10 @@ def _tune(
             ),
             pretrainings,
             lambda record: progress.pending.append(reducer.add_cell.remote(record)),
+            steered=cfg.steer is not None and not steer.stopped(folder.decisions()),
+            poll=progress.drain,
         )
+        progress.on_decision = lambda decision: searcher.steer(steer.decision_cells(cfg, decision))
         if recorded or pretrainings.loaded or searcher.partly_tuned or orphans:
             echo(
                 f"resuming: {len(recorded)}/{len(plan.cells)} cells done, "

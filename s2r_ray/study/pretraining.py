@@ -40,6 +40,12 @@ class Pretrainings:
         self._slots, self._echo = slots, echo
         self._rate = Rate(len(self._todo), unit="pretrainings")
 
+    def add(self, key: str) -> None:
+        """A pretraining a steering decision asks for (nothing if it exists or is under way)."""
+        if key not in self._done | self._running and key not in self._todo:
+            self._todo.append(key)
+            self._rate.total += 1
+
     def next(self) -> str | None:
         """The next pretraining to start, if a slot is free."""
         if not self._todo or len(self._running) >= self._slots:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import ray
 
+from s2r_ray import steer
 from s2r_ray.config import StudyConfig
 from s2r_ray.folder import StudyFolder
 from s2r_ray.models.base import Pretrained
 from s2r_ray.progress import Rate
 from s2r_ray.protocol import size_key
-from s2r_ray.render.text import cell_line, fit_line, size_line
+from s2r_ray.render.text import cell_line, decision_line, fit_line, size_line
 from s2r_ray.report import report_from_records, write_report
 from s2r_ray.study import tracking
 from s2r_ray.study.tracking import TrackingContext
@@ -35,8 +36,9 @@ class Reducer:
         self, cfg: StudyConfig, out: str, ctx: TrackingContext, planned: dict[int, int], extra: dict
     ):
         self._cfg, self._folder, self._ctx = cfg, StudyFolder(out), ctx
-        self._planned, self._extra = planned, extra
+        self._planned, self._extra = Counter(planned), extra
         self._records = self._folder.ledger()
+        self._decisions = self._folder.decisions()
         self._arrived: Counter[int] = Counter(r["n"] for r in self._records)
         self._complete = sorted(n for n in planned if self._arrived[n] >= planned[n])
         self._rate = Rate(sum(planned.values()), len(self._records))  # cells of this attempt
@@ -53,11 +55,12 @@ class Reducer:
         """A pretraining job's network, written here because <out> is local to this node."""
         self._folder.save_pretrained(key, pretrained)
 
-    def add_cell(self, record: dict) -> str | None:
+    def add_cell(self, record: dict) -> tuple[str | None, dict | None]:
         """Take one finished cell's record; return the progress line to print (None for a cell
-        the ledger already holds)."""
+        the ledger already holds) and, in a steered study whose round this cell completes, the
+        decision taken (the driver hands its cells to the searcher)."""
         if any(r["cell"] == record["cell"] for r in self._records):
-            return None
+            return None, None
         record = {**record, "finished_at": round(time.time(), 3)}
         self._records.append(record)
         self._folder.append_cell(record)
@@ -77,7 +80,36 @@ class Reducer:
             self._close_size(n)
             size = size_line(self._size_summary(n))
             line += f" | {size_key(n)} complete: {size} | {fit_line(self._report)}"
-        return line
+        decision = self.steer()
+        if decision is not None:
+            line += "\n" + decision_line(decision)
+        return line, decision
+
+    def steer(self) -> dict | None:
+        """In a steered study whose planned cells have all finished and that has not stopped:
+        take the next decision, write it to the study folder before anything acts on it, plan
+        its cells, open an MLflow run for a new size, and return it (else None)."""
+        if self._cfg.steer is None or steer.stopped(self._decisions):
+            return None
+        if any(self._arrived[n] < k for n, k in self._planned.items()):
+            return None
+        pool = self._extra["counts"]["source_pool_rows"]
+        decision = steer.decide(self._cfg, self._records, self._decisions, pool)
+        self._folder.append_decision(decision)
+        self._decisions.append(decision)
+        cells = steer.decision_cells(self._cfg, decision)
+        self._planned.update(c.n for c in cells)
+        self._complete = [n for n in self._complete if not cells or n != cells[0].n]
+        self._rate.total += len(cells)
+        if cells and tracking.open_size(self._ctx, self._cfg.name, cells[0].n):
+            self._folder.update_state(mlflow=tracking.ids(self._ctx))
+        tracking.log_decision(self._ctx, decision)
+        self._refresh("running", log_fit=False)
+        return decision
+
+    def context(self) -> TrackingContext:
+        """The tracking context with the size runs steering opened (the driver ends them)."""
+        return self._ctx
 
     def finish(self, status: str, extra: dict) -> dict:
         """Final report and artifacts (the driver ends the MLflow runs)."""
@@ -98,7 +130,7 @@ class Reducer:
                 "sizes_complete": sorted(self._complete),
             }
         }
-        self._report = report_from_records(self._cfg, self._records, status, extra)
+        self._report = report_from_records(self._cfg, self._records, status, extra, self._decisions)
         paths = write_report(self._report, self._folder)
         fit = self._report.get("fit") or {}
         metrics = {k: fit.get(k) for k in ("D", "alpha", "C")}

@@ -26,7 +26,8 @@ class StudySearcher(Searcher):
     """Hands Tune the study's units in order: a finished cell's scoring first (its record goes
     to `on_cell_done` while the study runs), then a pretraining when a slot is free, then a trial
     of the first cell whose pretraining is done (plan order: baselines, then small n); None while
-    nothing is ready. Its state is the journal and the ledger: nothing is checkpointed."""
+    nothing is ready (in a steered study, also while the next decision is awaited: `steer`
+    adds its cells). Its state is the journal and the ledger: nothing is checkpointed."""
 
     def __init__(
         self,
@@ -35,9 +36,15 @@ class StudySearcher(Searcher):
         tuner: Callable[[Cell], CellTuner],
         pretrainings: Pretrainings,
         on_cell_done: Callable[[dict], None],
+        steered: bool = False,
+        poll: Callable[[], None] = lambda: None,
     ):
         super().__init__(metric=METRIC, mode="min")
-        self._pretrainings = pretrainings
+        self._pretrainings, self._tuner = pretrainings, tuner
+        self._decided = not steered  # a steered study ends only on a stop decision
+        # With no trial live, Tune's loop blocks in `suggest` (up to 600 s) and runs no callback:
+        # a steered study awaiting its decision fetches the reducer's results itself.
+        self._poll = poll
         self._pairs = {c.pretrain_id: Cell(c.n, c.repetition) for c in cells if c.n}
         self._on_cell_done = on_cell_done
         self._open = [c for c in cells if c.id not in recorded]  # neither recorded nor scoring
@@ -48,6 +55,17 @@ class StudySearcher(Searcher):
         self.partly_tuned = sum(not t.tuned() and t.ended > 0 for t in self._tuners.values())
         for cell in [c for c in self._open if self._tuners[c.id].tuned()]:
             self._cell_tuned(cell)  # its trials had all ended when the last process stopped
+
+    def steer(self, cells: list[Cell]) -> None:
+        """A steering decision arrived: its cells join the experiment (none: the study stops)."""
+        if not cells:
+            self._decided = True
+        for cell in cells:
+            self._open.append(cell)
+            self._tuners[cell.id] = self._tuner(cell)
+            if cell.n:
+                self._pairs[cell.pretrain_id] = Cell(cell.n, cell.repetition)
+                self._pretrainings.add(cell.pretrain_id)
 
     def stop(self) -> None:
         """Hand out nothing more; trials still running end as interrupted."""
@@ -75,7 +93,12 @@ class StudySearcher(Searcher):
                 self._record(failed_record(cell, f"pretraining failed: {error}"))
             elif self._tuners[cell.id].wants_more() and self._pretrainings.ready(cell):
                 return self._tuners[cell.id].ask()
-        return Searcher.FINISHED if not self._open and not self._to_score else None
+        if not self._decided and not self._open and not self._to_score:
+            self._poll()  # the decision, once taken, adds cells (or stops) through `steer`
+            if self._open:
+                return self._next()
+        done = self._decided and not self._open and not self._to_score
+        return Searcher.FINISHED if done else None
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False

@@ -92,7 +92,19 @@ class TrackingContext:
         }
 
     def size_run(self, n: int) -> str:
-        return self.size_run_ids[size_key(n)]
+        """The size's run; one that steering opened after this context was shipped to a worker
+        is looked up once by its tags."""
+        key = size_key(n)
+        if key not in self.size_run_ids:
+            query = (
+                f"tags.mlflow.parentRunId = '{self.study_run_id}' and tags.`s2r.kind` = 'size' "
+                f"and tags.`s2r.n` = '{n}'"
+            )
+            runs = self.client.search_runs([self.experiment_id], query, max_results=1)
+            if not runs:
+                raise KeyError(f"no MLflow run of {key} under study run {self.study_run_id}")
+            self.size_run_ids[key] = runs[0].info.run_id
+        return self.size_run_ids[key]
 
 
 def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -186,13 +198,42 @@ def start_study(
     client.set_tag(study_id, notes.STUDY_RUN_TAG, study_id)
     log(ctx, study_id, params=config)
     base = {**base, notes.STUDY_RUN_TAG: study_id}
-    size_ids: dict[str, str] = {}
+    ctx = TrackingContext(uri, exp_id, study_id, {}, base)
     for n in [0, *sizes]:
-        size_tags = {**base, "s2r.kind": "size", "s2r.n": str(n)}
-        size_ids[size_key(n)] = create_run(ctx, study_id, notes.size_run_name(study, n), size_tags)
-    ctx = TrackingContext(uri, exp_id, study_id, size_ids, base)
+        open_size(ctx, study, n)
     describe_experiment(ctx)
     return ctx
+
+
+def open_size(ctx: TrackingContext, study: str, n: int) -> bool:
+    """The size's run, RUNNING under the study run: created (returns True) or, for a size that
+    steering measures again, reopened."""
+    key = size_key(n)
+    if key in ctx.size_run_ids:
+        ctx.client.update_run(ctx.size_run_ids[key], status="RUNNING")
+        return False
+    tags = {**ctx.tags, "s2r.kind": "size", "s2r.n": str(n)}
+    name = notes.size_run_name(study, n)
+    ctx.size_run_ids[key] = create_run(ctx, ctx.study_run_id, name, tags)
+    return True
+
+
+def log_decision(ctx: TrackingContext, decision: dict) -> None:
+    """A steering decision on the study run: the goal's interval as metrics stepped by decision,
+    the latest decision as a tag (the full list is steering.jsonl, an artifact at the end)."""
+    before = decision.get("before") or {}
+    metrics = {f"steer_goal_{k}": before.get(k) for k in ("point", "lo", "hi", "width")} | {
+        "steer_cells_used": decision["budget"]["cells_used"]
+    }
+    metrics["steer_spent_seconds"] = decision["budget"]["spent_seconds"]
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    log(ctx, ctx.study_run_id, metrics, step=decision["index"])
+    what = f"measure n={decision['n']} x{decision['repetitions']}"
+    if decision["action"] == "stop":
+        what = f"stop ({decision['stop_reason']})"
+    ctx.client.set_tag(
+        ctx.study_run_id, "s2r.steering", f"{decision['index']}: {what}: {decision['reason']}"
+    )
 
 
 def artifact_location(ctx: TrackingContext) -> str:
