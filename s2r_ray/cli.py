@@ -8,7 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from s2r_ray.config import UserError, load_config
+from s2r_ray import shipped
+from s2r_ray.config import UserError, config_file, load_config
 from s2r_ray.render.text import summary_text
 
 DESCRIPTION = """\
@@ -33,6 +34,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from s2r_ray.study.driver import StudyInterrupted
 
     cfg = load_config(args.config, args.set, quick=args.quick)
+    if not Path(args.config).is_file():  # a name: say which file it is
+        print(f"shipped config {args.config}: {config_file(args.config)}", flush=True)
     out = Path(args.out or Path("runs") / cfg.name)
     echo = lambda line: print(line, flush=True)  # noqa: E731
     try:
@@ -84,16 +87,27 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set, quick=args.quick)  # a bad config stays here
     workdir = Path.cwd()
-    config = submit.shipped_path(args.config, workdir)
+    # a shipped config's name stays a name: the job's s2r has the same configs
+    named = not Path(args.config).is_file()
+    config = args.config if named else submit.shipped_path(args.config, workdir)
     words = submit.run_command(config, args.out, args.set, quick=args.quick, fresh=args.fresh)
+    pip = submit.requirement(args.requirement, workdir)
     client = submit.connect(args.address)
     for note in submit.placement_notes(args.out, cfg.tracking.uri):
         print(note)
-    job = submit.submit(client, words, workdir, cfg.name)
+    print(submit.shipping_line(workdir, pip), flush=True)
+    job = submit.submit(client, words, workdir, cfg.name, pip)
     print(f"submitted study {cfg.name} as job {job} to {client.get_address()}")
     where = f" --address {args.address}" if args.address else ""
     for command in (f"logs {job} --follow", f"status {job}", f"stop {job}"):
         print(f"  s2r jobs {command}{where}")
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from s2r_ray.starter import write_starter
+
+    print("\n".join(write_starter(args.name, args.source).lines))
     return 0
 
 
@@ -127,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a study, or resume it: the same command on the same --out picks "
         "it up where it stopped. Prints one line per finished cell and the fit.",
     )
-    run.add_argument("config", help="study config, e.g. configs/demo.yaml")
+    run.add_argument(
+        "config",
+        help="study config: a YAML file, or the name of a shipped one "
+        f"({', '.join(shipped.names())})",
+    )
     run.add_argument("--out", help="output folder (default runs/<study name>)")
     run.add_argument(
         "--set",
@@ -150,6 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
         "<out>/superseded/, not deleted); without it, the same command resumes",
     )
     run.set_defaults(func=_cmd_run)
+
+    init = sub.add_parser(
+        "init",
+        help="write a commented config to start a study from",
+        description="Copy a shipped config, or the template for your own tables, into a file "
+        "here to edit; never overwrites one. Prints what to run next.",
+    )
+    init.add_argument(
+        "name",
+        nargs="?",
+        help="the study's name: writes NAME.yaml (or NAME itself when it ends in .yaml); "
+        "default my_<source>",
+    )
+    init.add_argument(
+        "--from",
+        dest="source",
+        default="demo",
+        metavar="SOURCE",
+        help="a shipped config or 'tables' (the template for your own computed and measured "
+        "tables); default demo",
+    )
+    init.set_defaults(func=_cmd_init)
 
     rep = sub.add_parser(
         "report",
@@ -192,9 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a study on a Ray cluster as a Ray job",
         description="Validate the config here, then submit `s2r run` as a Ray job that ships "
         "this directory (less .gitignore'd files, .venv, runs/, MLflow stores) with "
-        "MLFLOW_TRACKING_URI and S2R_DATA_DIR when set. Prints the job id.",
+        "MLFLOW_TRACKING_URI and S2R_DATA_DIR when set, and installs s2r-ray on the cluster "
+        "unless this directory is a checkout of it. Prints what it ships and the job id.",
     )
-    submit.add_argument("config", help="study config inside this directory")
+    submit.add_argument("config", help="study config inside this directory, or a shipped name")
+    submit.add_argument(
+        "--requirement",
+        metavar="REQ",
+        help="what the job pip-installs s2r-ray from: a requirement ('s2r-ray==0.1.0', "
+        "'s2r-ray @ git+https://...'), a .whl inside this directory, or 'none' when the "
+        "nodes have it (default: the version installed here; none from a checkout)",
+    )
     submit.add_argument("--out", help="study folder on the head; give an absolute path")
     submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     submit.add_argument("--quick", action="store_true", help="the config's 'quick' grid")

@@ -15,8 +15,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from s2r_ray import shipped
 from s2r_ray.models import family_class
 from s2r_ray.models.hyperparameters import FinetuneSpace, PretrainConfig
+
+# How a template (`s2r init --from tables`) marks what the user must write: a value starting so
+# is reported by field, never taken for a file or column name.
+PLACEHOLDER = "<FILL IN"
 
 
 class UserError(ValueError):
@@ -361,6 +366,28 @@ def _format(err: ValidationError, origin: str, overrides: list[str]) -> str:
     return "\n".join([f"{', '.join(sources)}: invalid study config", *lines])
 
 
+def placeholders(node: Any, where: str = "") -> list[str]:
+    """The dotted fields whose value is still a template's `<FILL IN ...>`."""
+    if isinstance(node, str):
+        return [where] if node.lstrip().startswith(PLACEHOLDER) else []
+    if isinstance(node, dict):
+        items = [(f"{where}.{k}" if where else str(k), v) for k, v in node.items()]
+    elif isinstance(node, list):
+        items = [(where, v) for v in node]  # an id column of a list is its list's field
+    else:
+        return []
+    return list(dict.fromkeys(f for key, value in items for f in placeholders(value, key)))
+
+
+def _refuse_placeholders(tree: dict[str, Any], origin: str) -> None:
+    """A template run before it was filled in: one line naming every field left to write."""
+    if left := placeholders(tree):
+        raise ConfigError(
+            f"{origin}: fill in the template's {PLACEHOLDER} ...> placeholders first: "
+            + ", ".join(left)
+        )
+
+
 def build_config(
     raw: dict[str, Any],
     overrides: list[str] | None = None,
@@ -377,18 +404,34 @@ def build_config(
             _set_dotted(tree, k, v)
     for text in overrides or []:
         _set_dotted(tree, *parse_override(text))
+    _refuse_placeholders(tree, origin)
     try:
         return StudyConfig.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format(e, origin, overrides or [])) from None
 
 
+def config_file(text: str | Path) -> Path:
+    """The config a command names: a file, else a config shipped with the package by name
+    (`s2r run demo`, also without a checkout); anything else is an error listing those names."""
+    path = Path(text)
+    if path.is_file():
+        return path
+    found = shipped.find(str(text)) if path.parent == Path(".") else None
+    if found is None:
+        hint = f"s2r run {path.stem}" if shipped.find(path.name) else "s2r init"
+        raise ConfigError(
+            f"{text}: no such config file, nor a shipped config "
+            f"({', '.join(shipped.names()) or 'none found'}); try `{hint}`"
+        )
+    return found
+
+
 def load_config(
     path: str | Path, overrides: list[str] | None = None, quick: bool = False
 ) -> StudyConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+    """The validated config of a file or shipped name, --quick and --set applied."""
+    path = config_file(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:

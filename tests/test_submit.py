@@ -249,3 +249,57 @@ def _wait_for_job(url: str, job: str, timeout_s: float) -> str:
     raise AssertionError(
         f"job {job} did not end within {timeout_s:.0f} s: {client.get_job_logs(job)[-3000:]}"
     )
+
+
+def test_an_installed_package_ships_the_folder_and_installs_itself(tmp_path, monkeypatch):
+    """Outside a checkout the job gets the user's folder and pip-installs s2r-ray: by default
+    the version installed here, else the requirement given (a wheel travels in the folder)."""
+    from importlib.metadata import version
+
+    from ray.runtime_env import RuntimeEnv
+
+    from s2r_ray.study import submit
+
+    assert submit.ships_the_code(REPO) and submit.requirement(None, REPO) is None
+    folder = tmp_path / "study"
+    (folder / "dist").mkdir(parents=True)
+    shutil.copy(REPO / CONFIG, folder / "micro.yaml")
+    wheel = folder / "dist" / "s2r_ray-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"x" * 1000)
+    (folder / ".gitignore").write_text("*.csv\n")
+    (folder / "big.csv").write_bytes(b"x" * 10**6)  # .gitignore'd
+    (folder / "runs").mkdir()
+    (folder / "runs" / "old.json").write_text("{}")  # never shipped
+    monkeypatch.chdir(folder)
+
+    assert not submit.ships_the_code(folder)
+    default = submit.requirement(None, folder)
+    assert default == f"s2r-ray=={version('s2r-ray')}"
+    assert submit.requirement("none", folder) is None
+    assert submit.requirement("s2r-ray==0.1.0", folder) == "s2r-ray==0.1.0"
+    in_folder = "${RAY_RUNTIME_ENV_CREATE_WORKING_DIR}/dist/s2r_ray-0.1.0-py3-none-any.whl"
+    assert submit.requirement("dist/s2r_ray-0.1.0-py3-none-any.whl", folder) == in_folder
+    shutil.copy(wheel, tmp_path / wheel.name)
+    with pytest.raises(submit.JobsError, match="a wheel must be inside the folder that is shipped"):
+        submit.requirement(str(tmp_path / wheel.name), folder)
+
+    size = (folder / "micro.yaml").stat().st_size + 1000 + len("*.csv\n")
+    assert submit.shipped_size(folder) == (3, size)
+    assert submit.shipping_line(folder, default) == (
+        f"shipping {folder} (3 files, {size / 2**20:.1f} MiB); the job installs {default} "
+        "(--requirement to change)"
+    )
+    env = submit.runtime_env(folder, in_folder)
+    assert env["pip"] == {"packages": [in_folder], "pip_check": False}
+    assert RuntimeEnv(**env).has_pip() and "pip" not in submit.runtime_env(folder, None)
+
+
+def test_a_shipped_config_is_submitted_by_name(tmp_path, monkeypatch, capsys):
+    """`s2r submit demo` from an empty folder: validated here, sent as the name (the job's s2r
+    has the same shipped configs); a cluster that is not there is still one line."""
+    monkeypatch.chdir(tmp_path)
+    address = f"http://{LOOPBACK}:{free_port()}"
+    assert main(["submit", "demo", "--address", address, "--requirement", "none"]) == 2
+    assert f"no Ray dashboard answers at {address}" in capsys.readouterr().err
+    assert main(["submit", "nope", "--address", address]) == 2
+    assert "nope: no such config file, nor a shipped config" in capsys.readouterr().err

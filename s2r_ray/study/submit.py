@@ -1,9 +1,11 @@
 """`s2r submit` and `s2r jobs`: a study as a Ray job, through Ray's Jobs SDK.
 
 The job's driver is `s2r run` on the head node, started in a copy of the working directory
-(less what .gitignore and `EXCLUDES` leave out) with the environment a study needs. The SDK
-talks to the head's dashboard, http://HEAD:8265. Every failure to reach or use the cluster is a
-`JobsError` with one line saying what to do.
+(less what .gitignore and `EXCLUDES` leave out) with the environment a study needs. From a
+checkout the copy holds the code that runs; from an installed package it holds the user's
+configs and the job's runtime env installs s2r-ray from a pip requirement (by default the
+version installed here). The SDK talks to the head's dashboard, http://HEAD:8265. Every failure
+to reach or use the cluster is a `JobsError` with one line saying what to do.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ray._private import ray_constants
+from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobDetails, JobSubmissionClient
 
+import s2r_ray
 from s2r_ray.config import UserError
+from s2r_ray.starter import package_version
 
 # Never shipped, .gitignore or not: environments, study folders, MLflow stores, feature caches.
 EXCLUDES = [".git/", ".venv/", "runs/", "mlruns.db", "mlruns/", "mlartifacts/", ".s2r_cache/"]
@@ -102,20 +108,80 @@ def run_command(
     return words + ["--quick"] * quick + ["--fresh"] * fresh
 
 
-def runtime_env(workdir: Path) -> dict:
-    """The working directory to ship and the environment the driver and every worker need."""
+def ships_the_code(workdir: Path) -> bool:
+    """Whether the s2r_ray running here lies inside `workdir` (a checkout): the job then runs
+    the shipped copy of the code, and needs no package installed for it."""
+    return Path(s2r_ray.__file__).resolve().parent.is_relative_to(workdir.resolve())
+
+
+def requirement(given: str | None, workdir: Path) -> str | None:
+    """What the job's runtime env pip-installs s2r-ray from: `given` (a requirement such as
+    's2r-ray==0.1.0', a .whl inside `workdir`, or 'none' where the nodes have it already), by
+    default nothing from a checkout and the version installed here otherwise."""
+    if given is None:
+        return None if ships_the_code(workdir) else f"s2r-ray=={package_version()}"
+    if given.strip().lower() == "none":
+        return None
+    if not given.endswith(".whl"):
+        return given
+    try:  # a wheel travels in the shipped folder; pip reads it from the job's unpacked copy
+        inside = Path(given).resolve().relative_to(workdir.resolve()).as_posix()
+    except ValueError:
+        raise JobsError(
+            f"--requirement {given}: a wheel must be inside the folder that is shipped "
+            f"({workdir}); copy it there"
+        ) from None
+    if not (workdir / inside).is_file():
+        raise JobsError(f"--requirement {given}: no such wheel")
+    return f"${{{ray_constants.RAY_RUNTIME_ENV_CREATE_WORKING_DIR_ENV_VAR}}}/{inside}"
+
+
+def shipped_size(workdir: Path) -> tuple[int, int]:
+    """Files and bytes of what the job gets, walked by Ray's own packaging code with the
+    same excludes (ours, Ray's defaults, .gitignore unless Ray is told to ignore it)."""
+    found = [0, 0]
+
+    def count(path: Path) -> None:
+        if path.is_file():
+            found[0] += 1
+            found[1] += path.stat().st_size
+
+    excludes = ray_constants.get_runtime_env_default_excludes() + EXCLUDES
+    gitignore = os.environ.get(ray_constants.RAY_RUNTIME_ENV_IGNORE_GITIGNORE, "0") != "1"
+    _dir_travel(workdir, [_get_excludes(workdir, excludes)], count, include_gitignore=gitignore)
+    return found[0], found[1]
+
+
+def shipping_line(workdir: Path, pip: str | None) -> str:
+    """What `s2r submit` ships and installs, said before it does."""
+    files, size = shipped_size(workdir)
+    what = f"shipping {workdir} ({files} files, {size / 2**20:.1f} MiB)"
+    if pip:
+        return f"{what}; the job installs {pip} (--requirement to change)"
+    if ships_the_code(workdir):
+        return f"{what} with the s2r_ray code in it; the job installs nothing"
+    return f"{what}; the job installs nothing: the cluster's nodes must have s2r-ray"
+
+
+def runtime_env(workdir: Path, pip: str | None = None) -> dict:
+    """The working directory to ship, s2r-ray to install (when `pip` names it) and the
+    environment the driver and every worker need."""
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
-    return {"working_dir": str(workdir), "excludes": EXCLUDES, "env_vars": env | QUIET_ENV}
+    shipped = {"working_dir": str(workdir), "excludes": EXCLUDES, "env_vars": env | QUIET_ENV}
+    # no pip check: the nodes' own packages (ray's pins) are kept, not judged
+    return shipped | ({"pip": {"packages": [pip], "pip_check": False}} if pip else {})
 
 
-def submit(client: JobSubmissionClient, words: list[str], workdir: Path, study: str) -> str:
-    """Submit `words` (an `s2r run` command) as a job that ships `workdir`; returns its id
-    (readable in `s2r jobs list`, unique per submission)."""
+def submit(
+    client: JobSubmissionClient, words: list[str], workdir: Path, study: str, pip: str | None = None
+) -> str:
+    """Submit `words` (an `s2r run` command) as a job that ships `workdir` (and installs `pip`);
+    returns its id (readable in `s2r jobs list`, unique per submission)."""
     with _cluster_errors(client.get_address()):
         return client.submit_job(
             entrypoint=shlex.join(words),
             submission_id=f"s2r-{study}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}",
-            runtime_env=runtime_env(workdir),
+            runtime_env=runtime_env(workdir, pip),
             metadata={"s2r.study": study},
         )
 
