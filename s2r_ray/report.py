@@ -258,7 +258,8 @@ def report_from_records(
         report["diagnostics"].append(dg.failed_cells(failed))
     pool = counts.get("source_pool_rows") or (decisions or [{}])[-1].get("pool_rows")
     if cfg.steer and pool:
-        report["steering"] = steer.section(cfg, records, decisions or [], int(pool))
+        curve = (report.get("equivalent_samples") or {}).get("baseline_curve")
+        report["steering"] = steer.section(cfg, records, decisions or [], int(pool), curve)
     return report
 
 

@@ -24,6 +24,7 @@ from s2r_ray.protocol import Cell, cell_grid
 from s2r_ray.scaling.cost import CostModel
 from s2r_ray.scaling.jsonsafe import json_safe
 from s2r_ray.scaling.posterior import posterior
+from s2r_ray.scaling.powerlaw import Params
 from s2r_ray.scaling.pricing import database_value, price_target
 from s2r_ray.scaling.steering import (
     Goal,
@@ -168,9 +169,17 @@ def cost_points(cells: pd.DataFrame) -> list[dict]:
     ]
 
 
-def section(cfg: StudyConfig, records: list[dict], decisions: list[dict], pool_rows: int) -> dict:
+def section(
+    cfg: StudyConfig,
+    records: list[dict],
+    decisions: list[dict],
+    pool_rows: int,
+    baseline_curve: dict | None = None,
+) -> dict:
     """report.json's `steering`: the goal and its interval now, every decision, why the study
-    stopped, the cost model, and (with ≥ 3 sizes) the target's price and the database's value."""
+    stopped, the cost model, and (with ≥ 3 sizes) the target's price and the database's value,
+    in experimental rows too where the no-pretraining curve E0(m) is known (`baseline_curve`
+    of report.json's equivalent_samples)."""
     steer = cfg.steer
     assert steer is not None
     goal = goal_of(cfg, pool_rows)
@@ -195,7 +204,11 @@ def section(cfg: StudyConfig, records: list[dict], decisions: list[dict], pool_r
     if groups.size_count >= 3:
         post = posterior(groups)
         out["goal_interval"] = goal_interval(post, goal, CI, cfg.seed).to_dict()
-        out["database_value"] = database_value(post, pool_rows, CI, cfg.seed)
+        m_eq = None
+        if baseline_curve:
+            e0 = Params(baseline_curve["D0"], baseline_curve["beta"], baseline_curve["C0"], 1.0)
+            m_eq = e0.size_for
+        out["database_value"] = database_value(post, pool_rows, CI, cfg.seed, m_eq)
         if cfg.target_mae is not None:
             out["price"] = price_target(
                 post, cfg.target_mae, pool_rows, cost, steer.new_size_repetitions, CI, cfg.seed
