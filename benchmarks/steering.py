@@ -184,6 +184,13 @@ def summarise(name: str, df: pd.DataFrame) -> str:
         f"- reached the grid's width within the grid's compute: {df['reached'].mean():.1%}",
         "- compute saved where reached, quantiles 10/25/50/75/90%: "
         + " / ".join(f"{v:.0%}" for v in q),
+        "- compute saved, all laws (negative: more than the grid), quantiles 10/25/50/75/90%: "
+        + " / ".join(
+            f"{v:.0%}"
+            for v in np.quantile(
+                1 - df["steer_cost"] / df["grid_cost"], [0.1, 0.25, 0.5, 0.75, 0.9]
+            )
+        ),
         f"- median relative compute (steered / grid, all laws): "
         f"{np.median(df['steer_cost'] / df['grid_cost']):.2f}",
         f"- median 90% width: grid {df['grid_width'].median():.3g}, steered "

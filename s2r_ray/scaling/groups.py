@@ -10,11 +10,17 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class Groups:
-    """Finished repetitions per size, sizes ascending; values is sizes × max reps, NaN-padded."""
+    """Finished repetitions per size, sizes ascending; values is sizes × max reps, NaN-padded.
+
+    repetitions (same shape as values, NaN-padded) names each value's repetition: the
+    experimental split it was scored on, shared by every size. None where the caller had no
+    repetition column (the posterior then treats all cells as independent).
+    """
 
     n: np.ndarray
     values: np.ndarray
     counts: np.ndarray
+    repetitions: np.ndarray | None = None
 
     @property
     def size_count(self) -> int:
@@ -33,18 +39,33 @@ class Groups:
 
     def head(self, k: int) -> Groups:
         """The k smallest sizes (what a backtest fits on)."""
-        return Groups(self.n[:k], self.values[:k], self.counts[:k])
+        reps = None if self.repetitions is None else self.repetitions[:k]
+        return Groups(self.n[:k], self.values[:k], self.counts[:k], reps)
 
 
-def group_repetitions(table: pd.DataFrame, size_col: str = "n", value_col: str = "mae") -> Groups:
-    """Collect the finite values of each size; the caller has already dropped bad rows."""
-    by_size = [np.asarray(g[value_col], float) for _, g in table.groupby(size_col, sort=True)]
-    sizes = np.array(sorted(table[size_col].unique()), float)
+def group_repetitions(
+    table: pd.DataFrame, size_col: str = "n", value_col: str = "mae", rep_col: str = "repetition"
+) -> Groups:
+    """Collect the finite values of each size; the caller has already dropped bad rows.
+
+    With a rep_col column, each value keeps its repetition (Groups.repetitions: the ids as
+    they are when numeric, else codes of pd.factorize; the same at every size).
+    """
+    if rep_col in table and not pd.api.types.is_numeric_dtype(table[rep_col]):
+        table = table.assign(**{rep_col: pd.factorize(table[rep_col])[0]})
+    parts = list(table.groupby(size_col, sort=True))
+    by_size = [np.asarray(g[value_col], float) for _, g in parts]
+    sizes = np.array([n for n, _ in parts], float)
     rmax = max((v.size for v in by_size), default=0)
     values = np.full((len(by_size), rmax), np.nan)
     for i, v in enumerate(by_size):
         values[i, : v.size] = v
-    return Groups(sizes, values, np.array([v.size for v in by_size], int))
+    reps = None
+    if rep_col in table:
+        reps = np.full((len(by_size), rmax), np.nan)
+        for i, (_, g) in enumerate(parts):
+            reps[i, : len(g)] = np.asarray(g[rep_col], float)
+    return Groups(sizes, values, np.array([v.size for v in by_size], int), reps)
 
 
 def fit_weights(var_mean: np.ndarray, counts: np.ndarray) -> np.ndarray:

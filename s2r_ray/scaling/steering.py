@@ -1,12 +1,15 @@
 """Steering a scaling study: after each finished size, what to measure next, or why to stop.
 
 The goal is one number (the MAE at a size n*, the n needed for a target MAE, or the gap C), its
-interval comes from the α-grid posterior (posterior.py), and each candidate (a new size inside
-the source pool, or more repetitions of a measured one) is scored V-optimally: the expected drop
-in the goal's posterior variance from its cells, averaged over the posterior of α, divided by
-cost^γ (γ < 1, or every choice drifts to the cheapest, least informative sizes). Guards: the
-config's sizes open the study, at least min_sizes distinct sizes are measured, and a law that
-fails its χ² check sends the study back to the fixed grid, saying so.
+interval comes from the cell-level posterior (posterior.py: repetitions share a split, so cells
+of one repetition are correlated across sizes), and each candidate (a new size inside the
+source pool, or one more repetition of a measured one, on the next split there) is scored
+V-optimally: the expected drop in the goal's posterior variance from its cells (through the
+information a cell correlated with its repetition's other cells adds), averaged over the
+posterior, divided by cost^γ (γ < 1, or every
+choice drifts to the cheapest, least informative sizes). Guards: the config's sizes open the
+study, at least min_sizes distinct sizes are measured, and a law that fails its lack-of-fit F
+test sends the study back to the fixed grid, saying so.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from s2r_ray.scaling.cost import CostModel
 from s2r_ray.scaling.estimator import POOR_FIT_P, size_or_unreachable
 from s2r_ray.scaling.groups import Groups, group_repetitions
 from s2r_ray.scaling.jsonsafe import json_safe
-from s2r_ray.scaling.posterior import Posterior, laplace_covariance, posterior
+from s2r_ray.scaling.posterior import Posterior, jacobian, laplace_covariance, posterior
 from s2r_ray.scaling.powerlaw import Params
 
 GoalKind = Literal["mae_at", "n_for_target", "gap"]
@@ -193,11 +196,14 @@ class _Budget:
 
 
 def measured_groups(cells: pd.DataFrame) -> Groups:
-    """Finished source sizes (n > 0, finite MAE) and their repetitions."""
+    """Finished source sizes (n > 0, finite MAE), their repetitions and (if given) which."""
     n = pd.to_numeric(cells["n"], errors="coerce")
     mae = pd.to_numeric(cells["mae"], errors="coerce")
     keep = np.isfinite(n) & np.isfinite(mae) & (n > 0)
-    return group_repetitions(pd.DataFrame({"n": n[keep], "mae": mae[keep]}))
+    table = pd.DataFrame({"n": n[keep], "mae": mae[keep]})
+    if "repetition" in cells:
+        table["repetition"] = cells["repetition"][keep]
+    return group_repetitions(table)
 
 
 def propose(
@@ -231,7 +237,9 @@ def propose(
     p = post.law_p_value
     if p is not None and p < POOR_FIT_P:
         step = _grid_step(counts, plan.grid, plan.grid_repetitions, busy)
-        why = f"the law does not hold (χ² p = {p:.2g} over {post.fit_dof} dof): fixed grid"
+        f, d1, d2 = post.lack_of_fit
+        why = f"the law does not hold (lack of fit F = {f:.3g} on {d1}/{d2} dof, p = {p:.2g})"
+        why += ": fixed grid"
         if step is None:
             return Decision("stop", why + " done", stop_reason="grid_done", fallback=True, **common)
         return _measure(step, counts, cost, budget, common, why, fallback=True)
@@ -328,23 +336,73 @@ def _candidates(
     return n, reps
 
 
-def expected_drop(post: Posterior, goal: Goal, n: np.ndarray, reps: np.ndarray):
-    """(goal variance now, expected drop for each candidate), both averaged over α's posterior.
+def next_repetitions(post: Posterior, n: float, count: int) -> list[int]:
+    """The repetitions (splits) the next count cells at n use: the lowest ids not measured there.
 
-    At each grid α the drop from adding weight w at n is w (gᵀΣj)² / (1 + w jᵀΣj) (Sherman-
-    Morrison), with Σ the local 3-parameter covariance and j the law's gradient at n.
+    A study runs repetition r of every size on split r, so a new cell joins the cells of its
+    repetition at the other sizes (correlated through the shared split).
+    """
+    have = set(post.cells.rep[post.cells.n == n].tolist())
+    out, r = [], 0
+    while len(out) < count:
+        if r not in have:
+            out.append(r)
+        r += 1
+    return out
+
+
+def expected_drop(post: Posterior, goal: Goal, n: np.ndarray, reps: np.ndarray):
+    """(goal variance now, expected drop for each candidate), both averaged over the posterior.
+
+    At each (α, ρ) point the goal's variance is gᵀVg with V the local 3-parameter covariance
+    (laplace_covariance: JᵀΣ⁻¹J/φ over the cells, their correlation included). A new cell in
+    repetition r is correlated with r's cells at other sizes (block b): exactly, it adds the
+    information of its part not predicted by them, gradient j̃ = j - aᵀJ_b with a = Σ_b⁻¹Σ_b,new
+    and variance v = σ² - Σ_new,b a (the Schur complement). Cells of one candidate lie in
+    different repetitions, so they add one after the other (Sherman-Morrison each):
+    the drop is exact for the linearised law at each point, not an approximation of the
+    correlation.
     """
     cov = laplace_covariance(post)
     g = goal.gradient(post)
-    logx = np.log(n / post.n_ref)[None, :]
-    x = np.exp(-post.alpha[:, None] * logx)
-    j = np.stack([x, -post.beta[:, :1] * x * logx, np.ones_like(x)], -1)  # (A, K, 3)
-    w = reps / post.cell_variance(n) / post.phi[:, None]
-    sg = np.einsum("aij,aj->ai", cov, g)
-    g_s_j = np.einsum("ai,aki->ak", sg, j)
-    j_s_j = np.einsum("aki,aij,akj->ak", j, cov, j)
-    var = post.prob @ np.einsum("ai,ai->a", g, sg)
-    return float(var), post.prob @ (w * g_s_j**2 / (1 + w * j_s_j))
+    var_k = np.einsum("ai,aij,aj->a", g, cov, g)
+    cells = post.cells
+    jac_cells = jacobian(post, cells.n)  # (K, N, 3)
+    j_new = jacobian(post, n)  # (K, C, 3)
+    slots = int(reps.max()) if reps.size else 0
+    v = np.broadcast_to(cov[:, None], (cov.shape[0], n.size, 3, 3))
+    for slot in range(slots):
+        u = np.zeros_like(j_new)
+        for c in np.flatnonzero(reps > slot):
+            r = next_repetitions(post, float(n[c]), int(reps[c]))[slot]
+            u[:, c] = _conditional_gradient(post, float(n[c]), r, j_new[:, c], jac_cells)
+        vu = np.einsum("kcij,kcj->kci", v, u)
+        v = (
+            v
+            - np.einsum("kci,kcj->kcij", vu, vu)
+            / (1 + np.einsum("kci,kci->kc", u, vu))[..., None, None]
+        )
+    after = np.einsum("ki,kcij,kj->kc", g, v, g)
+    return float(post.prob @ var_k), post.prob @ (var_k[:, None] - after)
+
+
+def _conditional_gradient(post: Posterior, n: float, r: int, j: np.ndarray, jac_cells: np.ndarray):
+    """(K, 3) the new cell's gradient over its noise sd, given the cells of its repetition r."""
+    cells = post.cells
+    measured = cells.n == n
+    sd_new = post.sd[measured][0] if measured.any() else float(np.sqrt(post.cell_variance(n)))
+    block = cells.rep == r
+    jt = j.copy()
+    var_new = np.full(post.alpha.size, sd_new**2)
+    if block.any():
+        sb = post.sd[block]
+        for p in np.unique(post.rho_index):
+            k = post.rho_index == p
+            cross = post.rho_grid[p] * sd_new * sb  # Σ_b,new
+            a = post.precision[p][np.ix_(block, block)] @ cross
+            jt[k] -= np.einsum("b,kbi->ki", a, jac_cells[k][:, block])
+            var_new[k] = sd_new**2 - cross @ a
+    return jt / np.sqrt(np.maximum(var_new, 1e-300) * post.phi)[:, None]
 
 
 def _best(
