@@ -82,7 +82,10 @@ class Study:
             if value is not None:
                 section[key] = value
         cfg = build_config(tree, origin=f"{self.path}: fit options")
-        return report_from_records(cfg, self.folder.ledger(), self.status, {})
+        counts = {"counts": self.report.get("counts") or {}}  # the source pool, for steering
+        return report_from_records(
+            cfg, self.folder.ledger(), self.status, counts, self.folder.decisions()
+        )
 
     def rebuild_report(self) -> dict[str, Any]:
         """Rebuild report.json, the plots and report.html from the ledger, and return the
