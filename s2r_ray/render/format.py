@@ -132,8 +132,11 @@ def price_phrases(steering: dict, report: dict) -> list[str]:
         if rows := value.get("in_experimental_rows"):
             r10, r1e4 = rows["per_10_percent"], rows["per_10000_rows"]
             out.append(
-                f"in experimental rows (at the largest m, on the no-pretraining curve): +10% of "
-                f"the pool is worth {fmt(r10['point'], 3)} {interval(r10['ci90'], 3)}, +10,000 "
-                f"rows {fmt(r1e4['point'], 3)} {interval(r1e4['ci90'], 3)}"
+                "in experimental rows: the MAE is below the no-pretraining curve's floor C0, so "
+                "no number of experimental rows alone matches it"
+                if r10["point"] is None
+                else f"in experimental rows (at the largest m, on the no-pretraining curve): +10% "
+                f"of the pool is worth {fmt(r10['point'], 3)} {interval(r10['ci90'], 3)}, "
+                f"+10,000 rows {fmt(r1e4['point'], 3)} {interval(r1e4['ci90'], 3)}"
             )
     return out
