@@ -5,10 +5,12 @@ Real Ray, real MLflow (SQLite), real processes for the kill."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
 import yaml
+from browser import dump_dom
 from faults import REPO, StudyProcess, kill_ray_processes, ledger_lines, wait_for, write_config
 from mlflow.tracking import MlflowClient
 
@@ -154,6 +156,16 @@ def test_the_reducer_chooses_sizes_until_the_budget_stops_it(steered):
     page = (tmp / "out" / "report.html").read_text()
     assert "Steering: what the study chose to measure" in page
     assert all(d["reason"].split(":")[0] in page for d in decisions)
+
+
+@pytest.mark.ray
+def test_a_person_sees_every_decision_on_the_page(steered):
+    tmp, report, _, _ = steered
+    dom = dump_dom((tmp / "out" / "report.html").as_uri())
+    section = dom[dom.index('id="steering"') :].split("</section>")[0]
+    rows = re.findall(r"<tr><td class=\"?l\"?>(\d+)</td>", section)
+    assert [int(k) for k in rows] == [d["index"] for d in report["steering"]["decisions"]]
+    assert f"Stop: <b>{report['steering']['stop_reason']}</b>" in section
 
 
 @pytest.mark.ray
