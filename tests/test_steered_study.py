@@ -145,11 +145,11 @@ def test_the_reducer_chooses_sizes_until_the_budget_stops_it(steered):
     assert st["stop_reason"] == last["stop_reason"]
     iv = st["goal_interval"]
     pool = report["counts"]["source_pool_rows"]
-    assert iv["lo"] <= iv["point"] <= iv["hi"] and st["goal"] == f"MAE at n={10 * pool}"
+    assert iv["lo"] <= iv["point"] <= iv["hi"] and st["goal"] == f"MAE at n={10 * pool:,}"
     assert st["cost_model"]["source"].startswith("fitted to")
     assert {p["n"] for p in st["cost_model"]["points"]} == {n for n, _ in pairs}
     assert st["price"]["target_mae"] == 1.0 and st["database_value"]["database_rows"] == pool
-    last_line = f"steering #{last['index']} (MAE at n={10 * pool} now"
+    last_line = f"steering #{last['index']} (MAE at n={10 * pool:,} now"
     assert any(line.startswith(last_line) for line in stdout.splitlines()), stdout[-2000:]
     text = summary_text(report)
     assert f"stop: {last['stop_reason']}" in text and "#0 measure new size" in text

@@ -55,7 +55,7 @@ class Goal:
     @property
     def label(self) -> str:
         if self.kind == "mae_at":
-            return f"MAE at n={self.n:.4g}"
+            return f"MAE at n={self.n:,.0f}"
         if self.kind == "n_for_target":
             return f"n for MAE {self.target_mae:g}"
         return "transfer gap C"
