@@ -1,5 +1,6 @@
 """What every torch family shares: a family says only how to build its network and encode its
-inputs; one training loop (`train`) pretrains and fine-tunes it.
+inputs (and, if it can, how K of them run as one: `stacked`); one training loop
+(`train_members`, of which `train` is the one-network case) pretrains and fine-tunes them.
 
 Same seed and thread count, same numbers: the scorer rebuilds exactly the model a trial selected.
 """
