@@ -40,6 +40,8 @@ def run(root: Path, extra: list[str]) -> tuple[float, list[dict]]:
         if p.returncode:
             sys.exit(f"{root}: s2r run failed\n{p.stderr[-3000:]}")
         lines = (out / "cells.jsonl").read_text().splitlines()
+        timing = json.loads((out / "report.json").read_text()).get("timing", {})
+        print(f"  {root.name}: {timing}", flush=True)
         return seconds, [json.loads(line) for line in lines if line.strip()]
 
 
