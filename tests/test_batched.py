@@ -76,3 +76,21 @@ def test_a_member_that_diverges_leaves_the_others_training(setup):
     alone = family.finetune(*split, hp=HP, seed=3, pretrained=state)
     assert isinstance(bad, Diverged)
     np.testing.assert_allclose(ok.curve, alone.curve, rtol=1e-4)
+
+
+def test_members_of_one_setting_share_an_optimiser_and_leave_it_one_by_one(setup):
+    """A scoring ensemble: one hp, several seeds, one AdamW for all; a member that stops early
+    takes its parameters out of it and the others go on as if alone."""
+    family, split, state, X_test = setup
+    hp = {**HP, "dropout": 0.1, "freeze": 1}
+    seeds, stops = [21, 22, 23], [None, 4, 8]
+    together = family.finetune_members(
+        *split, hps=[hp] * 3, seeds=seeds, pretrained=state, stop_epochs=stops
+    )
+    for seed, stop, got in zip(seeds, stops, together, strict=True):
+        alone = family.finetune(*split, hp=hp, seed=seed, pretrained=state, stop_epoch=stop)
+        assert len(got.curve) == (stop or hp["epochs"])
+        np.testing.assert_allclose(got.curve, alone.curve, rtol=1e-4)
+        np.testing.assert_allclose(
+            got.predictor.predict(X_test), alone.predictor.predict(X_test), rtol=1e-4, atol=1e-4
+        )

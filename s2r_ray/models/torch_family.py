@@ -87,6 +87,51 @@ def _fused(device: str) -> bool:
     return torch.device(device).type in ("cpu", "cuda")
 
 
+class _Optimizer:
+    """AdamW (fused) and its schedule for the members of a batch that share their settings: one
+    call steps them all, and element by element it is each member's own AdamW (the kernel works
+    tensor by tensor, and members that start together have taken the same steps)."""
+
+    def __init__(self, runs: list[_Run], device: str):
+        first = runs[0]
+        plan, params = first.plan, [p for r in runs for p in r.params]
+        self.opt = torch.optim.AdamW(
+            params, lr=plan.lr, weight_decay=plan.weight_decay, fused=_fused(device) or None
+        )
+        if first.pretraining:
+            # Halve the rate after every patience/2 stale evaluations: training stops on a
+            # plateau the decayed rate could not leave, not on the first noisy one.
+            self.sched: torch.optim.lr_scheduler.LRScheduler = (
+                torch.optim.lr_scheduler.ReduceLROnPlateau(
+                    self.opt, factor=0.5, patience=max(0, plan.patience // 2 - 1), threshold=1e-6
+                )
+            )
+        else:
+            steps = plan.epochs * math.ceil(len(first.Xt) / first.bs)
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, steps)
+        for r in runs:
+            r.optimizer = self
+
+    @staticmethod
+    def key(run: _Run) -> tuple:
+        """Members alike in this are stepped by one optimiser."""
+        plan = run.plan
+        return (plan.lr, plan.weight_decay, plan.epochs) if not run.pretraining else (id(run),)
+
+    def step(self, pretraining: bool) -> None:
+        self.opt.step()
+        if not pretraining:
+            self.sched.step()
+
+    def leave(self, run: _Run) -> None:
+        """A member leaves: its parameters and their moments go (not masked: dropped)."""
+        gone = {id(p) for p in run.params}
+        group = self.opt.param_groups[0]
+        group["params"] = [p for p in group["params"] if id(p) not in gone]
+        for p in run.params:
+            self.opt.state.pop(p, None)
+
+
 class _Run:
     """One member's state in the loop: its network, encoded rows, optimiser and stop rule."""
 
@@ -104,23 +149,10 @@ class _Run:
         self.yt = torch.from_numpy(((y64 - net.y_center) / net.y_scale).astype(np.float32))
         self.yt = self.yt.to(device)
         self.Xv = torch.from_numpy(net.encoder.transform(m.X_val)).to(device)  # encoded once
-        plan, params = m.plan, [p for p in net.module.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(
-            params, lr=plan.lr, weight_decay=plan.weight_decay, fused=_fused(device) or None
-        )
+        plan, self.params = m.plan, [p for p in net.module.parameters() if p.requires_grad]
         n, self.bs, self.pretraining = len(m.X), min(plan.batch_size, len(m.X)), not plan.epochs
-        if self.pretraining:
-            # Halve the rate after every patience/2 stale evaluations: training stops on a
-            # plateau the decayed rate could not leave, not on the first noisy one.
-            self.sched: torch.optim.lr_scheduler.LRScheduler = (
-                torch.optim.lr_scheduler.ReduceLROnPlateau(
-                    self.opt, factor=0.5, patience=max(0, plan.patience // 2 - 1), threshold=1e-6
-                )
-            )
-            self.draws = max(math.ceil(n / self.bs), plan.min_steps_per_eval)
-        else:
-            steps = plan.epochs * math.ceil(n / self.bs)
-            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, steps)
+        self.draws = max(math.ceil(n / self.bs), plan.min_steps_per_eval)  # pretraining
+        self.optimizer: _Optimizer  # set by train_members: shared by members of equal settings
         self.min_gain = 1e-6 if self.pretraining else 0.0  # relative drop that counts as better
         self.best, self.best_state, self.stale, self.rounds, self.step = math.inf, None, 0, 0, 0
         self.curve: list[tuple[int, float]] = []
@@ -144,9 +176,6 @@ class _Run:
         return list(torch.randperm(n, generator=self.gen).split(self.bs))
 
     def stepped(self, loss: torch.Tensor) -> None:
-        self.opt.step()
-        if not self.pretraining:
-            self.sched.step()
         self.step, self.loss = self.step + 1, loss
 
     def evaluate(self) -> None:
@@ -161,7 +190,7 @@ class _Run:
             stage = "pretraining" if self.pretraining else "fine-tuning"
             raise Diverged(f"{stage} diverged at {at}: loss {loss:.3g}, val MAE {val:.3g}")
         if self.pretraining:
-            self.sched.step(val)
+            self.optimizer.sched.step(val)
         self.curve.append((at, val))
         if val < self.best * (1 - self.min_gain):
             self.best, self.best_state, self.stale = val, _snapshot(net.module), 0
@@ -197,25 +226,37 @@ def train_members(
     runs = [_Run(m, device) for m in members]
     if len({(len(r.Xt), r.bs, r.pretraining) for r in runs}) > 1:
         raise ValueError("members trained as one need as many rows and one batch size")
+    alike: dict[tuple, list[_Run]] = {}
+    for r in runs:
+        alike.setdefault(_Optimizer.key(r), []).append(r)
+    for group in alike.values():
+        _Optimizer(group, device)
     out: dict[int, Trained | Diverged] = {}
+    # one network alone runs its module's own forward; a batch keeps the stacked one to its
+    # last member (whose dropout masks come from its own generator, not the global one)
+    solo = len(runs) == 1 or stacked is None
     active = [i for i, r in enumerate(runs) if not r.done()]
     while active:
         live = [runs[i] for i in active]
+        optimizers = list({id(r.optimizer): r.optimizer for r in live}.values())
         for r in live:
             r.net.module.train()
         for idx in zip(*(r.batches() for r in live), strict=True):
-            if len(live) == 1:
+            if solo:
                 r, i = live[0], idx[0].to(device)
                 loss = nn.functional.l1_loss(r.net.module(r.Xt[i]), r.yt[i]).unsqueeze(0)
             else:
+                assert stacked is not None
                 idx = [i.to(device) for i in idx]
                 x = torch.stack([r.Xt[i] for r, i in zip(live, idx, strict=True)])
                 y = torch.stack([r.yt[i] for r, i in zip(live, idx, strict=True)])
                 out_ = stacked([r.net.module for r in live], x, [r.noise for r in live])
                 loss = (out_ - y).abs().mean(dim=1)  # each member's own L1 loss
-            for r in live:
-                r.opt.zero_grad(set_to_none=True)
+            for o in optimizers:
+                o.opt.zero_grad(set_to_none=True)
             loss.sum().backward()  # a member's gradient is that of its own loss alone
+            for o in optimizers:
+                o.step(live[0].pretraining)
             for k, r in enumerate(live):
                 r.stepped(loss[k].detach())
         for i in active:
@@ -223,7 +264,10 @@ def train_members(
                 runs[i].evaluate()
             except Diverged as e:
                 out[i] = e
-        active = [i for i in active if i not in out and not runs[i].done()]
+        left = [i for i in active if i in out or runs[i].done()]
+        for i in left:
+            runs[i].optimizer.leave(runs[i])
+        active = [i for i in active if i not in left]
     return [out[i] if i in out else runs[i].result() for i in range(len(runs))]
 
 
