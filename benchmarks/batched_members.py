@@ -46,7 +46,10 @@ def _setup():
 
 
 def _hps(k: int) -> list[dict]:
-    """Own lr and weight decay per member, as a scoring ensemble or a packed cell has them."""
+    """Own lr and weight decay per member, as a packed cell has them; with S2R_SAME_HP set, one
+    hp for all, as a scoring ensemble has it (its members then share one AdamW)."""
+    if os.environ.get("S2R_SAME_HP"):
+        return [HP] * k
     return [HP | {"lr": 1e-3 * (1 + i % 5), "weight_decay": 10.0 ** -(4 + i % 3)} for i in range(k)]
 
 
@@ -89,8 +92,11 @@ def main() -> int:
     p.add_argument("--base", type=Path, help="a checkout of the code before the change")
     p.add_argument("--ks", type=int, nargs="+", default=[8, 24])
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--same-hp", action="store_true", help="one hp for all members (an ensemble)")
     p.add_argument("--one", nargs=2, metavar=("MODE", "K"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.same_hp:
+        os.environ["S2R_SAME_HP"] = "1"
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]))))
         return 0
