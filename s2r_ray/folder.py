@@ -10,6 +10,8 @@ What <out> holds, and when each part is written:
   as each cell ends; a cell id already there is never appended again.
 - ``pretrained/<n>-r<r>.pkl``: each pretrained network, written by the driver as soon as its
   task has ended.
+- ``pretrained/trials/<trial key>.pkl``: a fine-tuning trial's own network (its last bests),
+  written as the trial ends, so that its cell's scoring reuses it instead of training it again.
 - ``steering.jsonl``: a steered study's decisions (`s2r_ray.steer`), one per line, appended
   and fsynced before any cell a decision adds is handed out; a resumed study reads them back
   and never decides a taken one again.
@@ -54,6 +56,11 @@ EXECUTION_FIELDS = tuple(
 )
 # Execution fields a later version retired: a study folder written before it still loads.
 RETIRED_FIELDS = ("tune.placement_timeout_s",)  # section.field
+
+
+def trial_network_key(trial_key: str) -> str:
+    """Where a trial's own network is kept among the pretrained ones (`save_pretrained`)."""
+    return f"trials/{trial_key}"
 
 
 class StudyMismatch(ConfigError):

@@ -65,7 +65,7 @@ class RidgeFamily(Family):
         return Pretrained(state, val, steps=1, converged=True, seconds=0.0)
 
     def finetune(self, X, y, X_val, y_val, *, hp, seed, pretrained=None, device="cpu",
-                 on_epoch=None, stop_epoch=None):  # fmt: skip
+                 on_epoch=None, stop_epoch=None, on_best=None):  # fmt: skip
         net = Linear(_ridge(np.asarray(X, float), np.asarray(y, float), hp["alpha"], pretrained))
         val = mae(y_val, net.predict(X_val))
         if on_epoch:

@@ -6,7 +6,7 @@ one registry line in `s2r_ray.models`). No Ray, no MLflow.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict
 from s2r_ray.models.hyperparameters import FinetuneSpace, PretrainConfig
 
 OnEpoch = Callable[[int, float, float], None]  # (epoch, val MAE, best val MAE so far)
+# (epoch, best val MAE, the network's state as `Family.load` takes it) at each new best: a trial
+# keeps its own network so that scoring need not train it again
+OnBest = Callable[[int, float, Any], None]
 
 
 class Diverged(ArithmeticError):
@@ -110,9 +113,46 @@ class Family(ABC):
         device: str = "cpu",
         on_epoch: OnEpoch | None = None,
         stop_epoch: int | None = None,
+        on_best: OnBest | None = None,
     ) -> FineTuned:
         """Train on the experimental rows from a pretrained state (or from scratch when None);
-        `on_epoch` after each epoch; `stop_epoch` replays a trial stopped early."""
+        `on_epoch` after each epoch; `stop_epoch` replays a trial stopped early; `on_best` at
+        each new best (a family may skip it: scoring then trains the selected trial again)."""
+
+    def finetune_members(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray,
+        y_val: np.ndarray,
+        *,
+        hps: Sequence[dict],
+        seeds: Sequence[int],
+        pretrained: dict | None = None,
+        device: str = "cpu",
+        stop_epochs: Sequence[int | None] | None = None,
+    ) -> list[FineTuned | Diverged]:
+        """`finetune` of each (hp, seed) on the same rows (a scoring ensemble); a family that
+        can trains them together. A member that diverged comes back as its `Diverged`."""
+        out: list[FineTuned | Diverged] = []
+        for hp, seed, stop in zip(hps, seeds, stop_epochs or [None] * len(hps), strict=True):
+            try:
+                out.append(
+                    self.finetune(
+                        X,
+                        y,
+                        X_val,
+                        y_val,
+                        hp=hp,
+                        seed=seed,
+                        pretrained=pretrained,
+                        device=device,
+                        stop_epoch=stop,
+                    )
+                )
+            except Diverged as e:
+                out.append(e)
+        return out
 
     @abstractmethod
     def load(self, state: dict) -> Predictor:

@@ -4,8 +4,9 @@ standardised robustly."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from s2r_ray.models import base
-from s2r_ray.models.torch_family import TorchFamily
+from s2r_ray.models.torch_family import StackedForward, TorchFamily
 
 _ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -70,6 +71,43 @@ class MLP(nn.Module):
                 p.requires_grad_(i >= k)
 
 
+def _stacked_linear(layers: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor:
+    """K Linear layers on (K, batch, in): one batched product of the members' own weights
+    (stacked each step, so each member's gradient reaches its own parameters)."""
+    W = torch.stack([layer.weight for layer in layers])
+    b = torch.stack([layer.bias for layer in layers])
+    return torch.baddbmm(b.unsqueeze(1), x, W.transpose(1, 2))
+
+
+def _stacked_dropout(
+    layers: Sequence[nn.Dropout], x: torch.Tensor, noise: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """Each member's own rate and mask, drawn from its own generator as `nn.Dropout` on the
+    CPU draws it alone (bernoulli then scaled), so a member's masks do not depend on its batch."""
+    if not any(layer.p for layer in layers):
+        return x
+    masks = [
+        torch.empty(x.shape[1:], device=x.device).bernoulli_(1 - d.p, generator=g).div_(1 - d.p)
+        if d.p
+        else torch.ones(x.shape[1:], device=x.device)
+        for d, g in zip(layers, noise, strict=True)
+    ]
+    return x * torch.stack(masks)
+
+
+def forward_stacked(
+    modules: Sequence[nn.Module], x: torch.Tensor, noise: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """K MLPs of one shape on (K, batch, n_in) -> (K, batch), trained together
+    (`torch_family.train_members`): one batched product per layer instead of K small ones."""
+    mlps = cast("list[MLP]", list(modules))
+    for i, block in enumerate(mlps[0].body):
+        x = _stacked_linear([m.body[i][0] for m in mlps], x)
+        x = block[1](x)
+        x = _stacked_dropout([m.body[i][2] for m in mlps], x, noise)
+    return _stacked_linear([m.head for m in mlps], x).squeeze(-1)
+
+
 class MLPOptions(base.Options):
     hidden: list[int] = Field(default_factory=lambda: [128, 64, 32], min_length=1)
     activation: Literal["silu", "relu", "gelu"] = "silu"
@@ -91,6 +129,9 @@ class MLPFamily(TorchFamily):
 
     def build(self, n_in: int, dropout: float) -> MLP:
         return MLP(n_in, self.options.hidden, self.options.activation, dropout)
+
+    def stacked(self) -> StackedForward:
+        return forward_stacked
 
     def fit_encoder(self, X: np.ndarray) -> Scaler:
         return Scaler.fit(X, self.options.clip)

@@ -30,15 +30,20 @@ class Network:
     def predict(self, X: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
         """Predictions in the target's units; the module moves to `device`."""
         self.module.to(device).eval()
+        return self.predict_encoded(torch.from_numpy(self.encoder.transform(X)).to(device))
+
+    def predict_encoded(self, Z: torch.Tensor) -> np.ndarray:
+        """Predictions for inputs encoded already (a training loop encodes its hold-out once)."""
         with torch.no_grad():
-            Z = torch.from_numpy(self.encoder.transform(X)).to(device)
             out = torch.cat([self.module(b) for b in Z.split(65536)]) if len(Z) else Z[:, 0]
         return out.cpu().numpy().astype(np.float64) * self.y_scale + self.y_center
 
-    def state(self) -> dict:
-        """Plain numpy form, cheap to ship through the object store and rebuild anywhere."""
+    def state(self, weights: dict[str, torch.Tensor] | None = None) -> dict:
+        """Plain numpy form, cheap to ship through the object store and rebuild anywhere;
+        `weights` (a state dict of the module) in place of the module's current ones."""
+        weights = self.module.state_dict() if weights is None else weights
         return {
-            "weights": {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()},
+            "weights": {k: v.detach().cpu().numpy() for k, v in weights.items()},
             "encoder": self.encoder.state(),
             "n_in": self.n_in,
             "y_center": self.y_center,

@@ -1,5 +1,6 @@
 """What every torch family shares: a family says only how to build its network and encode its
-inputs; one training loop (`train`) pretrains and fine-tunes it.
+inputs (and, if it can, how K of them run as one: `stacked`); one training loop
+(`train_members`, of which `train` is the one-network case) pretrains and fine-tunes them.
 
 Same seed and thread count, same numbers: the scorer rebuilds exactly the model a trial selected.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from optuna.distributions import (
 )
 from torch import nn
 
-from s2r_ray.models.base import Diverged, Family, FineTuned, OnEpoch, Pretrained, mae
+from s2r_ray.models.base import Diverged, Family, FineTuned, OnBest, OnEpoch, Pretrained, mae
 from s2r_ray.models.hyperparameters import FinetuneSpace
 from s2r_ray.models.network import Encoder, Network
 
@@ -54,8 +55,220 @@ class Trained:
     curve: list[tuple[int, float]]  # (step when pretraining, epoch when fine-tuning; val MAE)
 
 
+@dataclass(frozen=True)
+class Member:
+    """One network of a batch: how to build it (its initialisation is drawn under `seed`), its
+    rows, settings and callbacks. `on_eval` returning True (itself) makes it leave the batch."""
+
+    start: Callable[[], Network]
+    X: np.ndarray
+    y: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    plan: Plan
+    seed: int
+    on_eval: Callable[[int, float, float], bool | None] | None = None
+    on_best: OnBest | None = None
+
+
+# K modules of one shape, (K, batch, inputs) -> (K, batch), dropout drawn from each member's
+# own generator as its module would draw it from the global one when trained alone
+StackedForward = Callable[
+    [Sequence[nn.Module], torch.Tensor, Sequence[torch.Generator]], torch.Tensor
+]
+
+
 def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _fused(device: str) -> bool:
+    """AdamW's fused kernel: one pass per tensor instead of a dozen ops (1.1-1.5x a step)."""
+    return torch.device(device).type in ("cpu", "cuda")
+
+
+class _Optimizer:
+    """AdamW (fused) and its schedule for the members of a batch that share their settings: one
+    call steps them all, and element by element it is each member's own AdamW (the kernel works
+    tensor by tensor, and members that start together have taken the same steps)."""
+
+    def __init__(self, runs: list[_Run], device: str):
+        first = runs[0]
+        plan, params = first.plan, [p for r in runs for p in r.params]
+        self.opt = torch.optim.AdamW(
+            params, lr=plan.lr, weight_decay=plan.weight_decay, fused=_fused(device) or None
+        )
+        if first.pretraining:
+            # Halve the rate after every patience/2 stale evaluations: training stops on a
+            # plateau the decayed rate could not leave, not on the first noisy one.
+            self.sched: torch.optim.lr_scheduler.LRScheduler = (
+                torch.optim.lr_scheduler.ReduceLROnPlateau(
+                    self.opt, factor=0.5, patience=max(0, plan.patience // 2 - 1), threshold=1e-6
+                )
+            )
+        else:
+            steps = plan.epochs * math.ceil(len(first.Xt) / first.bs)
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, steps)
+        for r in runs:
+            r.optimizer = self
+
+    @staticmethod
+    def key(run: _Run) -> tuple:
+        """Members alike in this are stepped by one optimiser."""
+        plan = run.plan
+        return (plan.lr, plan.weight_decay, plan.epochs) if not run.pretraining else (id(run),)
+
+    def step(self, pretraining: bool) -> None:
+        self.opt.step()
+        if not pretraining:
+            self.sched.step()
+
+    def leave(self, run: _Run) -> None:
+        """A member leaves: its parameters and their moments go (not masked: dropped)."""
+        gone = {id(p) for p in run.params}
+        group = self.opt.param_groups[0]
+        group["params"] = [p for p in group["params"] if id(p) not in gone]
+        for p in run.params:
+            self.opt.state.pop(p, None)
+
+
+class _Run:
+    """One member's state in the loop: its network, encoded rows, optimiser and stop rule."""
+
+    def __init__(self, m: Member, device: str):
+        torch.manual_seed(m.seed)
+        self.m, self.plan, self.gen = m, m.plan, torch.Generator().manual_seed(m.seed)
+        net = self.net = m.start()
+        # dropout masks of a batched member, drawn as the global generator would draw them
+        self.noise = torch.Generator()
+        self.noise.set_state(torch.get_rng_state())
+        y64 = np.asarray(m.y, dtype=np.float64)
+        net.y_center, net.y_scale = float(y64.mean()), float(max(y64.std(), 1e-8))
+        net.module.to(device)
+        self.Xt = torch.from_numpy(net.encoder.transform(m.X)).to(device)
+        self.yt = torch.from_numpy(((y64 - net.y_center) / net.y_scale).astype(np.float32))
+        self.yt = self.yt.to(device)
+        self.Xv = torch.from_numpy(net.encoder.transform(m.X_val)).to(device)  # encoded once
+        plan, self.params = m.plan, [p for p in net.module.parameters() if p.requires_grad]
+        n, self.bs, self.pretraining = len(m.X), min(plan.batch_size, len(m.X)), not plan.epochs
+        self.draws = max(math.ceil(n / self.bs), plan.min_steps_per_eval)  # pretraining
+        self.optimizer: _Optimizer  # set by train_members: shared by members of equal settings
+        self.min_gain = 1e-6 if self.pretraining else 0.0  # relative drop that counts as better
+        self.best, self.best_state, self.stale, self.rounds, self.step = math.inf, None, 0, 0, 0
+        self.curve: list[tuple[int, float]] = []
+        self.loss = torch.zeros(())
+        self.stopped = False
+
+    def done(self) -> bool:
+        plan = self.plan
+        if self.stopped:
+            return True
+        if self.pretraining:
+            return not (self.stale < plan.patience and self.step < plan.max_steps)
+        return self.rounds >= plan.last
+
+    def batches(self) -> list[torch.Tensor]:
+        """This round's row indices: shuffled epochs, or draws with replacement (pretraining)."""
+        n = len(self.Xt)
+        if self.pretraining:
+            draw = range(min(self.draws, self.plan.max_steps - self.step))
+            return [torch.randint(n, (self.bs,), generator=self.gen) for _ in draw]
+        return list(torch.randperm(n, generator=self.gen).split(self.bs))
+
+    def stepped(self, loss: torch.Tensor) -> None:
+        self.step, self.loss = self.step + 1, loss
+
+    def evaluate(self) -> None:
+        """The hold-out MAE after a round; raises Diverged on a non-finite loss or error."""
+        self.rounds += 1
+        net, at = self.net, self.step if self.pretraining else self.rounds
+        net.module.eval()
+        with torch.no_grad():
+            val = mae(self.m.y_val, net.predict_encoded(self.Xv))
+        loss = self.loss.item()  # once per evaluation: a per-step check would sync a GPU
+        if not (math.isfinite(val) and math.isfinite(loss)):
+            stage = "pretraining" if self.pretraining else "fine-tuning"
+            raise Diverged(f"{stage} diverged at {at}: loss {loss:.3g}, val MAE {val:.3g}")
+        if self.pretraining:
+            self.optimizer.sched.step(val)
+        self.curve.append((at, val))
+        if val < self.best * (1 - self.min_gain):
+            self.best, self.best_state, self.stale = val, _snapshot(net.module), 0
+            if self.m.on_best is not None:
+                self.m.on_best(at, val, net.state(self.best_state))
+        else:
+            self.stale += 1
+        if self.m.on_eval is not None and self.m.on_eval(at, val, self.best) is True:
+            self.stopped = True
+
+    def result(self) -> Trained:
+        if self.best_state is not None:
+            self.net.module.load_state_dict(self.best_state)
+        return Trained(self.net, self.best, self.step, self.stale, self.curve)
+
+
+def train_members(
+    members: Sequence[Member],
+    *,
+    device: str = "cpu",
+    stacked: StackedForward | None = None,
+) -> list[Trained | Diverged]:
+    """Train K networks of one architecture and batch size as one: each step is one stacked
+    forward and backward (`stacked`) and each member's own AdamW step, so every member keeps its
+    own settings, seed, rows, frozen layers and stop rule, and a member whose rule is met leaves
+    the batch (the rest carry on smaller). Each result equals training that member alone, up to
+    the float order of the stacked matrix products. Without `stacked` (or for one member) the
+    members are trained one after another on their modules' own forward. A member that
+    diverges comes back as its `Diverged`, the others unaffected. Targets are standardised;
+    the L1 loss; the hold-out MAE after each round; the best weights restored at the end."""
+    if len(members) > 1 and stacked is None:
+        return [r for m in members for r in train_members([m], device=device)]
+    runs = [_Run(m, device) for m in members]
+    if len({(len(r.Xt), r.bs, r.pretraining) for r in runs}) > 1:
+        raise ValueError("members trained as one need as many rows and one batch size")
+    alike: dict[tuple, list[_Run]] = {}
+    for r in runs:
+        alike.setdefault(_Optimizer.key(r), []).append(r)
+    for group in alike.values():
+        _Optimizer(group, device)
+    out: dict[int, Trained | Diverged] = {}
+    # one network alone runs its module's own forward; a batch keeps the stacked one to its
+    # last member (whose dropout masks come from its own generator, not the global one)
+    solo = len(runs) == 1 or stacked is None
+    active = [i for i, r in enumerate(runs) if not r.done()]
+    while active:
+        live = [runs[i] for i in active]
+        optimizers = list({id(r.optimizer): r.optimizer for r in live}.values())
+        for r in live:
+            r.net.module.train()
+        for idx in zip(*(r.batches() for r in live), strict=True):
+            if solo:
+                r, i = live[0], idx[0].to(device)
+                loss = nn.functional.l1_loss(r.net.module(r.Xt[i]), r.yt[i]).unsqueeze(0)
+            else:
+                assert stacked is not None
+                idx = [i.to(device) for i in idx]
+                x = torch.stack([r.Xt[i] for r, i in zip(live, idx, strict=True)])
+                y = torch.stack([r.yt[i] for r, i in zip(live, idx, strict=True)])
+                out_ = stacked([r.net.module for r in live], x, [r.noise for r in live])
+                loss = (out_ - y).abs().mean(dim=1)  # each member's own L1 loss
+            for o in optimizers:
+                o.opt.zero_grad(set_to_none=True)
+            loss.sum().backward()  # a member's gradient is that of its own loss alone
+            for o in optimizers:
+                o.step(live[0].pretraining)
+            for k, r in enumerate(live):
+                r.stepped(loss[k].detach())
+        for i in active:
+            try:
+                runs[i].evaluate()
+            except Diverged as e:
+                out[i] = e
+        left = [i for i in active if i in out or runs[i].done()]
+        for i in left:
+            runs[i].optimizer.leave(runs[i])
+        active = [i for i in active if i not in left]
+    return [out[i] if i in out else runs[i].result() for i in range(len(runs))]
 
 
 def train(
@@ -69,67 +282,14 @@ def train(
     seed: int,
     device: str = "cpu",
     on_eval: OnEpoch | None = None,
+    on_best: OnBest | None = None,
 ) -> Trained:
-    """Train the network `start` builds (its initialisation is drawn under the seed) on
-    standardised targets: AdamW on the L1 loss, the hold-out MAE after each round, the best
-    weights restored at the end; `on_eval(clock, val MAE, best val MAE)` after each evaluation."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    net = start()
-    y64 = np.asarray(y, dtype=np.float64)
-    net.y_center, net.y_scale = float(y64.mean()), float(max(y64.std(), 1e-8))
-    net.module.to(device)
-    Xt = torch.from_numpy(net.encoder.transform(X)).to(device)
-    yt = torch.from_numpy(((y64 - net.y_center) / net.y_scale).astype(np.float32)).to(device)
-    params = [p for p in net.module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
-    n, bs, pretraining = len(X), min(plan.batch_size, len(X)), not plan.epochs
-    if pretraining:
-        # Halve the rate after every patience/2 stale evaluations: training stops on a plateau
-        # the decayed rate could not leave, not on the first noisy one.
-        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, factor=0.5, patience=max(0, plan.patience // 2 - 1), threshold=1e-6
-        )
-        draws = max(math.ceil(n / bs), plan.min_steps_per_eval)
-    else:
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, plan.epochs * math.ceil(n / bs))
-    min_gain = 1e-6 if pretraining else 0.0  # relative drop of the val MAE that counts as better
-
-    best, best_state, stale, rounds, step = math.inf, _snapshot(net.module), 0, 0, 0
-    curve: list[tuple[int, float]] = []
-    while (stale < plan.patience and step < plan.max_steps) if pretraining else rounds < plan.last:
-        net.module.train()
-        if pretraining:
-            draw = range(min(draws, plan.max_steps - step))
-            batches = (torch.randint(n, (bs,), generator=gen) for _ in draw)
-        else:
-            batches = torch.randperm(n, generator=gen).split(bs)
-        for idx in batches:
-            idx = idx.to(device)
-            loss = nn.functional.l1_loss(net.module(Xt[idx]), yt[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if not pretraining:
-                sched.step()
-            step += 1
-        rounds += 1
-        at, val = step if pretraining else rounds, mae(y_val, net.predict(X_val, device))
-        # once per evaluation, not per step: a per-step check would sync a GPU every batch
-        if not (math.isfinite(val) and math.isfinite(loss.item())):
-            stage = "pretraining" if pretraining else "fine-tuning"
-            raise Diverged(f"{stage} diverged at {at}: loss {loss.item():.3g}, val MAE {val:.3g}")
-        if pretraining:
-            sched.step(val)
-        curve.append((at, val))
-        if val < best * (1 - min_gain):
-            best, best_state, stale = val, _snapshot(net.module), 0
-        else:
-            stale += 1
-        if on_eval is not None:
-            on_eval(at, val, best)
-    net.module.load_state_dict(best_state)
-    return Trained(net, best, step, stale, curve)
+    """One network: the batch of one member; raises `Diverged` when it diverges."""
+    member = Member(start, X, y, X_val, y_val, plan, seed, on_eval, on_best)
+    (run,) = train_members([member], device=device)
+    if isinstance(run, Diverged):
+        raise run
+    return run
 
 
 class TorchFamily(Family):
@@ -222,6 +382,30 @@ class TorchFamily(Family):
             curve=run.curve,
         )
 
+    def stacked(self) -> StackedForward | None:
+        """How K of this family's networks run as one, if they can: then fine-tuning members
+        train together (`train_members`); else one after another."""
+        return None
+
+    def _start(self, X: np.ndarray, hp: dict, pretrained: dict | None) -> Callable[[], Network]:
+        dropout = float(hp.get("dropout", 0.0))
+
+        def start() -> Network:
+            if pretrained is None:
+                return self.fresh(X, dropout)
+            net = self.load(pretrained, dropout)
+            net.module.head.reset_parameters()
+            net.module.freeze(int(hp.get("freeze", 0)))
+            return net
+
+        return start
+
+    @staticmethod
+    def _plan(hp: dict, stop_epoch: int | None) -> Plan:
+        lr, wd, bs, epochs = (float(hp[k]) for k in ("lr", "weight_decay", "batch_size", "epochs"))
+        epochs = int(epochs)
+        return Plan(lr, wd, int(bs), epochs, min(epochs, stop_epoch or epochs))
+
     def finetune(
         self,
         X: np.ndarray,
@@ -235,19 +419,45 @@ class TorchFamily(Family):
         device: str = "cpu",
         on_epoch: OnEpoch | None = None,
         stop_epoch: int | None = None,
+        on_best: OnBest | None = None,
     ) -> FineTuned:
         """hp: lr, weight_decay, epochs, batch_size, freeze, dropout. The head is always new."""
-        dropout, epochs = float(hp.get("dropout", 0.0)), int(hp["epochs"])
+        plan, start = self._plan(hp, stop_epoch), self._start(X, hp, pretrained)
+        member = Member(start, X, y, X_val, y_val, plan, seed, on_epoch, on_best)
+        (run,) = train_members([member], device=device)
+        if isinstance(run, Diverged):
+            raise run
+        return _fine_tuned(run)
 
-        def start() -> Network:
-            if pretrained is None:
-                return self.fresh(X, dropout)
-            net = self.load(pretrained, dropout)
-            net.module.head.reset_parameters()
-            net.module.freeze(int(hp.get("freeze", 0)))
-            return net
+    def finetune_members(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray,
+        y_val: np.ndarray,
+        *,
+        hps: Sequence[dict],
+        seeds: Sequence[int],
+        pretrained: dict | None = None,
+        device: str = "cpu",
+        stop_epochs: Sequence[int | None] | None = None,
+    ) -> list[FineTuned | Diverged]:
+        """`finetune` of several (hp, seed) on the same rows, those of one batch size trained
+        as one batch (`train_members`)."""
+        stops = list(stop_epochs or [None] * len(hps))
+        members = [
+            Member(self._start(X, hp, pretrained), X, y, X_val, y_val, self._plan(hp, stop), seed)
+            for hp, seed, stop in zip(hps, seeds, stops, strict=True)
+        ]
+        results: dict[int, Trained | Diverged] = {}
+        for bs in sorted({m.plan.batch_size for m in members}):
+            group = [i for i, m in enumerate(members) if m.plan.batch_size == bs]
+            runs = train_members([members[i] for i in group], device=device, stacked=self.stacked())
+            results |= dict(zip(group, runs, strict=True))
+        return [_fine_tuned(results[i]) for i in range(len(members))]
 
-        lr, wd, bs = float(hp["lr"]), float(hp["weight_decay"]), int(hp["batch_size"])
-        plan = Plan(lr, wd, bs, epochs, min(epochs, stop_epoch or epochs))
-        run = train(start, X, y, X_val, y_val, plan, seed=seed, device=device, on_eval=on_epoch)
-        return FineTuned(run.net, run.best_val_mae, [val for _, val in run.curve])
+
+def _fine_tuned(run: Trained | Diverged) -> FineTuned | Diverged:
+    if isinstance(run, Diverged):
+        return run
+    return FineTuned(run.net, run.best_val_mae, [val for _, val in run.curve])

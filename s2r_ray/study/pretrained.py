@@ -13,9 +13,10 @@ from typing import Protocol
 
 import ray
 
-from s2r_ray.folder import StudyFolder
+from s2r_ray.folder import StudyFolder, trial_network_key
 from s2r_ray.local_servers import LOOPBACK
 from s2r_ray.models.base import Pretrained
+from s2r_ray.study.units import KeptNetwork
 
 _KEEP = 4
 
@@ -24,6 +25,12 @@ class PretrainedStore(Protocol):
     def save(self, key: str, pretrained: Pretrained) -> None: ...
 
     def load(self, key: str) -> Pretrained: ...
+
+    def save_trial(self, key: str, kept: KeptNetwork) -> None:
+        """A fine-tuning trial's own network, for its cell's scoring (not cached: read once)."""
+
+    def load_trial(self, key: str) -> KeptNetwork | None:
+        """The trial's network; None when it was never kept (scoring then trains it again)."""
 
 
 class FolderStore:
@@ -38,6 +45,15 @@ class FolderStore:
     def load(self, key: str) -> Pretrained:
         return _cached((self._path, key), lambda: StudyFolder(self._path).load_pretrained(key))
 
+    def save_trial(self, key: str, kept: KeptNetwork) -> None:
+        StudyFolder(self._path).save_pretrained(trial_network_key(key), kept)
+
+    def load_trial(self, key: str) -> KeptNetwork | None:
+        try:
+            return StudyFolder(self._path).load_pretrained(trial_network_key(key))
+        except FileNotFoundError:
+            return None
+
 
 class ServedStore:
     """The study folder through the reducer on the driver's node: for jobs anywhere."""
@@ -50,6 +66,15 @@ class ServedStore:
 
     def load(self, key: str) -> Pretrained:
         return _cached((self._path, key), lambda: ray.get(self._reducer.pretrained.remote(key)))
+
+    def save_trial(self, key: str, kept: KeptNetwork) -> None:
+        ray.get(self._reducer.save_pretrained.remote(trial_network_key(key), kept))
+
+    def load_trial(self, key: str) -> KeptNetwork | None:
+        try:
+            return ray.get(self._reducer.pretrained.remote(trial_network_key(key)))
+        except FileNotFoundError:  # Ray re-raises the actor's error as a subclass of it
+            return None
 
 
 def choose_store(folder: StudyFolder, reducer: ray.actor.ActorHandle) -> PretrainedStore:

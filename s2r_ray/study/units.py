@@ -64,6 +64,33 @@ class Scoring:
 Unit = Pretraining | Trial | Scoring
 
 
+@dataclass
+class KeptNetwork:
+    """A trial's own network, kept so that scoring need not train it again: its best state at
+    each new best of its last `WINDOW` epochs (ASHA may stop it an epoch or two before the
+    training thread learns of it) and the last epoch it reached."""
+
+    WINDOW = 4
+    bests: list[tuple[int, float, Any]]  # (epoch, best val MAE, state for Family.load)
+    reached: int = 0
+
+    def add(self, epoch: int, best: float, state: Any) -> None:
+        self.bests.append((epoch, best, state))
+
+    def trimmed(self) -> KeptNetwork:
+        """What scoring can need: the bests from the last one at or before reached - WINDOW."""
+        older = [i for i, (e, _, _) in enumerate(self.bests) if e <= self.reached - self.WINDOW]
+        return KeptNetwork(self.bests[older[-1] if older else 0 :], self.reached)
+
+    def at(self, stop_epoch: int | None) -> tuple[Any, float] | None:
+        """(state, best val MAE) of the network a replay to `stop_epoch` would rebuild; None
+        when it was not kept (the trial never got there, or it is older than the window)."""
+        if stop_epoch is None or stop_epoch > self.reached:
+            return None
+        before = [(e, val, state) for e, val, state in self.bests if e <= stop_epoch]
+        return (before[-1][2], before[-1][1]) if before else None
+
+
 @dataclass(frozen=True)
 class PretrainingSummary:
     """What the driver learns of a finished pretraining (its network is in the store)."""

@@ -18,7 +18,15 @@ from s2r_ray.protocol import Plan
 from s2r_ray.study import tracking, units
 from s2r_ray.study.pretrained import PretrainedStore
 from s2r_ray.study.tracking import TrackingContext
-from s2r_ray.study.units import METRIC, RESULT, Failure, Pretraining, PretrainingSummary, Trial
+from s2r_ray.study.units import (
+    METRIC,
+    RESULT,
+    Failure,
+    KeptNetwork,
+    Pretraining,
+    PretrainingSummary,
+    Trial,
+)
 from s2r_ray.study.workers import ray_node, setup_worker
 
 
@@ -42,9 +50,10 @@ def run_unit(
     device = setup_worker(cfg.tune.resources.cpu)
     pre = None if unit.cell.is_baseline else store.load(unit.cell.pretrain_id)
     if isinstance(unit, Trial):
-        _finetune(unit, plan, None if pre is None else pre.state, family, ctx, device)
+        _finetune(unit, plan, None if pre is None else pre.state, family, ctx, device, store)
         return
-    record = score_cell(plan, unit, pre, family, cfg.finetune.ensemble, device)
+    kept = store.load_trial(unit.trial.key)
+    record = score_cell(plan, unit, pre, family, cfg.finetune.ensemble, device, kept)
     tune.report({RESULT: units.Scored(record)})
 
 
@@ -88,12 +97,21 @@ def _pretrain(
 
 
 def _finetune(
-    trial: Trial, plan: Plan, state: dict | None, family: Family, ctx: TrackingContext, device: str
+    trial: Trial,
+    plan: Plan,
+    state: dict | None,
+    family: Family,
+    ctx: TrackingContext,
+    device: str,
+    store: PretrainedStore,
 ) -> None:
-    """`train_seconds` excludes logging, so the study can tell how much of its wall time went
-    into training versus orchestration."""
+    """`train_seconds` excludes logging and the time blocked in `tune.report`, so the study can
+    tell how much of its wall time went into training versus orchestration. The trial's own
+    network goes to the store as it ends, however it ends (ASHA's stop is a SystemExit raised
+    in `tune.report`), so its cell's scoring need not train it again."""
     params = {**trial.hp, "seed": trial.seed, "trial_key": trial.key}
     params |= {"device": device, "ray_node": ray_node()}
+    kept = KeptNetwork([])
     try:
         with tracking.nested_run(ctx, trial.cell, "trial", trial.key, params) as run:
             start, overhead = time.perf_counter(), 0.0
@@ -101,21 +119,35 @@ def _finetune(
             def on_epoch(epoch: int, val_mae: float, best: float) -> None:
                 nonlocal overhead
                 t = time.perf_counter()
-                tracking.log(ctx, run, {"val_mae": val_mae, "best_val_mae": best}, step=epoch)
+                kept.reached = epoch
                 trained = t - start - overhead
-                overhead += time.perf_counter() - t
+                tracking.log(ctx, run, {"val_mae": val_mae, "best_val_mae": best}, step=epoch)
                 tune.report({METRIC: best, "val_mae": val_mae, "train_seconds": trained})
+                overhead += time.perf_counter() - t
 
-            family.finetune(
-                *plan.target_split(trial.cell),
-                hp=trial.hp,
-                seed=trial.seed,
-                pretrained=state,
-                device=device,
-                on_epoch=on_epoch,
-            )
+            try:
+                family.finetune(
+                    *plan.target_split(trial.cell),
+                    hp=trial.hp,
+                    seed=trial.seed,
+                    pretrained=state,
+                    device=device,
+                    on_epoch=on_epoch,
+                    on_best=kept.add,
+                )
+            except Diverged:
+                raise  # a diverged trial is never scored from what it kept
+            except BaseException:
+                _keep(store, trial, kept)  # stopped (SystemExit) or failed: what it reached
+                raise
+            _keep(store, trial, kept)
     except Diverged as e:  # not worth a retry: the same seed diverges again
         tune.report({METRIC: math.inf, "diverged": str(e)})
+
+
+def _keep(store: PretrainedStore, trial: Trial, kept: KeptNetwork) -> None:
+    if kept.bests:
+        store.save_trial(trial.key, kept.trimmed())
 
 
 def score_cell(
@@ -125,27 +157,35 @@ def score_cell(
     family: Family,
     ensemble: int,
     device: str,
+    kept: KeptNetwork | None = None,
 ) -> dict:
     """The cell's result record: test MAE/RMSE of the selected configuration (averaged over
-    `ensemble` seeds, the first being the trial's own), the zero-shot error of the
-    pretrained model, and the simulation-alone error on the same test rows."""
+    `ensemble` seeds, the first being the trial's own: its `kept` network when the trial kept
+    it, else trained again from its seed), the zero-shot error of the pretrained model, and
+    the simulation-alone error on the same test rows. The other members train as one batch."""
     start = time.perf_counter()
     cell, trial = unit.cell, unit.trial
     ds, rep = plan.dataset, plan.repetitions[cell.repetition]
     X_test, y_test = ds.target_X[rep.test], ds.target_y[rep.test]
     state = pretrained.state if pretrained is not None else None
-    preds, val = [], None
-    for i in range(ensemble):
-        ft = family.finetune(
-            *plan.target_split(cell),
-            hp=trial.hp,
-            seed=trial.seed + i,
-            stop_epoch=unit.stop_epoch,
-            pretrained=state,
-            device=device,
-        )
+    own = kept.at(unit.stop_epoch) if kept is not None else None
+    preds, vals = [], []
+    if own is not None:
+        preds.append(family.load(own[0]).predict(X_test, device))
+        vals.append(own[1])
+    seeds = [trial.seed + i for i in range(len(preds), ensemble)]
+    for ft in family.finetune_members(
+        *plan.target_split(cell),
+        hps=[trial.hp] * len(seeds),
+        seeds=seeds,
+        stop_epochs=[unit.stop_epoch] * len(seeds),
+        pretrained=state,
+        device=device,
+    ):
+        if isinstance(ft, Diverged):
+            raise ft
         preds.append(ft.predictor.predict(X_test, device))
-        val = ft.best_val_mae if val is None else val
+        vals.append(ft.best_val_mae)
     mean = np.mean(preds, axis=0)
     record = {
         "cell": cell.id,
@@ -155,7 +195,8 @@ def score_cell(
         "mae": mae(y_test, mean),
         "rmse": rmse(y_test, mean),
         "single_mae": mae(y_test, preds[0]),
-        "val_mae": val,
+        "val_mae": vals[0],
+        "trial_network_reused": own is not None,
         "selection_val_mae": unit.selection_val_mae,
         "best_trial": trial.key,
         "best_hp": trial.hp,

@@ -1,0 +1,96 @@
+"""Members trained as one batch (`train_members`) against each trained alone: no Ray."""
+
+import numpy as np
+import pytest
+import torch
+
+from s2r_ray.config import StudyConfig, SyntheticData
+from s2r_ray.data.synthetic import make_synthetic
+from s2r_ray.models import make_family
+from s2r_ray.models.base import Diverged, FineTuned
+from s2r_ray.protocol import make_plan
+
+HP = {"lr": 3e-3, "weight_decay": 1e-4, "epochs": 12, "batch_size": 32, "freeze": 0, "dropout": 0.0}
+# own lr, weight decay, dropout, frozen layers and length: the batch must keep them apart
+HPS = [
+    HP,
+    {**HP, "lr": 1e-2, "weight_decay": 1e-6, "dropout": 0.2},
+    {**HP, "freeze": 1, "epochs": 5},
+    {**HP, "lr": 5e-4, "dropout": 0.1, "freeze": 2, "epochs": 9},
+]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.set_num_threads(1)
+    cfg = StudyConfig(name="t", sizes=[300], repetitions=1, model={"hidden": [32, 16, 8]})
+    ds = make_synthetic(SyntheticData(n_source=600, n_target=300))
+    rep = make_plan(cfg, ds).repetitions[0]
+    family = make_family(cfg)
+    rows = rep.source_subset(300)
+    args = (
+        ds.source_X[rows],
+        ds.source_y[rows],
+        ds.source_X[rep.holdout],
+        ds.source_y[rep.holdout],
+    )
+    pre = family.pretrain(*args, seed=0)
+    split = (
+        ds.target_X[rep.train],
+        ds.target_y[rep.train],
+        ds.target_X[rep.val],
+        ds.target_y[rep.val],
+    )
+    return family, split, pre.state, ds.target_X[rep.test]
+
+
+def test_members_trained_as_one_equal_each_trained_alone(setup):
+    """Same seeds, same networks: only the float order of the stacked products differs."""
+    family, split, state, X_test = setup
+    seeds, stops = [5, 6, 7, 8], [None, 7, None, None]
+    together = family.finetune_members(
+        *split, hps=HPS, seeds=seeds, pretrained=state, stop_epochs=stops
+    )
+    for hp, seed, stop, got in zip(HPS, seeds, stops, together, strict=True):
+        alone = family.finetune(*split, hp=hp, seed=seed, pretrained=state, stop_epoch=stop)
+        assert isinstance(got, FineTuned)
+        assert len(got.curve) == len(alone.curve) == min(hp["epochs"], stop or 99)
+        np.testing.assert_allclose(got.curve, alone.curve, rtol=1e-4)
+        np.testing.assert_allclose(
+            got.predictor.predict(X_test), alone.predictor.predict(X_test), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_frozen_layers_of_a_batched_member_do_not_move(setup):
+    family, split, state, _ = setup
+    _, frozen = family.finetune_members(*split, hps=[HP, HPS[2]], seeds=[1, 2], pretrained=state)
+    after = frozen.predictor.state()["weights"]
+    np.testing.assert_array_equal(after["body.0.0.weight"], state["weights"]["body.0.0.weight"])
+    assert not np.array_equal(after["body.1.0.weight"], state["weights"]["body.1.0.weight"])
+
+
+def test_a_member_that_diverges_leaves_the_others_training(setup):
+    family, split, state, _ = setup
+    wild = {**HP, "lr": 1e30}
+    ok, bad = family.finetune_members(*split, hps=[HP, wild], seeds=[3, 4], pretrained=state)
+    alone = family.finetune(*split, hp=HP, seed=3, pretrained=state)
+    assert isinstance(bad, Diverged)
+    np.testing.assert_allclose(ok.curve, alone.curve, rtol=1e-4)
+
+
+def test_members_of_one_setting_share_an_optimiser_and_leave_it_one_by_one(setup):
+    """A scoring ensemble: one hp, several seeds, one AdamW for all; a member that stops early
+    takes its parameters out of it and the others go on as if alone."""
+    family, split, state, X_test = setup
+    hp = {**HP, "dropout": 0.1, "freeze": 1}
+    seeds, stops = [21, 22, 23], [None, 4, 8]
+    together = family.finetune_members(
+        *split, hps=[hp] * 3, seeds=seeds, pretrained=state, stop_epochs=stops
+    )
+    for seed, stop, got in zip(seeds, stops, together, strict=True):
+        alone = family.finetune(*split, hp=hp, seed=seed, pretrained=state, stop_epoch=stop)
+        assert len(got.curve) == (stop or hp["epochs"])
+        np.testing.assert_allclose(got.curve, alone.curve, rtol=1e-4)
+        np.testing.assert_allclose(
+            got.predictor.predict(X_test), alone.predictor.predict(X_test), rtol=1e-4, atol=1e-4
+        )
