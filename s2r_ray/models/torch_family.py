@@ -23,9 +23,14 @@ from optuna.distributions import (
 )
 from torch import nn
 
+from s2r_ray.data.dataset import Rows
 from s2r_ray.models.base import Diverged, Family, FineTuned, OnEpoch, Pretrained, mae
 from s2r_ray.models.hyperparameters import FinetuneSpace
 from s2r_ray.models.network import Encoder, Network
+
+# Training rows whose encoding is larger than this are encoded batch by batch as drawn, not once
+# whole: 10^7 source rows would otherwise cost a float64 and a float32 copy of the pool.
+ENCODE_WHOLE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def train(
     start: Callable[[], Network],
-    X: np.ndarray,
+    X: np.ndarray | Rows,
     y: np.ndarray,
     X_val: np.ndarray,
     y_val: np.ndarray,
@@ -72,18 +77,22 @@ def train(
 ) -> Trained:
     """Train the network `start` builds (its initialisation is drawn under the seed) on
     standardised targets: AdamW on the L1 loss, the hold-out MAE after each round, the best
-    weights restored at the end; `on_eval(clock, val MAE, best val MAE)` after each evaluation."""
+    weights restored at the end; `on_eval(clock, val MAE, best val MAE)` after each evaluation.
+    Rows beyond `ENCODE_WHOLE_BYTES` are gathered and encoded per batch: the same numbers, as the
+    encoding is row by row."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = start()
     y64 = np.asarray(y, dtype=np.float64)
     net.y_center, net.y_scale = float(y64.mean()), float(max(y64.std(), 1e-8))
     net.module.to(device)
-    Xt = torch.from_numpy(net.encoder.transform(X)).to(device)
+    rows = X if isinstance(X, Rows) else Rows.of(X)
+    whole = len(rows) * rows.n_columns * 4 <= ENCODE_WHOLE_BYTES
+    Xt = torch.from_numpy(net.encoder.transform(rows.materialize())).to(device) if whole else None
     yt = torch.from_numpy(((y64 - net.y_center) / net.y_scale).astype(np.float32)).to(device)
     params = [p for p in net.module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=plan.lr, weight_decay=plan.weight_decay)
-    n, bs, pretraining = len(X), min(plan.batch_size, len(X)), not plan.epochs
+    n, bs, pretraining = len(rows), min(plan.batch_size, len(rows)), not plan.epochs
     if pretraining:
         # Halve the rate after every patience/2 stale evaluations: training stops on a plateau
         # the decayed rate could not leave, not on the first noisy one.
@@ -105,8 +114,12 @@ def train(
         else:
             batches = torch.randperm(n, generator=gen).split(bs)
         for idx in batches:
-            idx = idx.to(device)
-            loss = nn.functional.l1_loss(net.module(Xt[idx]), yt[idx])
+            xb = (
+                torch.from_numpy(net.encoder.transform(rows.take(idx.numpy()))).to(device)
+                if Xt is None
+                else Xt[idx.to(device)]
+            )
+            loss = nn.functional.l1_loss(net.module(xb), yt[idx.to(device)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -141,7 +154,7 @@ class TorchFamily(Family):
         for its k lowest stages."""
 
     @abstractmethod
-    def fit_encoder(self, X: np.ndarray) -> Encoder: ...
+    def fit_encoder(self, X: np.ndarray | Rows) -> Encoder: ...
 
     @abstractmethod
     def encoder_from_state(self, state: dict) -> Encoder: ...
@@ -153,9 +166,10 @@ class TorchFamily(Family):
         n_in, y_center, y_scale = (state[k] for k in ("n_in", "y_center", "y_scale"))
         return Network(module, encoder, int(n_in), float(y_center), float(y_scale))
 
-    def fresh(self, X: np.ndarray, dropout: float) -> Network:
+    def fresh(self, X: np.ndarray | Rows, dropout: float) -> Network:
         """An untrained network, its encoder fitted on X."""
-        return Network(self.build(X.shape[1], dropout), self.fit_encoder(X), X.shape[1])
+        n_in = X.n_columns if isinstance(X, Rows) else X.shape[1]
+        return Network(self.build(n_in, dropout), self.fit_encoder(X), n_in)
 
     def search_space(
         self, space: FinetuneSpace, baseline: bool
@@ -194,7 +208,7 @@ class TorchFamily(Family):
 
     def pretrain(
         self,
-        X: np.ndarray,
+        X: np.ndarray | Rows,
         y: np.ndarray,
         X_val: np.ndarray,
         y_val: np.ndarray,
@@ -204,14 +218,16 @@ class TorchFamily(Family):
         device: str = "cpu",
     ) -> Pretrained:
         """`X_extra` (target train features, no labels) joins the input encoding so that features
-        rare in the source still get a sensible scale."""
+        rare in the source still get a sensible scale. `X` as `Rows` (a view of the shared pool)
+        is read block by block and batch by batch, never copied whole."""
         start, r = time.perf_counter(), self.pretrain_hp
-        X_fit = X if X_extra is None else np.vstack([X, X_extra])
+        rows = X if isinstance(X, Rows) else Rows.of(X)
+        X_fit = rows if X_extra is None else rows + Rows.of(X_extra)
         plan = Plan(
             r.lr, r.weight_decay, r.batch_size, 0, 0, r.patience, r.min_steps_per_eval, r.max_steps
         )
         run = train(
-            lambda: self.fresh(X_fit, 0.0), X, y, X_val, y_val, plan, seed=seed, device=device
+            lambda: self.fresh(X_fit, 0.0), rows, y, X_val, y_val, plan, seed=seed, device=device
         )
         return Pretrained(
             state=run.net.state(),
