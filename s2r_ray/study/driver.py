@@ -51,6 +51,7 @@ from s2r_ray.protocol import Plan, make_plan
 from s2r_ray.render.text import decision_line
 from s2r_ray.report import folder_report
 from s2r_ray.study import tracking, units
+from s2r_ray.study.fanout import RayPool
 from s2r_ray.study.pretrained import choose_store
 from s2r_ray.study.pretraining import Pretrainings, default_slots
 from s2r_ray.study.reducer import Reducer
@@ -252,8 +253,11 @@ def _run(
         echo(f"study {cfg.name} is already complete in {out}: nothing to run")
         return folder_report(folder)
 
-    ds = load_dataset(cfg.data, folder.rejected_rows_path())
-    used: dict[str, float | None] = {"data_seconds": round(time.time() - start, 2)}
+    # on a cluster, Ray tasks featurize the tables over its nodes; else local processes do
+    joined = bool(address or os.environ.get("RAY_ADDRESS")) and init_ray(address)
+    fanout = RayPool() if ray.is_initialized() else None
+    ds = load_dataset(cfg.data, folder.rejected_rows_path(), executor=fanout)
+    used = _data_figures(ds.counts, time.time() - start, fanout)
     plan = make_plan(cfg, ds)
     plan.cells = steer.study_cells(cfg, folder.decisions())  # a steered study's so far
     folder.write_config(cfg)
@@ -283,7 +287,7 @@ def _run(
     os.chdir(out)
     started_ray, ctx, reducer, status = False, None, None, "failed"
     try:
-        started_ray = init_ray(address, plan.nbytes())
+        started_ray = init_ray(address, plan.nbytes()) or joined
         signals.install()  # ray.init installs a SIGTERM handler of its own
         _check_resources(cfg)
         data = cfg.data
@@ -448,6 +452,20 @@ def _tune(
     finally:
         progress.drain(timeout=None)
     return stored_bytes(plan_ref)
+
+
+def _data_figures(
+    counts: dict[str, int], seconds: float, fanout: RayPool | None
+) -> dict[str, float | None]:
+    """How long the data took, how fast featurization went, on how many nodes."""
+    keys = sum(counts.get(f"{side}_keys_featurized", 0) for side in ("source", "target"))
+    ms = sum(counts.get(f"{side}_featurize_ms", 0) for side in ("source", "target"))
+    return {
+        "data_seconds": round(seconds, 2),
+        "featurized_rows": keys,
+        "featurize_rows_per_s": round(1000 * keys / ms) if keys and ms else None,
+        "featurize_nodes": len(fanout.rows_by_node) if fanout is not None else 1,
+    }
 
 
 def _timing(records: list[dict], wall: float, cfg: StudyConfig) -> dict:
