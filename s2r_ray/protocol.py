@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from s2r_ray.config import ConfigError, SplitConfig, StudyConfig
-from s2r_ray.data.dataset import Dataset
+from s2r_ray.data.dataset import Dataset, Rows
 
 
 @dataclass(frozen=True)
@@ -68,11 +68,19 @@ class Plan:
     repetitions: list[Repetition]
     cells: list[Cell]
 
-    def source_split(self, cell: Cell) -> tuple[np.ndarray, ...]:
-        """Pretraining arrays: the n source rows and the repetition's source hold-out."""
+    def source_split(self, cell: Cell) -> tuple[Rows, np.ndarray, np.ndarray, np.ndarray]:
+        """Pretraining data: the n source rows as a view of the pool (never copied whole: the
+        pool may be 10^7 rows shared by every job), their values, the repetition's hold-out."""
         ds, rep = self.dataset, self.repetitions[cell.repetition]
         rows, hold = rep.source_subset(cell.n), rep.holdout
-        return ds.source_X[rows], ds.source_y[rows], ds.source_X[hold], ds.source_y[hold]
+        return Rows.of(ds.source_X, rows), ds.source_y[rows], ds.source_X[hold], ds.source_y[hold]
+
+    def nbytes(self) -> int:
+        """The arrays' size: what shipping the plan puts into the object store, about."""
+        ds = self.dataset
+        arrays = (ds.source_X, ds.source_y, ds.source_ids, ds.target_X, ds.target_y, ds.target_ids)
+        reps = sum(r.pool.nbytes + r.holdout.nbytes for r in self.repetitions)
+        return sum(a.nbytes for a in arrays) + reps
 
     def target_split(self, cell: Cell) -> tuple[np.ndarray, ...]:
         """Fine-tuning arrays: the cell's m target train rows and the validation rows."""

@@ -3,15 +3,20 @@
 One entry per (input file content, featurizer name, options, featurizer and library versions):
 `<file>.<featurizer>.<digest>.keys.parquet` maps raw identifier tuples to canonical keys (or the
 rejection reason) and `...features.parquet` maps keys to feature rows. An entry grows on demand:
-a query that selects new rows of the same file adds their keys instead of starting over. Writes
-go through `s2r_ray.atomic`, so concurrent studies never read a half-written entry.
+a query that selects new rows of the same file adds their keys instead of starting over. While
+features are computed, each finished chunk is kept in `...features.parts/` (named by its keys),
+so a featurization interrupted after hours resumes with the chunks it lacks; the parts join the
+entry when it is written. Writes go through `s2r_ray.atomic`, so concurrent studies never read a
+half-written entry.
 """
 
 from __future__ import annotations
 
 import hashlib
+import shutil
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -40,7 +45,8 @@ class FeatureStore:
     """Keys and features of one input file under one featurizer; computes only what it lacks.
 
     `stats` counts the work done: ids_canonicalised and keys_featurized (computed now, in the
-    pool's processes for large inputs) and keys_cached (read from disk).
+    pool's processes for large inputs; featurize_ms the time it took) and keys_cached (read from
+    disk, finished chunks of an interrupted run included).
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class FeatureStore:
         stem = f"{data_file.name}.{featurizer.name}.{digest}"
         self.keys_path = cache_dir / f"{stem}.keys.parquet"
         self.features_path = cache_dir / f"{stem}.features.parquet"
+        self.parts_path = cache_dir / f"{stem}.features.parts"
         self.stats: Counter[str] = Counter()
 
     def canonical(self, ids: list[tuple[str, ...]]) -> list[str | Rejection]:
@@ -74,20 +81,39 @@ class FeatureStore:
         missing = [k for k, at in zip(keys, table.index.get_indexer(keys), strict=True) if at < 0]
         if missing:
             what = f"featurizing ({self.featurizer.name})"
-            chunks = self._map(self.featurizer.featurize, missing, what, "keys")
+            start = time.perf_counter()
+            chunks = self._map(self.featurizer.featurize, missing, what, "keys", self._keep_part)
+            self.stats["featurize_ms"] += round(1000 * (time.perf_counter() - start))
             new = pd.DataFrame(
                 np.vstack(chunks), index=pd.Index(missing, name="key"), columns=names
             )
             table = pd.concat([table, new]) if len(table) else new
+        if missing or self.parts_path.is_dir():  # the parts of an interrupted run join the entry
             _write_parquet(table, self.features_path)
+            shutil.rmtree(self.parts_path, ignore_errors=True)
         self.stats["keys_featurized"] += len(missing)
         self.stats["keys_cached"] += len(keys) - len(missing)
         return table.to_numpy(np.float32)[table.index.get_indexer(keys)]
 
-    def _map(self, fn: Callable[[list], list], items: list, what: str, unit: str) -> list:
+    def _map(
+        self,
+        fn: Callable[[list], list],
+        items: list,
+        what: str,
+        unit: str,
+        on_result: Callable[[Sequence[str], np.ndarray], None] | None = None,
+    ) -> list:
         """fn over chunks of items, in the pool's processes for large inputs."""
         size, pool = self.featurizer.chunk_size, self.pool
-        return map_chunks(fn, items, size, pool, f"{self.file_name}: {what}", unit)
+        return map_chunks(fn, items, size, pool, f"{self.file_name}: {what}", unit, on_result)
+
+    def _keep_part(self, keys: Sequence[str], X: np.ndarray) -> None:
+        """One finished chunk on disk, named by its keys, until the whole entry is written."""
+        name = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:24]
+        names = self.featurizer.feature_names
+        part = pd.DataFrame(X, index=pd.Index(list(keys), name="key"), columns=names)
+        self.parts_path.mkdir(parents=True, exist_ok=True)
+        _write_parquet(part, self.parts_path / f"{name}.parquet")
 
     def _read_keys(self) -> dict[tuple[str, ...], str | Rejection]:
         if not self.keys_path.is_file():
@@ -117,7 +143,10 @@ class FeatureStore:
 
     def _read_features(self, names: list[str]) -> pd.DataFrame:
         empty = pd.DataFrame(columns=names, index=pd.Index([], name="key"), dtype=np.float32)
-        if not self.features_path.is_file():
+        files = [self.features_path] if self.features_path.is_file() else []
+        files += sorted(self.parts_path.glob("*.parquet")) if self.parts_path.is_dir() else []
+        tables = [t for t in map(pd.read_parquet, files) if list(t.columns) == names]
+        if not tables:  # none, or stale: code changed unversioned
             return empty
-        table = pd.read_parquet(self.features_path)
-        return table if list(table.columns) == names else empty  # stale: code changed unversioned
+        table = pd.concat(tables) if len(tables) > 1 else tables[0]
+        return table[~table.index.duplicated()]

@@ -308,12 +308,16 @@ def _conflicts(row_key: pd.Series, values: pd.Series) -> pd.Series:
 
 
 def load_dataset(
-    cfg: DataConfig, rejected_csv: Path | None = None, workers: int | None = None
+    cfg: DataConfig,
+    rejected_csv: Path | None = None,
+    workers: int | None = None,
+    executor: Executor | None = None,
 ) -> Dataset:
     """The study's `Dataset`: synthetic, or the source and target tables cleaned, keyed, joined.
 
     `workers` bounds the featurization processes (default: all CPUs). They are spawned, so a
     script calling this with workers > 1 needs the usual `if __name__ == "__main__":` guard.
+    `executor` (a cluster's, `s2r_ray.study.fanout.RayPool`) featurizes instead of them.
     `rejected_csv` (a study's: `StudyFolder.rejected_rows_path`) receives the rejected rows.
     """
     if cfg.kind == "synthetic":
@@ -329,7 +333,8 @@ def load_dataset(
     featurizer = make_featurizer(src.featurizer, src.featurizer_options)
     cache_dir = Path(cfg.cache_dir).expanduser()
     workers = workers or len(os.sched_getaffinity(0))  # the CPUs a container really grants
-    with process_pool(workers) as pool:  # processes start only if a side needs them
+    with process_pool(1 if executor else workers) as local:  # started only if a side needs it
+        pool = executor or local
         source = load_side(src, "source", featurizer, cache_dir, pool)
         target = load_side(tgt, "target", featurizer, cache_dir, pool)
     if rejected_csv is not None:  # before any check below: the rejected rows explain a failed one

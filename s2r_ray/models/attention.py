@@ -19,6 +19,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from s2r_ray.data.dataset import Rows
 from s2r_ray.data.featurizers.elements import embedding_table
 from s2r_ray.models import base
 from s2r_ray.models.torch_family import TorchFamily
@@ -151,7 +152,7 @@ class AttentionFamily(TorchFamily):
     def build(self, n_in: int, dropout: float) -> CompositionAttention:
         return CompositionAttention(**self.options.model_dump(), dropout=dropout)
 
-    def fit_encoder(self, X: np.ndarray) -> Passthrough:
+    def fit_encoder(self, X: np.ndarray | Rows) -> Passthrough:
         return Passthrough()
 
     def encoder_from_state(self, state: dict) -> Passthrough:

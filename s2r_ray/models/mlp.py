@@ -4,7 +4,7 @@ standardised robustly."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
@@ -13,6 +13,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
+from s2r_ray.data.dataset import Rows
 from s2r_ray.models import base
 from s2r_ray.models.torch_family import StackedForward, TorchFamily
 
@@ -32,10 +33,15 @@ class Scaler:
     clip: float = 10.0
 
     @classmethod
-    def fit(cls, X: np.ndarray, clip: float = 10.0) -> Scaler:
-        X = np.asarray(X, dtype=np.float64)
-        std = X.std(axis=0)
-        return cls(X.mean(axis=0), np.where(std > 1e-8, std, 1.0), clip)
+    def fit(cls, X: np.ndarray | Rows, clip: float = 10.0) -> Scaler:
+        """Mean and standard deviation in float64, read block by block (no float64 copy of a
+        large pool) and summed row after row as `X.mean(axis=0)` / `X.std(axis=0)` do: the same
+        numbers to the last digit."""
+        rows = X if isinstance(X, Rows) else Rows.of(np.asarray(X))
+        n = len(rows)
+        mean = _column_sum(rows, lambda b: b) / n
+        std = np.sqrt(_column_sum(rows, lambda b: np.square(b - mean)) / n)
+        return cls(mean, np.where(std > 1e-8, std, 1.0), clip)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         Z = (np.asarray(X, dtype=np.float64) - self.center) / self.scale
@@ -43,6 +49,17 @@ class Scaler:
 
     def state(self) -> dict:
         return {"center": self.center, "scale": self.scale, "clip": self.clip}
+
+
+def _column_sum(rows: Rows, term: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Column sums of term(row) in float64, accumulated in row order across blocks (the order
+    numpy's axis-0 reduction adds the rows of one matrix in)."""
+    total = np.zeros(rows.n_columns)
+    for block in rows.blocks():
+        values = term(block.astype(np.float64))
+        values[0] += total
+        total = np.add.reduce(values, axis=0)
+    return total
 
 
 class MLP(nn.Module):
@@ -133,7 +150,7 @@ class MLPFamily(TorchFamily):
     def stacked(self) -> StackedForward:
         return forward_stacked
 
-    def fit_encoder(self, X: np.ndarray) -> Scaler:
+    def fit_encoder(self, X: np.ndarray | Rows) -> Scaler:
         return Scaler.fit(X, self.options.clip)
 
     def encoder_from_state(self, state: dict) -> Scaler:

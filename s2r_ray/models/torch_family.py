@@ -24,9 +24,14 @@ from optuna.distributions import (
 )
 from torch import nn
 
+from s2r_ray.data.dataset import Rows
 from s2r_ray.models.base import Diverged, Family, FineTuned, OnBest, OnEpoch, Pretrained, mae
 from s2r_ray.models.hyperparameters import FinetuneSpace
 from s2r_ray.models.network import Encoder, Network
+
+# Training rows whose encoding is larger than this are encoded batch by batch as drawn, not once
+# whole: 10^7 source rows would otherwise cost a float64 and a float32 copy of the pool.
+ENCODE_WHOLE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class Member:
     rows, settings and callbacks. `on_eval` returning True (itself) makes it leave the batch."""
 
     start: Callable[[], Network]
-    X: np.ndarray
+    X: np.ndarray | Rows
     y: np.ndarray
     X_val: np.ndarray
     y_val: np.ndarray
@@ -107,7 +112,7 @@ class _Optimizer:
                 )
             )
         else:
-            steps = plan.epochs * math.ceil(len(first.Xt) / first.bs)
+            steps = plan.epochs * math.ceil(first.n / first.bs)
             self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, steps)
         for r in runs:
             r.optimizer = self
@@ -145,12 +150,16 @@ class _Run:
         y64 = np.asarray(m.y, dtype=np.float64)
         net.y_center, net.y_scale = float(y64.mean()), float(max(y64.std(), 1e-8))
         net.module.to(device)
-        self.Xt = torch.from_numpy(net.encoder.transform(m.X)).to(device)
+        self.rows, self.device = m.X if isinstance(m.X, Rows) else Rows.of(m.X), device
+        whole = len(self.rows) * self.rows.n_columns * 4 <= ENCODE_WHOLE_BYTES
+        encoded = net.encoder.transform(self.rows.materialize()) if whole else None
+        self.Xt = None if encoded is None else torch.from_numpy(encoded).to(device)
         self.yt = torch.from_numpy(((y64 - net.y_center) / net.y_scale).astype(np.float32))
         self.yt = self.yt.to(device)
         self.Xv = torch.from_numpy(net.encoder.transform(m.X_val)).to(device)  # encoded once
         plan, self.params = m.plan, [p for p in net.module.parameters() if p.requires_grad]
-        n, self.bs, self.pretraining = len(m.X), min(plan.batch_size, len(m.X)), not plan.epochs
+        n = self.n = len(self.rows)
+        self.bs, self.pretraining = min(plan.batch_size, n), not plan.epochs
         self.draws = max(math.ceil(n / self.bs), plan.min_steps_per_eval)  # pretraining
         self.optimizer: _Optimizer  # set by train_members: shared by members of equal settings
         self.min_gain = 1e-6 if self.pretraining else 0.0  # relative drop that counts as better
@@ -167,9 +176,16 @@ class _Run:
             return not (self.stale < plan.patience and self.step < plan.max_steps)
         return self.rounds >= plan.last
 
+    def x(self, idx: torch.Tensor) -> torch.Tensor:
+        """The encoded rows of a batch: from the whole encoding, or gathered and encoded now."""
+        if self.Xt is not None:
+            return self.Xt[idx.to(self.device)]
+        rows = self.rows.take(idx.numpy())
+        return torch.from_numpy(self.net.encoder.transform(rows)).to(self.device)
+
     def batches(self) -> list[torch.Tensor]:
         """This round's row indices: shuffled epochs, or draws with replacement (pretraining)."""
-        n = len(self.Xt)
+        n = self.n
         if self.pretraining:
             draw = range(min(self.draws, self.plan.max_steps - self.step))
             return [torch.randint(n, (self.bs,), generator=self.gen) for _ in draw]
@@ -224,7 +240,7 @@ def train_members(
     if len(members) > 1 and stacked is None:
         return [r for m in members for r in train_members([m], device=device)]
     runs = [_Run(m, device) for m in members]
-    if len({(len(r.Xt), r.bs, r.pretraining) for r in runs}) > 1:
+    if len({(r.n, r.bs, r.pretraining) for r in runs}) > 1:
         raise ValueError("members trained as one need as many rows and one batch size")
     alike: dict[tuple, list[_Run]] = {}
     for r in runs:
@@ -243,13 +259,12 @@ def train_members(
             r.net.module.train()
         for idx in zip(*(r.batches() for r in live), strict=True):
             if solo:
-                r, i = live[0], idx[0].to(device)
-                loss = nn.functional.l1_loss(r.net.module(r.Xt[i]), r.yt[i]).unsqueeze(0)
+                r, i = live[0], idx[0]
+                loss = nn.functional.l1_loss(r.net.module(r.x(i)), r.yt[i.to(device)]).unsqueeze(0)
             else:
                 assert stacked is not None
-                idx = [i.to(device) for i in idx]
-                x = torch.stack([r.Xt[i] for r, i in zip(live, idx, strict=True)])
-                y = torch.stack([r.yt[i] for r, i in zip(live, idx, strict=True)])
+                x = torch.stack([r.x(i) for r, i in zip(live, idx, strict=True)])
+                y = torch.stack([r.yt[i.to(device)] for r, i in zip(live, idx, strict=True)])
                 out_ = stacked([r.net.module for r in live], x, [r.noise for r in live])
                 loss = (out_ - y).abs().mean(dim=1)  # each member's own L1 loss
             for o in optimizers:
@@ -273,7 +288,7 @@ def train_members(
 
 def train(
     start: Callable[[], Network],
-    X: np.ndarray,
+    X: np.ndarray | Rows,
     y: np.ndarray,
     X_val: np.ndarray,
     y_val: np.ndarray,
@@ -284,7 +299,9 @@ def train(
     on_eval: OnEpoch | None = None,
     on_best: OnBest | None = None,
 ) -> Trained:
-    """One network: the batch of one member; raises `Diverged` when it diverges."""
+    """One network: the batch of one member; raises `Diverged` when it diverges. Rows beyond
+    `ENCODE_WHOLE_BYTES` are gathered and encoded per batch: the same numbers, as the encoding
+    is row by row."""
     member = Member(start, X, y, X_val, y_val, plan, seed, on_eval, on_best)
     (run,) = train_members([member], device=device)
     if isinstance(run, Diverged):
@@ -301,7 +318,7 @@ class TorchFamily(Family):
         for its k lowest stages."""
 
     @abstractmethod
-    def fit_encoder(self, X: np.ndarray) -> Encoder: ...
+    def fit_encoder(self, X: np.ndarray | Rows) -> Encoder: ...
 
     @abstractmethod
     def encoder_from_state(self, state: dict) -> Encoder: ...
@@ -313,9 +330,10 @@ class TorchFamily(Family):
         n_in, y_center, y_scale = (state[k] for k in ("n_in", "y_center", "y_scale"))
         return Network(module, encoder, int(n_in), float(y_center), float(y_scale))
 
-    def fresh(self, X: np.ndarray, dropout: float) -> Network:
+    def fresh(self, X: np.ndarray | Rows, dropout: float) -> Network:
         """An untrained network, its encoder fitted on X."""
-        return Network(self.build(X.shape[1], dropout), self.fit_encoder(X), X.shape[1])
+        n_in = X.n_columns if isinstance(X, Rows) else X.shape[1]
+        return Network(self.build(n_in, dropout), self.fit_encoder(X), n_in)
 
     def search_space(
         self, space: FinetuneSpace, baseline: bool
@@ -354,7 +372,7 @@ class TorchFamily(Family):
 
     def pretrain(
         self,
-        X: np.ndarray,
+        X: np.ndarray | Rows,
         y: np.ndarray,
         X_val: np.ndarray,
         y_val: np.ndarray,
@@ -364,14 +382,16 @@ class TorchFamily(Family):
         device: str = "cpu",
     ) -> Pretrained:
         """`X_extra` (target train features, no labels) joins the input encoding so that features
-        rare in the source still get a sensible scale."""
+        rare in the source still get a sensible scale. `X` as `Rows` (a view of the shared pool)
+        is read block by block and batch by batch, never copied whole."""
         start, r = time.perf_counter(), self.pretrain_hp
-        X_fit = X if X_extra is None else np.vstack([X, X_extra])
+        rows = X if isinstance(X, Rows) else Rows.of(X)
+        X_fit = rows if X_extra is None else rows + Rows.of(X_extra)
         plan = Plan(
             r.lr, r.weight_decay, r.batch_size, 0, 0, r.patience, r.min_steps_per_eval, r.max_steps
         )
         run = train(
-            lambda: self.fresh(X_fit, 0.0), X, y, X_val, y_val, plan, seed=seed, device=device
+            lambda: self.fresh(X_fit, 0.0), rows, y, X_val, y_val, plan, seed=seed, device=device
         )
         return Pretrained(
             state=run.net.state(),

@@ -35,6 +35,7 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # ours stops the stud
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
 import optuna
+import psutil
 import ray
 from ray import tune
 from ray._private import services
@@ -50,9 +51,11 @@ from s2r_ray.protocol import Plan, make_plan
 from s2r_ray.render.text import decision_line
 from s2r_ray.report import folder_report
 from s2r_ray.study import tracking, units
+from s2r_ray.study.fanout import RayPool
 from s2r_ray.study.pretrained import choose_store
 from s2r_ray.study.pretraining import Pretrainings, default_slots
 from s2r_ray.study.reducer import Reducer
+from s2r_ray.study.resources import MemorySampler, share_plan, stored_bytes
 from s2r_ray.study.scheduler import PerCellASHA, StudySearcher
 from s2r_ray.study.tuner import CellTuner
 from s2r_ray.study.work import run_unit
@@ -112,15 +115,18 @@ class _StopOnSignal(tune.Stopper):
         return True
 
 
-def init_ray(address: str | None) -> bool:
-    """Join the cluster at `address` or RAY_ADDRESS, else start a new local Ray; returns whether
-    this call connected (and so should shut down)."""
+def init_ray(address: str | None, data_bytes: int = 0) -> bool:
+    """Join the cluster at `address` or RAY_ADDRESS, else start a new local Ray whose object
+    store holds the study's `data_bytes` (Ray's default, 30% of free memory, is too small for a
+    10^7-row pool); returns whether this call connected (and so should shut down)."""
     if ray.is_initialized():
         return False
     if address := address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=_answering(address), logging_level=logging.WARNING)
     else:
-        start_local_ray()
+        need = int(data_bytes * 1.25) + (512 << 20)
+        fits = need <= 0.3 * psutil.virtual_memory().available
+        start_local_ray(**({} if fits else {"object_store_memory": need}))
     return True
 
 
@@ -222,13 +228,20 @@ def run_study(
     signals = _Signals()
     signals.install()
     try:
-        return _run(cfg, Path(out).resolve(), address, fresh, echo, signals)
+        with MemorySampler() as memory:
+            return _run(cfg, Path(out).resolve(), address, fresh, echo, signals, memory)
     finally:
         signals.restore()
 
 
 def _run(
-    cfg: StudyConfig, out: Path, address: str | None, fresh: bool, echo: Echo, signals: _Signals
+    cfg: StudyConfig,
+    out: Path,
+    address: str | None,
+    fresh: bool,
+    echo: Echo,
+    signals: _Signals,
+    memory: MemorySampler,
 ) -> dict:
     start = time.time()
     folder = StudyFolder(out)
@@ -240,7 +253,11 @@ def _run(
         echo(f"study {cfg.name} is already complete in {out}: nothing to run")
         return folder_report(folder)
 
-    ds = load_dataset(cfg.data, folder.rejected_rows_path())
+    # on a cluster, Ray tasks featurize the tables over its nodes; else local processes do
+    joined = bool(address or os.environ.get("RAY_ADDRESS")) and init_ray(address)
+    fanout = RayPool() if ray.is_initialized() else None
+    ds = load_dataset(cfg.data, folder.rejected_rows_path(), executor=fanout)
+    used = _data_figures(ds.counts, time.time() - start, fanout)
     plan = make_plan(cfg, ds)
     plan.cells = steer.study_cells(cfg, folder.decisions())  # a steered study's so far
     folder.write_config(cfg)
@@ -270,7 +287,7 @@ def _run(
     os.chdir(out)
     started_ray, ctx, reducer, status = False, None, None, "failed"
     try:
-        started_ray = init_ray(address)
+        started_ray = init_ray(address, plan.nbytes()) or joined
         signals.install()  # ray.init installs a SIGTERM handler of its own
         _check_resources(cfg)
         data = cfg.data
@@ -316,7 +333,7 @@ def _run(
         if decision := ray.get(reducer.steer.remote()):  # the round ended with the last attempt
             echo(decision_line(decision))
             plan.cells += steer.decision_cells(cfg, decision)
-        _tune(cfg, plan, folder, ctx, reducer, signals, orphans, echo)
+        used["object_store_bytes"] = _tune(cfg, plan, folder, ctx, reducer, signals, orphans, echo)
         status = "interrupted" if signals.signum is not None else "complete"
         missing = len(steer.study_cells(cfg, folder.decisions())) - len(folder.ledger())
         if status == "complete" and missing:
@@ -327,12 +344,14 @@ def _run(
         wall = float(state.get("elapsed_seconds", 0.0)) + time.time() - start
         # the final report (by the reducer when there is one), then every MLflow run ended
         timing = {"wall_seconds": round(wall, 2)} | _timing(folder.ledger(), wall, cfg)
+        timing |= used | memory.figures()
         if reducer is not None:
             report = ray.get(reducer.finish.remote(status, {"timing": timing}))
             ctx = ray.get(reducer.context.remote())  # with the size runs steering opened
         else:
             report = folder_report(folder, status, {"timing": timing})
         if ctx is not None:
+            tracking.log(ctx, ctx.study_run_id, used | memory.figures())  # what it used
             tracking.end_orphans(ctx, "KILLED")
             run_status = {"complete": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
             tracking.end_study(ctx, run_status)
@@ -355,11 +374,12 @@ def _tune(
     signals: _Signals,
     orphans: int,
     echo: Echo,
-) -> None:
-    """The one Tune experiment of every pretraining, trial and scoring of the study."""
+) -> int | None:
+    """The one Tune experiment of every pretraining, trial and scoring of the study; returns the
+    bytes its shared plan takes in the object store."""
     recorded = {r["cell"] for r in folder.ledger()}
     needed = list(dict.fromkeys(c.pretrain_id for c in plan.cells if c.id not in recorded and c.n))
-    plan_ref = ray.put(plan)
+    plan_ref = share_plan(plan)
     family = make_family(cfg)
     slots = cfg.tune.pretrain_slots or default_slots(cfg.tune.pretrain_resources)
     pretrainings = Pretrainings(needed, folder.pretrained_keys(), slots, echo)
@@ -431,6 +451,21 @@ def _tune(
         searcher.stop()  # trials Tune stopped on a signal count as interrupted
     finally:
         progress.drain(timeout=None)
+    return stored_bytes(plan_ref)
+
+
+def _data_figures(
+    counts: dict[str, int], seconds: float, fanout: RayPool | None
+) -> dict[str, float | None]:
+    """How long the data took, how fast featurization went, on how many nodes."""
+    keys = sum(counts.get(f"{side}_keys_featurized", 0) for side in ("source", "target"))
+    ms = sum(counts.get(f"{side}_featurize_ms", 0) for side in ("source", "target"))
+    return {
+        "data_seconds": round(seconds, 2),
+        "featurized_rows": keys,
+        "featurize_rows_per_s": round(1000 * keys / ms) if keys and ms else None,
+        "featurize_nodes": len(fanout.rows_by_node) if fanout is not None else 1,
+    }
 
 
 def _timing(records: list[dict], wall: float, cfg: StudyConfig) -> dict:

@@ -105,10 +105,13 @@ def map_chunks(
     pool: Executor | None,
     label: str = "featurizing",
     unit: str = "items",
+    on_result: Callable[[Sequence[T], R], None] | None = None,
 ) -> list[R]:
-    """fn over consecutive chunks of items: in the pool's processes when there are several
-    chunks, else here (a pool costs ~1 s to start, more than a single chunk takes). Several
-    chunks make a stage long enough to show its progress, rate and ETA on stdout."""
+    """fn over consecutive chunks of items: in the pool's workers (processes, or Ray tasks over
+    a cluster) when there are several chunks, else here (a pool costs ~1 s to start, more than a
+    single chunk takes). Several chunks make a stage long enough to show its progress, rate and
+    ETA on stdout. `on_result(chunk, result)` sees each chunk as it arrives, in order (the cache
+    keeps it, so an interrupted run resumes there)."""
     chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     if len(chunks) < 2:
         return [fn(c) for c in chunks]
@@ -117,6 +120,8 @@ def map_chunks(
     with Meter(label, len(items), unit) as meter:
         for chunk, result in zip(chunks, results, strict=True):
             out.append(result)
+            if on_result is not None:
+                on_result(chunk, result)
             meter.add(len(chunk))
     return out
 
