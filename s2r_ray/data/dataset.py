@@ -53,6 +53,12 @@ class Rows:
         """All rows as one array: for small subsets and for callers that need a matrix."""
         return np.concatenate(list(self.blocks())) if len(self) else self.parts[0][0][:0]
 
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        """np.asarray(rows): a family that wants a matrix (one defined outside the package,
+        written before pools were shared) gets one."""
+        X = self.materialize()
+        return X if dtype is None else X.astype(dtype, copy=False)
+
 
 @dataclass
 class Dataset:
