@@ -202,6 +202,7 @@ def synthetic(
     score: str = "width",
     jobs: int = 1,
     csv: str | None = None,
+    first: int = 0,
 ) -> pd.DataFrame:
     """One row per law, goal and mode: grid cost and width, steered cost and width, coverage.
 
@@ -210,7 +211,7 @@ def synthetic(
     work = partial(run_law, seed=seed, gamma=gamma, modes=modes, top=top, score=score)
     rows: list[dict] = []
     with multiprocessing.Pool(jobs) if jobs > 1 else _Serial() as pool:
-        for part in pool.imap(work, range(laws)):
+        for part in pool.imap(work, range(first, laws)):
             rows += part
             if csv:
                 pd.DataFrame(part).to_csv(csv, mode="a", header=len(rows) == len(part), index=False)
@@ -403,6 +404,7 @@ def replay(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--laws", type=int, default=300)
+    ap.add_argument("--first", type=int, default=0, help="run laws first..laws-1 (to split)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gamma", type=float, default=0.5)
     ap.add_argument(
@@ -437,6 +439,7 @@ def main() -> None:
         args.score,
         args.jobs,
         args.csv,
+        args.first,
     )
     print(
         f"steered vs grid {len(GRID)} sizes x {GRID_REPS} repetitions, {args.laws} laws, "
