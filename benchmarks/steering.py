@@ -1,25 +1,35 @@
-"""Steered versus fixed-grid scaling studies: compute to reach the same interval, and coverage.
+"""Steered versus fixed-grid scaling studies: compute and interval width, and coverage.
 
-    python benchmarks/steering.py [--laws 300] [--seed 0] [--gamma 0.5]
+    python benchmarks/steering.py [--laws 300] [--seed 0] [--gamma 0.5] [--jobs 2]
+        [--modes match,f=0.5,f=0.7] [--top-repetitions 3] [--score width] [--csv rows.csv]
+    python benchmarks/steering.py --from-csv rows.csv
     python benchmarks/steering.py --replay DIR [--target-mae 0.35]
 
 Synthetic mode (no training): each law E(n) = D·n^-α + C (α 0.05-1, C from 0 to half the MAE
 at the smallest size) gives cells with noise larger at small n (a share of it an offset shared
 by all sizes of a repetition) and seconds per cell growing with n. The fixed design is 7 log
-sizes from 100 to 72,000 rows x 5 repetitions. For each law and goal (the MAE at 100x the
-largest size; the n for a target MAE the law reaches at 1x-10x the largest size), the steered study
-opens on a small grid and then follows steering.propose until its 90% interval is as narrow as
-the grid's for that law, or it has spent the grid's compute. Reported: savings of compute
-(quantiles), the laws where steering loses, and how often each design's interval covers truth.
+sizes from 100 to 72,000 rows x 5 repetitions. Goals: the MAE at 100x the largest size; the n
+for a target MAE the law reaches at 1x-10x the largest size. For each law, goal and mode the
+steered study opens on a small grid and then follows steering.propose:
+- match: until its 90% interval is as narrow as the grid's for that law, or it has spent the
+  grid's compute. Reported: savings of compute (quantiles), the laws where steering loses.
+- f=x (budget-matched, issue #17's criterion on medians over laws): precision 0, so it stops
+  only on a budget of x times that law's grid compute (or no gain). Reported: the median 90%
+  width over laws, steered vs grid, the per-law width ratio's quantiles, the laws where the
+  steered interval is wider.
+Both report how often each design's interval covers the truth.
 
-Replay mode: a finished study folder's ledger is the pool of cells the steered study may buy
-(in ledger order per size); the full grid is all of them. It reports at what fraction of the
-grid's compute the steered study matches the full grid's interval width on each goal.
+Replay mode: a finished study folder's ledger (StudyFolder.ledger, unit_cells at the config's
+headline m) is the pool of cells the steered study may buy (in ledger order per size); the full
+grid is all of them. It reports at what fraction of the grid's compute the steered study
+matches the full grid's interval width on each goal.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +38,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
+from s2r_ray.folder import StudyFolder
 from s2r_ray.scaling.cost import CostModel
 from s2r_ray.scaling.posterior import posterior
 from s2r_ray.scaling.steering import (
@@ -39,6 +50,7 @@ from s2r_ray.scaling.steering import (
     measured_groups,
     propose,
 )
+from s2r_ray.steer import headline_m, unit_cells
 
 N_MIN, POOL = 100, 72_000
 GRID = tuple(round(float(v)) for v in np.geomspace(N_MIN, POOL, 7))
@@ -129,30 +141,39 @@ def steer(goal: Goal, plan: Plan, buy: Buy, budget: float, busy_of=None) -> dict
     return {"spent": spent, "interval": final, "decisions": decisions, "cells": len(bought)}
 
 
-def synthetic(laws: int, seed: int, gamma: float) -> dict[str, pd.DataFrame]:
-    """Per goal, one row per law: grid cost and width, steered cost and width, coverage."""
-    rows: dict[str, list[dict]] = {}
-    for i in range(laws):
-        law = draw_law(seed * 100_000 + i)
-        rng = np.random.default_rng([seed, i, 1])
-        grid_cells = [c for n in GRID for c in law.cells(rng, n, range(GRID_REPS))]
-        grid_cost = sum(c["s"] for c in grid_cells)
-        post = posterior(measured_groups(pd.DataFrame(grid_cells)))
-        for name, (goal, truth) in goals_for(law, rng).items():
-            g = goal_interval(post, goal)
+def run_law(
+    i: int, seed: int, gamma: float, modes: tuple[str, ...], top: int | None, score: str
+) -> list[dict]:
+    """One law: its grid, then per goal and mode one steered study; one row per (goal, mode)."""
+    law = draw_law(seed * 100_000 + i)
+    rng = np.random.default_rng([seed, i, 1])
+    grid_cells = [c for n in GRID for c in law.cells(rng, n, range(GRID_REPS))]
+    grid_cost = sum(c["s"] for c in grid_cells)
+    post = posterior(measured_groups(pd.DataFrame(grid_cells)))
+    rows = []
+    for name, (goal, truth) in goals_for(law, rng).items():
+        g = goal_interval(post, goal)
+        for mode in modes:
+            # match: steer until the width is this law's grid width, on the grid's compute;
+            # f=x: precision 0 (stop on budget or no gain), x times the grid's compute
+            frac = 1.0 if mode == "match" else float(mode.split("=")[1])
             plan = Plan(
-                precision=g.width,
+                precision=g.width if mode == "match" else 0.0,
                 candidates=candidate_sizes(N_MIN, POOL),
                 grid=OPENING,
                 grid_repetitions=GRID_REPS,
                 gamma=gamma,
                 seed=i,
+                top_repetitions=top,
+                score=score,
             )
-            crng = np.random.default_rng([seed, i, 2])
-            s = steer(goal, plan, partial(law.cells, crng), grid_cost)
+            crng = np.random.default_rng([seed, i, 2])  # the same seed for every mode
+            s = steer(goal, plan, partial(law.cells, crng), frac * grid_cost)
             last = s["decisions"][-1]
-            rows.setdefault(name, []).append(
+            rows.append(
                 {
+                    "goal": name,
+                    "mode": mode,
                     "law": i,
                     "alpha": law.alpha,
                     "C_share": law.C / law.mae(N_MIN),
@@ -169,82 +190,155 @@ def synthetic(laws: int, seed: int, gamma: float) -> dict[str, pd.DataFrame]:
                     "cells": s["cells"],
                 }
             )
-    return {k: pd.DataFrame(v) for k, v in rows.items()}
+    return rows
 
 
-def summarise(name: str, df: pd.DataFrame) -> str:
-    """Markdown lines for one goal."""
-    saving = np.where(df["reached"], 1 - df["steer_cost"] / df["grid_cost"], np.nan)
-    q = np.nanquantile(saving, [0.1, 0.25, 0.5, 0.75, 0.9]) if np.isfinite(saving).any() else []
-    lost = df[~df["reached"] | (saving <= 0)]
+def synthetic(
+    laws: int,
+    seed: int,
+    gamma: float,
+    modes: tuple[str, ...],
+    top: int | None = 3,
+    score: str = "width",
+    jobs: int = 1,
+    csv: str | None = None,
+    first: int = 0,
+) -> pd.DataFrame:
+    """One row per law, goal and mode: grid cost and width, steered cost and width, coverage.
+
+    csv: each law's rows are appended there as it finishes (laws in order), so a run cut short
+    still leaves its first laws to summarise (--from-csv)."""
+    work = partial(run_law, seed=seed, gamma=gamma, modes=modes, top=top, score=score)
+    rows: list[dict] = []
+    with multiprocessing.Pool(jobs) if jobs > 1 else _Serial() as pool:
+        for part in pool.imap(work, range(first, laws)):
+            rows += part
+            if csv:
+                pd.DataFrame(part).to_csv(csv, mode="a", header=len(rows) == len(part), index=False)
+    return pd.DataFrame(rows)
+
+
+class _Serial:
+    """multiprocessing.Pool's imap in this process."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    @staticmethod
+    def imap(func, items):
+        return map(func, items)
+
+
+QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def _q(values, fmt: str = "{:.0%}") -> str:
+    return " / ".join(fmt.format(v) for v in np.nanquantile(values, QUANTILES, method="nearest"))
+
+
+def _coverage(df: pd.DataFrame) -> str:
     se = np.sqrt(0.9 * 0.1 / len(df))
+    return (
+        f"grid {df['grid_covers'].mean():.1%}, steered {df['steer_covers'].mean():.1%} "
+        f"(binomial s.e. ±{se:.1%})"
+    )
+
+
+def _losers(df: pd.DataFrame, lost: pd.DataFrame) -> str:
+    if lost.empty:
+        return "0"
+    return (
+        f"{len(lost)}; their median α {lost['alpha'].median():.2f} (all: "
+        f"{df['alpha'].median():.2f}), median C share {lost['C_share'].median():.2f} (all: "
+        f"{df['C_share'].median():.2f})"
+    )
+
+
+def summarise_match(name: str, df: pd.DataFrame) -> str:
+    """Markdown lines for one goal, per-law matching mode."""
+    saving = np.where(df["reached"], 1 - df["steer_cost"] / df["grid_cost"], np.nan)
+    lost = df[~df["reached"] | (saving <= 0)]
     out = [
-        f"### {name} ({len(df)} laws)",
+        f"### {name}, per-law matching ({len(df)} laws)",
         "",
         f"- reached the grid's width within the grid's compute: {df['reached'].mean():.1%}",
-        "- compute saved where reached, quantiles 10/25/50/75/90%: "
-        + " / ".join(f"{v:.0%}" for v in q),
-        "- compute saved, all laws (negative: more than the grid), quantiles 10/25/50/75/90%: "
-        + " / ".join(
-            f"{v:.0%}"
-            for v in np.quantile(
-                1 - df["steer_cost"] / df["grid_cost"], [0.1, 0.25, 0.5, 0.75, 0.9]
-            )
-        ),
-        f"- median relative compute (steered / grid, all laws): "
+        "- compute saved where reached, q10/q25/q50/q75/q90: "
+        + (_q(saving) if np.isfinite(saving).any() else "-"),
+        "- compute saved, all laws (0: spent the grid's budget), q10/q25/q50/q75/q90: "
+        + _q(1 - df["steer_cost"] / df["grid_cost"]),
+        f"- median relative compute (steered / grid): "
         f"{np.median(df['steer_cost'] / df['grid_cost']):.2f}",
         f"- median 90% width: grid {df['grid_width'].median():.3g}, steered "
         f"{df['steer_width'].median():.3g}",
-        f"- coverage of the truth by the 90% interval (s.e. ±{se:.3f}): grid "
-        f"{df['grid_covers'].mean():.1%}, steered {df['steer_covers'].mean():.1%}",
-        f"- stop reasons: {df['stop'].value_counts().to_dict()}; fell back to the grid: "
-        f"{int(df['fallback'].sum())}; median sizes measured {df['sizes'].median():g}, "
+        f"- coverage of the truth by the 90% interval: {_coverage(df)}",
+        f"- stops: {df['stop'].value_counts().to_dict()}; fell back to the grid: "
+        f"{int(df['fallback'].sum())}; median sizes {df['sizes'].median():g}, "
         f"median cells {df['cells'].median():g} (grid: {len(GRID) * GRID_REPS})",
-        f"- laws where steering loses (not reached or no saving): {len(lost)}"
-        + (
-            f"; their median α {lost['alpha'].median():.2f} (all: {df['alpha'].median():.2f}), "
-            f"median C share {lost['C_share'].median():.2f} (all: {df['C_share'].median():.2f})"
-            if len(lost)
-            else ""
-        ),
+        f"- laws where steering loses (not reached or no saving): {_losers(df, lost)}",
         "",
     ]
     return "\n".join(out)
 
 
-def ledger_cells(folder: str) -> pd.DataFrame:
-    """(n, repetition, mae, s) per finished (n, repetition) at the headline m, ledger order.
+def summarise_budget(name: str, mode: str, df: pd.DataFrame) -> str:
+    """Markdown lines for one goal, budget-matched mode (the criterion's medians over laws)."""
+    both_inf = np.isinf(df["steer_width"]) & np.isinf(df["grid_width"])
+    ratio = (df["steer_width"] / df["grid_width"]).where(~both_inf, 1.0)  # inf: never reached
+    wider = df[ratio > 1]
+    grid_med, steer_med = df["grid_width"].median(), df["steer_width"].median()
+    cov = df["steer_covers"].mean()
+    met = steer_med <= grid_med and 0.85 <= cov <= 0.97
+    out = [
+        f"### {name}, budget {mode[2:]} x the grid's compute ({len(df)} laws)",
+        "",
+        "- compute used (steered / grid), q10/q25/q50/q75/q90: "
+        + _q(df["steer_cost"] / df["grid_cost"], "{:.2f}"),
+        f"- median 90% width over laws: grid {grid_med:.3g}, steered {steer_med:.3g} "
+        f"(steered/grid {steer_med / grid_med:.3f})",
+        "- per-law width ratio steered/grid, q10/q25/q50/q75/q90: " + _q(ratio, "{:.2f}"),
+        f"- coverage of the truth by the 90% interval: {_coverage(df)}",
+        f"- stops: {df['stop'].value_counts().to_dict()}; fell back to the grid: "
+        f"{int(df['fallback'].sum())}; median sizes {df['sizes'].median():g}, "
+        f"median cells {df['cells'].median():g} (grid: {len(GRID) * GRID_REPS})",
+        f"- laws where steered is wider than the grid: {_losers(df, wider)}",
+        f"- criterion (median width <= the grid's, coverage 85-97%): {'met' if met else 'NOT met'}",
+        "",
+    ]
+    return "\n".join(out)
 
-    A (n, repetition) pretrains once and tunes every m: its seconds are the pretraining plus
-    all its trials and scoring. Without timing fields the prior cost stands in (said so).
-    """
-    from s2r_ray.folder import StudyFolder
 
-    recs = [r for r in StudyFolder(folder).ledger() if r.get("status") == "ok" and r.get("n")]
-    df = pd.DataFrame(recs)
-    for col in ("m", "trial_seconds", "pretrain_seconds", "score_seconds"):
-        if col not in df:
-            df[col] = np.nan
-    timed = df[["trial_seconds", "pretrain_seconds", "score_seconds"]].notna().any().any()
-    work = df["trial_seconds"].fillna(0) + df["score_seconds"].fillna(0)
-    df = df.assign(work=work)
-    headline = df["m"].max() if df["m"].notna().any() else None
-    rows = []
-    for (n, r), g in df.groupby(["n", "repetition"], sort=False):
-        top = g if headline is None else g[g["m"] == headline]
-        if top.empty:
-            continue
-        s = g["work"].sum() + g["pretrain_seconds"].fillna(0).max()
-        rows.append({"n": int(n), "repetition": int(r), "mae": float(top["mae"].iloc[0]), "s": s})
-    out = pd.DataFrame(rows)
-    if not timed:
+def summarise(df: pd.DataFrame) -> str:
+    parts = []
+    for (name, mode), part in df.groupby(["goal", "mode"], sort=False):
+        if mode == "match":
+            parts.append(summarise_match(name, part))
+        else:
+            parts.append(summarise_budget(name, mode, part))
+    return "\n".join(parts)
+
+
+def replay_pool(folder: str) -> pd.DataFrame:
+    """The folder's cells as steering buys them (unit_cells at the config's headline m), in
+    ledger order; without timing fields the prior cost a + b·n stands in (said so)."""
+    study = StudyFolder(folder)
+    pool = unit_cells(study.ledger(), headline_m(study.config()))
+    if not np.isfinite(pool["s"]).any():
         print("ledger has no timing fields: seconds per cell from the prior a + b·n")
-        out["s"] = PRIOR_COST(out["n"])
-    return out
+    return pool.assign(s=pool["s"].where(np.isfinite(pool["s"]), PRIOR_COST(pool["n"])))
 
 
-def replay(folder: str, target_mae: float | None, gamma: float) -> str:
-    pool = ledger_cells(folder)
+def replay(
+    folder: str,
+    target_mae: float | None,
+    gamma: float,
+    top: int | None = 3,
+    score: str = "width",
+    fractions: tuple[float, ...] = (0.5, 0.7),
+) -> str:
+    pool = replay_pool(folder)
     sizes = sorted(pool["n"].unique())
     if len(sizes) < 4:
         raise SystemExit(f"{folder}: {len(sizes)} source sizes; replay needs at least 4")
@@ -261,6 +355,7 @@ def replay(folder: str, target_mae: float | None, gamma: float) -> str:
     total = float(pool["s"].sum())
     picks = np.unique(np.linspace(0, len(sizes) - 1, 3).round().astype(int))
     opening = tuple(int(sizes[k]) for k in picks)
+    most = max(len(v) for v in by_size.values())
 
     def draw(n: int, reps: range) -> list[dict]:
         return by_size[n][reps.start : reps.stop]
@@ -269,29 +364,39 @@ def replay(folder: str, target_mae: float | None, gamma: float) -> str:
         have = table["n"].value_counts()
         return frozenset(n for n in sizes if have.get(n, 0) >= len(by_size[n]))
 
+    def run(goal: Goal, precision: float, budget: float) -> dict:
+        plan = Plan(
+            precision=precision,
+            candidates=tuple(int(n) for n in sizes),
+            grid=opening,
+            grid_repetitions=most,
+            gamma=gamma,
+            max_repetitions=most,
+            top_repetitions=top,
+            score=score,
+        )
+        return steer(goal, plan, draw, budget, busy_of=exhausted)
+
     lines = [
         f"replay of {folder}: {len(pool)} cells over {len(sizes)} sizes, {total:.0f} s; "
         f"target MAE {target_mae:.4g}; opening {list(opening)}",
         "",
         "| goal | full-grid 90% interval | width | steered interval | width | compute used | "
-        "stop |",
-        "|---|---|---|---|---|---|---|",
+        "stop | " + " | ".join(f"width at {f:g} x compute (stop)" for f in fractions) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(fractions),
     ]
     for name, goal in goals.items():
         g = goal_interval(full, goal)
-        plan = Plan(
-            precision=g.width,
-            candidates=tuple(int(n) for n in sizes),
-            grid=opening,
-            grid_repetitions=max(len(v) for v in by_size.values()),
-            gamma=gamma,
-            max_repetitions=max(len(v) for v in by_size.values()),
-        )
-        s = steer(goal, plan, draw, total, busy_of=exhausted)
+        s = run(goal, g.width, total)
         iv = s["interval"]
+        at = [run(goal, 0.0, f * total) for f in fractions]
         lines.append(
             f"| {name} | [{g.lo:.4g}, {g.hi:.4g}] | {g.width:.3g} | [{iv.lo:.4g}, {iv.hi:.4g}] | "
-            f"{iv.width:.3g} | {s['spent'] / total:.0%} | {s['decisions'][-1].stop_reason} |"
+            f"{iv.width:.3g} | {s['spent'] / total:.0%} | {s['decisions'][-1].stop_reason} | "
+            + " | ".join(
+                f"{r['interval'].width:.3g} ({r['decisions'][-1].stop_reason})" for r in at
+            )
+            + " |"
         )
     return "\n".join(lines)
 
@@ -299,22 +404,51 @@ def replay(folder: str, target_mae: float | None, gamma: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--laws", type=int, default=300)
+    ap.add_argument("--first", type=int, default=0, help="run laws first..laws-1 (to split)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gamma", type=float, default=0.5)
+    ap.add_argument(
+        "--modes",
+        default="match,f=0.5,f=0.7",
+        help="match (per-law width, the grid's compute) and/or f=x (x times the grid's compute)",
+    )
+    ap.add_argument("--top-repetitions", type=int, default=3, help="Plan.top_repetitions")
+    ap.add_argument("--score", default="width", choices=("variance", "width"))
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--csv", help="write the per-law rows here")
+    ap.add_argument("--from-csv", help="summarise the per-law rows of an earlier run")
     ap.add_argument("--replay", metavar="DIR")
     ap.add_argument("--target-mae", type=float)
     args = ap.parse_args()
     if args.replay:
-        print(replay(args.replay, args.target_mae, args.gamma))
+        print(replay(args.replay, args.target_mae, args.gamma, args.top_repetitions, args.score))
         return
-    t0 = time.perf_counter()
-    results = synthetic(args.laws, args.seed, args.gamma)
+    if args.from_csv:
+        print(summarise(pd.read_csv(args.from_csv)))
+        return
+    t0, c0 = time.perf_counter(), time.process_time()
+    modes = tuple(args.modes.split(","))
+    if args.csv and os.path.exists(args.csv):
+        os.remove(args.csv)
+    df = synthetic(
+        args.laws,
+        args.seed,
+        args.gamma,
+        modes,
+        args.top_repetitions,
+        args.score,
+        args.jobs,
+        args.csv,
+        args.first,
+    )
     print(
         f"steered vs grid {len(GRID)} sizes x {GRID_REPS} repetitions, {args.laws} laws, "
-        f"gamma {args.gamma}, opening {list(OPENING)} x2, {time.perf_counter() - t0:.0f} s\n"
+        f"gamma {args.gamma}, opening {list(OPENING)} x2 (largest x"
+        f"{args.top_repetitions or 2}), score {args.score}, modes {list(modes)}: "
+        f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU (main "
+        f"process), load {os.getloadavg()[0]:.1f}\n"
     )
-    for name, df in results.items():
-        print(summarise(name, df))
+    print(summarise(df))
 
 
 if __name__ == "__main__":

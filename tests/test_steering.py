@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from s2r_ray.scaling.cost import CostModel
-from s2r_ray.scaling.posterior import jacobian, laplace_covariance, posterior
+from s2r_ray.scaling.posterior import design_dof, jacobian, laplace_covariance, posterior
 from s2r_ray.scaling.pricing import database_value, price_target
 from s2r_ray.scaling.steering import (
     Goal,
@@ -242,3 +242,25 @@ def test_the_expected_drop_is_exact_for_a_correlated_new_cell():
     assert np.isclose(var, post.prob @ np.einsum("ki,kij,kj->k", g, cov, g))
     assert np.isclose(drop[0], var - post.prob @ exact, rtol=1e-4)
     assert next_repetitions(post, 100000.0, 2) == [2, 3]
+
+
+def test_the_largest_opening_size_can_open_with_more_repetitions():
+    opening = plan(grid=(100, 1000, 10_000), top_repetitions=3)
+    d = propose(cells([100, 1000, 10_000], 2), Goal("gap"), opening, FLAT, 1e6)
+    assert (d.action, d.n, d.repetitions, d.reason) == ("measure", 10_000, 1, "opening grid")
+    d = propose(cells([100, 1000, 10_000], [2, 2, 3]), Goal("gap"), opening, FLAT, 1e6)
+    assert d.reason != "opening grid"
+
+
+def test_the_design_dof_grows_with_repetitions_and_sizes():
+    sizes = [100, 1000, 10_000]
+    base = design_dof(sizes, [2, 2, 2])
+    assert design_dof(sizes, [2, 2, 3]) > base
+    assert design_dof([*sizes, 72_000], [2, 2, 2, 2]) > base
+    assert design_dof(sizes, [5, 5, 5]) > design_dof(sizes, [3, 3, 3])
+
+
+def test_the_width_score_values_repetitions_at_the_largest_size():
+    table = cells([100, 1000, 10_000, 100_000], 2)
+    d = propose(table, Goal("mae_at", n=1e7), plan(score="width"), FLAT, 1e6)
+    assert d.action == "measure" and d.score is not None and d.score > 0

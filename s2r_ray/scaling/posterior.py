@@ -33,6 +33,10 @@ ALPHA = np.linspace(0.005, 2.5, 300)
 RHO = np.linspace(0.0, 0.9, 10)
 SAMPLES = 4000
 PRUNE = 1e-9  # (α, ρ) points this much less probable than the best are dropped
+# prior sd of the noise trend's slope and curvature (ln s² = d + b·x + a·x², x = ln n about the
+# measured sizes' centre): a slope of 1 is noise variance ∝ n (sd ∝ √n); a curvature of 0.2
+# lets the slope change by 0.4 per e-fold of n (a C > 0 bends ln E(n) by at most α²/4)
+TREND_PRIOR_SD = (1.0, 0.2)
 
 
 @dataclass(frozen=True)
@@ -88,9 +92,9 @@ def noise_sd(groups: Groups) -> tuple[np.ndarray, NoiseTrend, float]:
     A size with 2 repetitions estimates its variance with 1 degree of freedom, and ln s² then
     has sd 2.2: each size alone is useless, so ln s² (corrected for its bias ψ(k/2) - ln(k/2),
     weighted by 1/ψ'(k/2), its variance) is regressed on ln n, pooling every size, and each
-    size takes the trend's value. The trend is quadratic from 5 sizes with repetitions on
-    (noise that shrinks with n and flattens is convex in ln n: a line understates it at both
-    ends), linear from 3, constant below; outside the measured sizes it is held constant. The
+    size takes the trend's value. The trend is quadratic (noise that shrinks with n and
+    flattens is convex in ln n: a line understates it at both ends) with priors on its slope
+    and curvature (_trend_design); outside the measured sizes it is held constant. The
     within-size spread estimates a cell's whole variance, offset included, because
     repetitions draw independent splits.
 
@@ -108,26 +112,34 @@ def noise_sd(groups: Groups) -> tuple[np.ndarray, NoiseTrend, float]:
         return np.ones(groups.size_count), NoiseTrend(np.array([0.0]), lo, hi), 0.0
     kh = k[has].astype(float)
     ln_s2 = np.log(ss[has] / kh) - (digamma(kh / 2) - np.log(kh / 2))
-    design, weight, coef_cov, within = _trend_design(log_n, k, has)
-    coef = coef_cov @ design.T @ (weight * ln_s2)
+    solve, weight, coef_cov, within = _trend_design(log_n, k, has)
+    coef = solve @ (weight * ln_s2)
     trend = NoiseTrend(coef, float(log_n[has].min()), float(log_n[has].max()), coef_cov)
     return np.sqrt(trend.var(groups.n)), trend, within
 
 
 def _trend_design(log_n: np.ndarray, k: np.ndarray, has: np.ndarray):
-    """The noise trend's design, weights, coefficient covariance and expected within-size SSE.
+    """The noise trend's solve matrix, weights, coefficient covariance and expected
+    within-size SSE: coef = solve @ (weight·ln s²), in np.polyval's order.
 
-    All depend on the sizes and their degrees of freedom only, not on the values: what a
-    design would give is known before its cells are run.
+    The trend is quadratic in ln n whatever the number of sizes, with a flat prior on its
+    level and Gaussian priors on its slope and curvature (TREND_PRIOR_SD, at the centre of the
+    measured sizes): its flexibility does not jump when a size is added, and with few sizes
+    the prior, not a switch of degree, holds it. All depend on the sizes and their degrees of
+    freedom only, not on the values: what a design would give is known before its cells run.
     """
     kh = k[has].astype(float)
     weight = 1.0 / polygamma(1, kh / 2)
-    degree = 2 if has.sum() >= 5 else 1 if has.sum() >= 3 else 0
-    design = log_n[has, None] ** np.arange(degree + 1)[::-1]
-    coef_cov = np.linalg.pinv(design.T @ (weight[:, None] * design))
-    hat = design @ coef_cov @ design.T * weight[None, :]  # fitted ln s² = hat @ ln_s2
+    centre = float(np.mean(log_n[has]))
+    x = log_n[has] - centre
+    design = np.stack([x**2, x, np.ones_like(x)], -1)
+    prior = np.diag([TREND_PRIOR_SD[1] ** -2, TREND_PRIOR_SD[0] ** -2, 0.0])
+    cov_c = np.linalg.inv(design.T @ (weight[:, None] * design) + prior)
+    hat = design @ cov_c @ design.T * weight[None, :]  # fitted ln s² = hat @ ln_s2
     within = float(k[~has].sum()) + float(np.sum(kh * _leverage_factor(kh, hat)))
-    return design, weight, coef_cov, within
+    # a(x-c)² + b(x-c) + d = a x² + (b - 2ac) x + (ac² - bc + d)
+    shift = np.array([[1.0, 0.0, 0.0], [-2 * centre, 1.0, 0.0], [centre**2, -centre, 1.0]])
+    return shift @ cov_c @ design.T, weight, shift @ cov_c @ shift.T, within
 
 
 def _leverage_factor(k: np.ndarray, hat: np.ndarray) -> np.ndarray:
@@ -159,6 +171,22 @@ def interval_dof(resid_dof: float, shape_var: float) -> float:
         mid = np.sqrt(lo * hi)
         lo, hi = (mid, hi) if polygamma(1, mid / 2) > total else (lo, mid)
     return float(np.sqrt(lo * hi))
+
+
+def design_dof(n: np.ndarray, counts: np.ndarray) -> float:
+    """The Student-t dof (interval_dof) a design of sizes n with counts cells each would give:
+    like the noise trend, it depends on the design only, not on the values, so steering can
+    score what the dof a candidate adds is worth before its cells run."""
+    n, counts = np.asarray(n, float), np.asarray(counts, int)
+    k = np.maximum(counts - 1, 0)
+    has = k > 0
+    if not has.any():
+        return interval_dof(float(max(counts.sum() - 3, 1)), 0.0)
+    log_n = np.log(n)
+    _, _, coef_cov, within = _trend_design(log_n, k, has)
+    resid_dof = float(max(within + n.size - 3, 1))
+    x = np.clip(log_n.max(), log_n[has].min(), log_n[has].max()) ** np.arange(3)[::-1]
+    return interval_dof(resid_dof, float(x @ coef_cov @ x))
 
 
 def correlation(same: np.ndarray, rho: float) -> np.ndarray:
@@ -345,7 +373,8 @@ def laplace_covariance(post: Posterior) -> np.ndarray:
     info = np.empty((post.alpha.size, 3, 3))
     for p in np.unique(post.rho_index):
         k = post.rho_index == p
-        info[k] = np.einsum("kni,nm,kmj->kij", jac[k], post.precision[p], jac[k])
+        jk = jac[k]
+        info[k] = jk.transpose(0, 2, 1) @ (post.precision[p] @ jk)
     info /= post.phi[:, None, None]
     ridge = 1e-9 * np.trace(info, axis1=1, axis2=2)[:, None, None] * np.eye(3)
     return np.linalg.inv(info + ridge)

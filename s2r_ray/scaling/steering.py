@@ -4,12 +4,13 @@ The goal is one number (the MAE at a size n*, the n needed for a target MAE, or 
 interval comes from the cell-level posterior (posterior.py: repetitions share a split, so cells
 of one repetition are correlated across sizes), and each candidate (a new size inside the
 source pool, or one more repetition of a measured one, on the next split there) is scored
-V-optimally: the expected drop in the goal's posterior variance from its cells (through the
-information a cell correlated with its repetition's other cells adds), averaged over the
-posterior, divided by cost^γ (γ < 1, or every
-choice drifts to the cheapest, least informative sizes). Guards: the config's sizes open the
-study, at least min_sizes distinct sizes are measured, and a law that fails its lack-of-fit F
-test sends the study back to the fixed grid, saying so.
+by the expected drop in the goal's squared interval width from its cells: the drop in its
+posterior variance (through the information a cell correlated with its repetition's other cells
+adds, averaged over the posterior) with the t quantile the design's degrees of freedom give
+before and after (Plan.score 'width'; 'variance' drops the t quantile, V-optimal), divided by
+cost^γ (γ < 1, or every choice drifts to the cheapest, least informative sizes). Guards: the
+config's sizes open the study, at least min_sizes distinct sizes are measured, and a law that
+fails its lack-of-fit F test sends the study back to the fixed grid, saying so.
 """
 
 from __future__ import annotations
@@ -19,13 +20,20 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as t_dist
 
 from s2r_ray.scaling.bootstrap import interval
 from s2r_ray.scaling.cost import CostModel
 from s2r_ray.scaling.estimator import POOR_FIT_P, size_or_unreachable
 from s2r_ray.scaling.groups import Groups, group_repetitions
 from s2r_ray.scaling.jsonsafe import json_safe
-from s2r_ray.scaling.posterior import Posterior, jacobian, laplace_covariance, posterior
+from s2r_ray.scaling.posterior import (
+    Posterior,
+    design_dof,
+    jacobian,
+    laplace_covariance,
+    posterior,
+)
 from s2r_ray.scaling.powerlaw import Params
 
 GoalKind = Literal["mae_at", "n_for_target", "gap"]
@@ -128,8 +136,13 @@ class Plan:
     """The steering policy: the study's sizes and source pool, and how to choose among them.
 
     grid × grid_repetitions is the fixed design: its sizes open the study at
-    opening_repetitions each, and it is what the study falls back to when the law fails.
+    opening_repetitions each (the largest at top_repetitions, when given: the noise at the
+    end an extrapolation rests on is then known from the start), and it is what the study
+    falls back to when the law fails.
     candidates are the new sizes steering may add (candidate_sizes: log-spaced in the pool).
+    score 'variance': a candidate's value is the expected drop in the goal's variance; 'width':
+    the drop in the squared interval width, t quantile included (t_ν²·variance, ν from
+    design_dof: what a candidate's cells add to the noise trend's degrees of freedom).
     """
 
     precision: float
@@ -144,6 +157,15 @@ class Plan:
     max_new_sizes: int | None = None
     ci: float = 0.9
     seed: int = 0
+    top_repetitions: int | None = None
+    score: Literal["variance", "width"] = "width"
+
+    def opening(self) -> dict[int, int]:
+        """Repetitions each grid size opens with."""
+        out = {n: self.opening_repetitions for n in self.grid}
+        if self.grid and self.top_repetitions is not None:
+            out[max(self.grid)] = max(self.top_repetitions, self.opening_repetitions)
+        return out
 
 
 def candidate_sizes(n_min: int, pool_max: int, per_decade: int = 4) -> tuple[int, ...]:
@@ -226,7 +248,7 @@ def propose(
     budget = _Budget(budget_seconds, budget_cells)
     counts = dict(zip(groups.n.astype(int).tolist(), groups.counts.tolist(), strict=True))
     common = {"goal": goal.label, "sizes_measured": groups.size_count, "when": when}
-    opening = _grid_step(counts, plan.grid, plan.opening_repetitions, busy)
+    opening = _grid_step(counts, plan.opening(), busy)
     if opening is not None:
         return _measure(opening, counts, cost, budget, common, "opening grid", fallback=False)
     if groups.size_count < 3:
@@ -236,7 +258,7 @@ def propose(
     common["before"] = before
     p = post.law_p_value
     if p is not None and p < POOR_FIT_P:
-        step = _grid_step(counts, plan.grid, plan.grid_repetitions, busy)
+        step = _grid_step(counts, dict.fromkeys(plan.grid, plan.grid_repetitions), busy)
         f, d1, d2 = post.lack_of_fit
         why = f"the law does not hold (lack of fit F = {f:.3g} on {d1}/{d2} dof, p = {p:.2g})"
         why += ": fixed grid"
@@ -252,12 +274,13 @@ def propose(
 
 
 def _grid_step(
-    counts: dict[int, int], grid: tuple[int, ...], reps: int, busy: frozenset[int]
+    counts: dict[int, int], want: dict[int, int], busy: frozenset[int]
 ) -> tuple[int, int] | None:
-    """The smallest grid size short of reps repetitions (and not busy), and how many it lacks."""
-    for n in sorted(grid):
-        if counts.get(n, 0) < reps and n not in busy:
-            return n, reps - counts.get(n, 0)
+    """The smallest grid size short of its wanted repetitions (and not busy), and how many it
+    lacks."""
+    for n in sorted(want):
+        if counts.get(n, 0) < want[n] and n not in busy:
+            return n, want[n] - counts.get(n, 0)
     return None
 
 
@@ -365,7 +388,7 @@ def expected_drop(post: Posterior, goal: Goal, n: np.ndarray, reps: np.ndarray):
     """
     cov = laplace_covariance(post)
     g = goal.gradient(post)
-    var_k = np.einsum("ai,aij,aj->a", g, cov, g)
+    var_k = ((cov @ g[..., None])[..., 0] * g).sum(-1)
     cells = post.cells
     jac_cells = jacobian(post, cells.n)  # (K, N, 3)
     j_new = jacobian(post, n)  # (K, C, 3)
@@ -376,13 +399,9 @@ def expected_drop(post: Posterior, goal: Goal, n: np.ndarray, reps: np.ndarray):
         for c in np.flatnonzero(reps > slot):
             r = next_repetitions(post, float(n[c]), int(reps[c]))[slot]
             u[:, c] = _conditional_gradient(post, float(n[c]), r, j_new[:, c], jac_cells)
-        vu = np.einsum("kcij,kcj->kci", v, u)
-        v = (
-            v
-            - np.einsum("kci,kcj->kcij", vu, vu)
-            / (1 + np.einsum("kci,kci->kc", u, vu))[..., None, None]
-        )
-    after = np.einsum("ki,kcij,kj->kc", g, v, g)
+        vu = (v @ u[..., None])[..., 0]
+        v = v - vu[..., :, None] * vu[..., None, :] / (1 + (u * vu).sum(-1))[..., None, None]
+    after = ((v @ g[:, None, :, None])[..., 0] * g[:, None, :]).sum(-1)
     return float(post.prob @ var_k), post.prob @ (var_k[:, None] - after)
 
 
@@ -396,13 +415,29 @@ def _conditional_gradient(post: Posterior, n: float, r: int, j: np.ndarray, jac_
     var_new = np.full(post.alpha.size, sd_new**2)
     if block.any():
         sb = post.sd[block]
+        jac_b = jac_cells[:, block]
         for p in np.unique(post.rho_index):
             k = post.rho_index == p
             cross = post.rho_grid[p] * sd_new * sb  # Σ_b,new
             a = post.precision[p][np.ix_(block, block)] @ cross
-            jt[k] -= np.einsum("b,kbi->ki", a, jac_cells[k][:, block])
+            jt[k] -= np.einsum("b,kbi->ki", a, jac_b[k])
             var_new[k] = sd_new**2 - cross @ a
     return jt / np.sqrt(np.maximum(var_new, 1e-300) * post.phi)[:, None]
+
+
+def _t2(ci: float, n: np.ndarray, counts: np.ndarray) -> float:
+    """The squared t quantile of a ci interval for the design (n, counts)."""
+    return float(t_dist.ppf(0.5 + ci / 2, design_dof(n, counts)) ** 2)
+
+
+def _with(groups: Groups, n: float, reps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The design (sizes, counts) once reps more cells at n are in."""
+    sizes, counts = groups.n.astype(float), groups.counts.astype(int).copy()
+    at = np.flatnonzero(sizes == n)
+    if at.size:
+        counts[at[0]] += reps
+        return sizes, counts
+    return np.append(sizes, n), np.append(counts, reps)
 
 
 def _best(
@@ -424,16 +459,25 @@ def _best(
         return Decision("stop", why, stop_reason="budget" if n.size else "no_gain", **common)
     n, reps, seconds = n[ok], reps[ok], seconds[ok]
     var, drop = expected_drop(post, goal, n, reps)
+    if plan.score == "width":
+        now = _t2(plan.ci, post.groups.n, post.groups.counts) * var
+        t2 = [
+            _t2(plan.ci, *_with(post.groups, float(m), int(r)))
+            for m, r in zip(n, reps, strict=True)
+        ]
+        after = np.array(t2) * (var - drop)
+        drop, var = now - after, now
+    what = "squared width" if plan.score == "width" else "variance"
     score = drop / seconds**plan.gamma
     k = int(np.argmax(score))
     share = float(drop[k] / var) if var > 0 else 0.0
     if enough_sizes and share < NO_GAIN:
-        why = f"the best candidate (n={int(n[k])}) would cut the variance by {share:.1e}"
+        why = f"the best candidate (n={int(n[k])}) would cut the {what} by {share:.1e}"
         return Decision("stop", why, stop_reason="no_gain", **common)
     size = int(n[k])
     new = size not in counts
     why = (
-        f"{'new size' if new else 'repetition'} n={size}: expected variance drop "
+        f"{'new size' if new else 'repetition'} n={size}: expected {what} drop "
         f"{share:.1%} for {seconds[k]:.3g} s (score drop/cost^{plan.gamma:g})"
     )
     if not enough_sizes:
