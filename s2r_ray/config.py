@@ -241,19 +241,29 @@ class SteerConfig(_Strict):
     )
     min_sizes: int = Field(4, ge=3, description="distinct sizes measured before any stop")
     new_size_repetitions: int = Field(2, ge=1, description="repetitions a new size opens with")
+    top_repetitions: int | None = Field(
+        3,
+        ge=1,
+        description="repetitions of the largest opening size (the noise there decides an "
+        "extrapolation; benchmarks/steering.md); null: `repetitions` like the others",
+    )
     max_repetitions: int = Field(8, ge=2, description="most repetitions of any size")
     fallback_repetitions: int = Field(
         5, ge=1, description="repetitions of each opening size when the law fails its check"
     )
     gamma: float = Field(
-        0.5, gt=0, le=1, description="a candidate's score is its variance drop / cost^gamma"
+        0.5,
+        gt=0,
+        le=1,
+        description="a candidate's score is the expected drop of the goal's squared 90% width "
+        "/ cost^gamma",
     )
     per_decade: int = Field(4, ge=1, description="candidate new sizes per decade of n")
 
     @model_validator(mode="after")
     def _reps_fit(self) -> SteerConfig:
-        if self.fallback_repetitions > self.max_repetitions:
-            raise ValueError("fallback_repetitions exceeds max_repetitions")
+        if max(self.fallback_repetitions, self.top_repetitions or 0) > self.max_repetitions:
+            raise ValueError("fallback_repetitions or top_repetitions exceeds max_repetitions")
         return self
 
 

@@ -61,6 +61,7 @@ def plan_of(cfg: StudyConfig, pool_rows: int) -> Plan:
         grid=tuple(cfg.sizes),
         grid_repetitions=steer.fallback_repetitions,
         opening_repetitions=cfg.repetitions,
+        top_repetitions=steer.top_repetitions,
         gamma=steer.gamma,
         min_sizes=steer.min_sizes,
         new_size_repetitions=steer.new_size_repetitions,
