@@ -443,10 +443,18 @@ class TorchFamily(Family):
     ) -> FineTuned:
         """hp: lr, weight_decay, epochs, batch_size, freeze, dropout. The head is always new."""
         plan, start = self._plan(hp, stop_epoch), self._start(X, hp, pretrained)
-        member = Member(start, X, y, X_val, y_val, plan, seed, on_epoch, on_best)
-        (run,) = train_members([member], device=device)
-        if isinstance(run, Diverged):
-            raise run
+        run = train(
+            start,
+            X,
+            y,
+            X_val,
+            y_val,
+            plan,
+            seed=seed,
+            device=device,
+            on_eval=on_epoch,
+            on_best=on_best,
+        )
         return _fine_tuned(run)
 
     def finetune_members(
