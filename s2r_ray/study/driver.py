@@ -244,6 +244,11 @@ def _run(
     memory: MemorySampler,
 ) -> dict:
     start = time.time()
+    # A Ray job's working directory is a temporary copy that a node starting on this machine
+    # may replace under it once Ray is joined: take it (and paths relative to it) now.
+    cwd = os.getcwd()
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    artifact_root = tracking.artifact_root(uri, cfg.tracking.artifact_location)
     folder = StudyFolder(out)
     folder.claim()
     if fresh and (moved := folder.set_aside()):
@@ -278,12 +283,8 @@ def _run(
         status="running", attempts=int(state.get("attempts", 0)) + 1, attempt_started_at=start
     )
 
-    uri = tracking.resolve_uri(cfg.tracking.uri)
-    artifact_root = tracking.artifact_root(uri, cfg.tracking.artifact_location)
-    # From here on every path is absolute and the driver works in its study folder: a Ray job's
-    # working directory is a temporary copy that a node starting on this machine may replace
-    # under it, and MLflow resolves its defaults against the working directory.
-    cwd = os.getcwd()
+    # From here on every path is absolute and the driver works in its study folder (see above;
+    # and MLflow resolves its defaults against the working directory).
     os.chdir(out)
     started_ray, ctx, reducer, status = False, None, None, "failed"
     try:
