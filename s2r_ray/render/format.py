@@ -109,25 +109,26 @@ def decision_phrase(d: dict) -> str:
     return f"measure {new}n={fmt(d['n'])} {reps} ({cost}): {d['reason']}{after}"
 
 
+def _estimate(summary: dict) -> str:
+    """A pricing summary ({point, ci90}) as 'point [lo, hi]', 3 significant digits."""
+    return f"{fmt(summary['point'], 3)} {interval(summary['ci90'], 3)}"
+
+
 def price_phrases(steering: dict, report: dict) -> list[str]:
     """The target's price and the database's value, from report['steering']."""
     out = []
     if price := steering.get("price"):
-        need, more = price["rows_needed"], price["rows_to_simulate"]
-        confirm = price["confirm_seconds"]
         out.append(
-            f"MAE {fmt(price['target_mae'])}{units(report)} needs n = {fmt(need['point'], 3)} "
-            f"{interval(need['ci90'], 3)} rows: {fmt(more['point'], 3)} "
-            f"{interval(more['ci90'], 3)} beyond the {fmt(steering['pool_rows'])} in the pool; "
-            f"confirming it there takes ~{fmt(confirm['point'], 3)} s of compute for "
+            f"MAE {fmt(price['target_mae'])}{units(report)} needs n = "
+            f"{_estimate(price['rows_needed'])} rows: {_estimate(price['rows_to_simulate'])} "
+            f"beyond the {fmt(steering['pool_rows'])} in the pool; confirming it there takes "
+            f"~{fmt(price['confirm_seconds']['point'], 3)} s of compute for "
             f"{price['confirm_repetitions']} repetitions"
         )
     if value := steering.get("database_value"):
-        p10, p1e4 = value["per_10_percent"], value["per_10000_rows"]
         out.append(
-            f"the pool's next rows: +10% changes the MAE by {fmt(p10['point'], 3)} "
-            f"{interval(p10['ci90'], 3)}, +10,000 rows by {fmt(p1e4['point'], 3)} "
-            f"{interval(p1e4['ci90'], 3)}{units(report)}"
+            f"the pool's next rows: +10% changes the MAE by {_estimate(value['per_10_percent'])}"
+            f", +10,000 rows by {_estimate(value['per_10000_rows'])}{units(report)}"
         )
         if rows := value.get("in_experimental_rows"):
             r10, r1e4 = rows["per_10_percent"], rows["per_10000_rows"]
@@ -136,7 +137,6 @@ def price_phrases(steering: dict, report: dict) -> list[str]:
                 "no number of experimental rows alone matches it"
                 if r10["point"] is None
                 else f"in experimental rows (at the largest m, on the no-pretraining curve): +10% "
-                f"of the pool is worth {fmt(r10['point'], 3)} {interval(r10['ci90'], 3)}, "
-                f"+10,000 rows {fmt(r1e4['point'], 3)} {interval(r1e4['ci90'], 3)}"
+                f"of the pool is worth {_estimate(r10)}, +10,000 rows {_estimate(r1e4)}"
             )
     return out
