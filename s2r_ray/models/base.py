@@ -6,7 +6,7 @@ one registry line in `s2r_ray.models`). No Ray, no MLflow.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -20,6 +20,9 @@ OnEpoch = Callable[[int, float, float], None]  # (epoch, val MAE, best val MAE s
 # (epoch, best val MAE, the network's state as `Family.load` takes it) at each new best: a trial
 # keeps its own network so that scoring need not train it again
 OnBest = Callable[[int, float, Any], None]
+# after each round (epoch) of members trained together, with those that diverged in it (by
+# index): the members that leave now (a pack's successive halving needs the whole round)
+OnRound = Callable[[dict[int, "Diverged"]], Collection[int]]
 
 
 class Diverged(ArithmeticError):
@@ -69,6 +72,9 @@ class Family(ABC):
     scorer can rebuild exactly the model a trial selected."""
 
     Options: ClassVar[type[Options]] = Options
+    # whether `finetune_members` trains members together and honours `on_round`: then a
+    # study's fine-tuning trials can run as packs (`tune.pack`)
+    packs: ClassVar[bool] = False
 
     def __init__(self, options: Options, pretrain: PretrainConfig):
         self.options, self.pretrain_hp = options, pretrain
@@ -131,11 +137,25 @@ class Family(ABC):
         pretrained: dict | None = None,
         device: str = "cpu",
         stop_epochs: Sequence[int | None] | None = None,
+        on_epochs: Sequence[OnEpoch | None] | None = None,
+        on_bests: Sequence[OnBest | None] | None = None,
+        on_round: OnRound | None = None,
     ) -> list[FineTuned | Diverged]:
-        """`finetune` of each (hp, seed) on the same rows (a scoring ensemble); a family that
-        can trains them together. A member that diverged comes back as its `Diverged`."""
+        """`finetune` of each (hp, seed) on the same rows (a scoring ensemble, a pack of
+        trials); a family that can trains them together (`packs`: then it also honours
+        `on_round`). A member that diverged comes back as its `Diverged`."""
+        if on_round is not None:
+            raise NotImplementedError(f"{type(self).__name__} does not train members together")
+        k = len(hps)
         out: list[FineTuned | Diverged] = []
-        for hp, seed, stop in zip(hps, seeds, stop_epochs or [None] * len(hps), strict=True):
+        for hp, seed, stop, on_epoch, on_best in zip(
+            hps,
+            seeds,
+            stop_epochs or [None] * k,
+            on_epochs or [None] * k,
+            on_bests or [None] * k,
+            strict=True,
+        ):
             try:
                 out.append(
                     self.finetune(
@@ -148,6 +168,8 @@ class Family(ABC):
                         pretrained=pretrained,
                         device=device,
                         stop_epoch=stop,
+                        on_epoch=on_epoch,
+                        on_best=on_best,
                     )
                 )
             except Diverged as e:

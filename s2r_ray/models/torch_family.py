@@ -25,7 +25,16 @@ from optuna.distributions import (
 from torch import nn
 
 from s2r_ray.data.dataset import Rows
-from s2r_ray.models.base import Diverged, Family, FineTuned, OnBest, OnEpoch, Pretrained, mae
+from s2r_ray.models.base import (
+    Diverged,
+    Family,
+    FineTuned,
+    OnBest,
+    OnEpoch,
+    OnRound,
+    Pretrained,
+    mae,
+)
 from s2r_ray.models.hyperparameters import FinetuneSpace
 from s2r_ray.models.network import Encoder, Network
 
@@ -228,6 +237,7 @@ def train_members(
     *,
     device: str = "cpu",
     stacked: StackedForward | None = None,
+    on_round: OnRound | None = None,
 ) -> list[Trained | Diverged]:
     """Train K networks of one architecture and batch size as one: each step is one stacked
     forward and backward (`stacked`) and each member's own AdamW step, so every member keeps its
@@ -235,10 +245,16 @@ def train_members(
     the batch (the rest carry on smaller). Each result equals training that member alone, up to
     the float order of the stacked matrix products. Without `stacked` (or for one member) the
     members are trained one after another on their modules' own forward. A member that
-    diverges comes back as its `Diverged`, the others unaffected. Targets are standardised;
+    diverges comes back as its `Diverged`, the others unaffected. `on_round`, after each
+    round's evaluations, names the members (by index) that leave now: a decision that needs
+    every member's value of the round (a pack's successive halving). Targets are standardised;
     the L1 loss; the hold-out MAE after each round; the best weights restored at the end."""
     if len(members) > 1 and stacked is None:
-        return [r for m in members for r in train_members([m], device=device)]
+        return [
+            r
+            for i, m in enumerate(members)
+            for r in train_members([m], device=device, on_round=_within(on_round, [i]))
+        ]
     runs = [_Run(m, device) for m in members]
     if len({(r.n, r.bs, r.pretraining) for r in runs}) > 1:
         raise ValueError("members trained as one need as many rows and one batch size")
@@ -274,16 +290,29 @@ def train_members(
                 o.step(live[0].pretraining)
             for k, r in enumerate(live):
                 r.stepped(loss[k].detach())
+        diverged: dict[int, Diverged] = {}
         for i in active:
             try:
                 runs[i].evaluate()
             except Diverged as e:
-                out[i] = e
+                out[i] = diverged[i] = e
+        for i in on_round(diverged) if on_round is not None else ():
+            runs[i].stopped = True
         left = [i for i in active if i in out or runs[i].done()]
         for i in left:
             runs[i].optimizer.leave(runs[i])
         active = [i for i in active if i not in left]
     return [out[i] if i in out else runs[i].result() for i in range(len(runs))]
+
+
+def _within(on_round: OnRound | None, chosen: Sequence[int]) -> OnRound | None:
+    """`on_round` of a batch as a sub-batch of its `chosen` members sees it (by local index)."""
+    if on_round is None:
+        return None
+    local = {i: j for j, i in enumerate(chosen)}
+    return lambda diverged: [
+        local[i] for i in on_round({chosen[j]: e for j, e in diverged.items()}) if i in local
+    ]
 
 
 def train(
@@ -311,6 +340,8 @@ def train(
 
 class TorchFamily(Family):
     """A family trained by `train`; subclasses build the network and its encoder."""
+
+    packs = True
 
     @abstractmethod
     def build(self, n_in: int, dropout: float) -> nn.Module:
@@ -469,18 +500,43 @@ class TorchFamily(Family):
         pretrained: dict | None = None,
         device: str = "cpu",
         stop_epochs: Sequence[int | None] | None = None,
+        on_epochs: Sequence[OnEpoch | None] | None = None,
+        on_bests: Sequence[OnBest | None] | None = None,
+        on_round: OnRound | None = None,
     ) -> list[FineTuned | Diverged]:
         """`finetune` of several (hp, seed) on the same rows, those of one batch size trained
-        as one batch (`train_members`)."""
-        stops = list(stop_epochs or [None] * len(hps))
+        as one batch (`train_members`), one batch size after another."""
+        k = len(hps)
         members = [
-            Member(self._start(X, hp, pretrained), X, y, X_val, y_val, self._plan(hp, stop), seed)
-            for hp, seed, stop in zip(hps, seeds, stops, strict=True)
+            Member(
+                self._start(X, hp, pretrained),
+                X,
+                y,
+                X_val,
+                y_val,
+                self._plan(hp, stop),
+                seed,
+                on_epoch,
+                on_best,
+            )
+            for hp, seed, stop, on_epoch, on_best in zip(
+                hps,
+                seeds,
+                stop_epochs or [None] * k,
+                on_epochs or [None] * k,
+                on_bests or [None] * k,
+                strict=True,
+            )
         ]
         results: dict[int, Trained | Diverged] = {}
         for bs in sorted({m.plan.batch_size for m in members}):
             group = [i for i, m in enumerate(members) if m.plan.batch_size == bs]
-            runs = train_members([members[i] for i in group], device=device, stacked=self.stacked())
+            runs = train_members(
+                [members[i] for i in group],
+                device=device,
+                stacked=self.stacked(),
+                on_round=_within(on_round, group),
+            )
             results |= dict(zip(group, runs, strict=True))
         return [_fine_tuned(results[i]) for i in range(len(members))]
 
