@@ -52,6 +52,7 @@ from s2r_ray.render.text import decision_line
 from s2r_ray.report import folder_report
 from s2r_ray.study import tracking, units
 from s2r_ray.study.fanout import RayPool
+from s2r_ray.study.halving import Rungs
 from s2r_ray.study.pretrained import choose_store
 from s2r_ray.study.pretraining import Pretrainings, default_slots
 from s2r_ray.study.reducer import Reducer
@@ -390,6 +391,12 @@ def _tune(
         optuna.storages.journal.JournalFileBackend(str(folder.journal_path()))
     )
 
+    # ASHA stops every trial that reaches its horizon: one past the longest trial, so that a
+    # trial that completed all its epochs does not end KILLED
+    horizon = family.max_epochs(cfg.finetune.space()) + 1
+    pack = cfg.tune.members_per_pack()
+    if pack > 1 and not family.packs:
+        raise ConfigError(f"tune.pack: model.kind {cfg.model.kind!r} cannot train trials as one")
     try:
         searcher = StudySearcher(
             plan.cells,
@@ -407,6 +414,8 @@ def _tune(
             lambda record: progress.pending.append(reducer.add_cell.remote(record)),
             steered=cfg.steer is not None and not steer.stopped(folder.decisions()),
             poll=progress.drain,
+            pack=pack,
+            rungs=Rungs.asha(horizon, cfg.tune.grace_period, cfg.tune.reduction_factor),
         )
         progress.on_decision = lambda decision: searcher.steer(steer.decision_cells(cfg, decision))
         if recorded or pretrainings.loaded or searcher.partly_tuned or orphans:
@@ -422,9 +431,6 @@ def _tune(
             ),
             lambda c: pretraining if isinstance(units.from_config(c), units.Pretraining) else trial,
         )
-        # ASHA stops every trial that reaches its horizon: one past the longest trial, so that a
-        # trial that completed all its epochs does not end KILLED
-        horizon = family.max_epochs(cfg.finetune.space()) + 1
         attempt = folder.state().get("attempts", 1)
         tuner = tune.Tuner(
             trainable,

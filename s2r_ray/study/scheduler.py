@@ -13,9 +13,19 @@ from ray.tune.search import Searcher
 
 from s2r_ray.protocol import Cell
 from s2r_ray.study import units
+from s2r_ray.study.halving import Rungs
 from s2r_ray.study.pretraining import Pretrainings
 from s2r_ray.study.tuner import CellTuner
-from s2r_ray.study.units import METRIC, Failure, Pretraining, Scoring, Trial
+from s2r_ray.study.units import (
+    METRIC,
+    Failure,
+    MemberEnd,
+    Pack,
+    PackProgress,
+    Pretraining,
+    Scoring,
+    Trial,
+)
 
 
 def failed_record(cell: Cell, error: str) -> dict:
@@ -27,7 +37,11 @@ class StudySearcher(Searcher):
     to `on_cell_done` while the study runs), then a pretraining when a slot is free, then a trial
     of the first cell whose pretraining is done (plan order: baselines, then small n); None while
     nothing is ready (in a steered study, also while the next decision is awaited: `steer`
-    adds its cells). Its state is the journal and the ledger: nothing is checkpointed."""
+    adds its cells). Its state is the journal and the ledger: nothing is checkpointed.
+
+    With `pack` > 1 a cell's trials go out as packs of up to `pack` (`units.Pack`), each
+    member told as the pack reports its end, and each cell's `rungs` (a copy of the empty
+    `rungs` given) record its members' rung values for the cell's later packs."""
 
     def __init__(
         self,
@@ -38,8 +52,13 @@ class StudySearcher(Searcher):
         on_cell_done: Callable[[dict], None],
         steered: bool = False,
         poll: Callable[[], None] = lambda: None,
+        pack: int = 1,
+        rungs: Rungs | None = None,
     ):
         super().__init__(metric=METRIC, mode="min")
+        if pack > 1 and rungs is None:
+            raise ValueError("packs need the cells' rungs")
+        self._pack, self._rungs, self._cell_rungs = pack, rungs, {}
         self._pretrainings, self._tuner = pretrainings, tuner
         self._decided = not steered  # a steered study ends only on a stop decision
         # With no trial live, Tune's loop blocks in `suggest` (up to 600 s) and runs no callback:
@@ -92,13 +111,30 @@ class StudySearcher(Searcher):
             if error is not None:
                 self._record(failed_record(cell, f"pretraining failed: {error}"))
             elif self._tuners[cell.id].wants_more() and self._pretrainings.ready(cell):
-                return self._tuners[cell.id].ask()
+                return self._ask(cell)
         if not self._decided and not self._open and not self._to_score:
             self._poll()  # the decision, once taken, adds cells (or stops) through `steer`
             if self._open:
                 return self._next()
         done = self._decided and not self._open and not self._to_score
         return Searcher.FINISHED if done else None
+
+    def _ask(self, cell: Cell) -> Trial | Pack:
+        tuner = self._tuners[cell.id]
+        if self._pack == 1:
+            return tuner.ask()
+        trials = tuple(tuner.ask() for _ in range(min(self._pack, tuner.wanted())))
+        return Pack(trials, self._rungs_of(cell).snapshot())
+
+    def _rungs_of(self, cell: Cell) -> Rungs:
+        assert self._rungs is not None
+        return self._cell_rungs.setdefault(cell.id, self._rungs.snapshot())
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """A pack's round: its ended members are told now, so the journal has them."""
+        unit = self._running.get(trial_id)
+        if isinstance(unit, Pack) and not self._stopping:
+            self._pack_progress(unit, units.result_of(result))
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -117,6 +153,33 @@ class StudySearcher(Searcher):
             self._on_cell_done(record | self._tuners[unit.cell.id].counts())
         elif isinstance(unit, Trial) and not self._stopping:
             self._trial_ended(unit, result, error)
+        elif isinstance(unit, Pack) and not self._stopping:
+            self._pack_progress(unit, None if error else units.result_of(result))
+            failed = [t for t in unit.trials if self._tuners[unit.cell.id].is_live(t)]
+            self._pack_progress(unit, PackProgress(tuple(MemberEnd(t.number) for t in failed)))
+
+    def _pack_progress(self, pack: Pack, progress: object) -> None:
+        """Tell the members that ended (a repeated report, or one of a retried pack, tells
+        nothing twice) and record its rung values."""
+        if not isinstance(progress, PackProgress):
+            return
+        rungs, tuner = self._rungs_of(pack.cell), self._tuners[pack.cell.id]
+        for epoch, number, value in progress.rung_values:
+            rungs.record(epoch, number, value)
+        trials = {t.number: t for t in pack.trials}
+        ended = [e for e in progress.ended if tuner.is_live(trials[e.number])]
+        for end in ended:
+            if end.value is None:
+                tuner.tell(trials[end.number], None, error=end.error)
+            else:
+                tuner.tell(
+                    trials[end.number],
+                    end.value,
+                    stop_epoch=end.stop_epoch,
+                    train_seconds=end.train_seconds,
+                )
+        if ended and tuner.tuned():
+            self._cell_tuned(pack.cell)
 
     def _trial_ended(self, trial: Trial, result: dict | None, error: bool) -> None:
         tuner = self._tuners[trial.cell.id]

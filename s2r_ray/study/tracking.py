@@ -352,15 +352,21 @@ def end_study(ctx: TrackingContext, status: str) -> None:
             end(ctx, run_id, status)
 
 
+def open_run(ctx: TrackingContext, cell: Cell, kind: str, name: str, params: dict[str, Any]) -> str:
+    """A run under the cell's size run, its `params` logged, to `end` by its owner; named for
+    people from the cell (`name`: the run's key; a trial's ends in its number)."""
+    label = notes.run_name(kind, cell.n, cell.m, cell.repetition, name)
+    run_id = create_run(ctx, ctx.size_run(cell.n), label, ctx.cell_tags(cell, kind))
+    log(ctx, run_id, params=params)
+    return run_id
+
+
 @contextmanager
 def nested_run(
     ctx: TrackingContext, cell: Cell, kind: str, name: str, params: dict[str, Any]
 ) -> Iterator[str]:
-    """A run under the cell's size run that ends FINISHED, KILLED (stopped early) or FAILED,
-    named for people from the cell (`name`: the run's key; a trial's ends in its number)."""
-    label = notes.run_name(kind, cell.n, cell.m, cell.repetition, name)
-    run_id = create_run(ctx, ctx.size_run(cell.n), label, ctx.cell_tags(cell, kind))
-    log(ctx, run_id, params=params)
+    """A run under the cell's size run that ends FINISHED, KILLED (stopped early) or FAILED."""
+    run_id = open_run(ctx, cell, kind, name, params)
     status = "FAILED"
     try:
         yield run_id

@@ -69,8 +69,16 @@ class CellTuner:
         """Trials that count towards `trials_per_cell`."""
         return sum(not interrupted(t) for t in self._ended())
 
+    def wanted(self) -> int:
+        """Trials still to ask for."""
+        return self._per_cell - self.ended - len(self._live)
+
     def wants_more(self) -> bool:
-        return self.ended + len(self._live) < self._per_cell
+        return self.wanted() > 0
+
+    def is_live(self, trial: Trial) -> bool:
+        """Asked and not yet told (nor interrupted)."""
+        return trial.number in self._live
 
     def tuned(self) -> bool:
         return self.ended >= self._per_cell

@@ -1,10 +1,11 @@
 """The study's units of work and their typed results, and the one place that turns a unit into
 a Tune config and a Tune result back into a typed result.
 
-Three kinds of unit share the study's one Tune experiment: a `Pretraining` of an (n, r) pair, a
-fine-tuning `Trial` of a cell, and the `Scoring` of a cell whose trials have all ended. Only
-trials report the scheduler's metric, each epoch; the other two report once, their typed result
-under `RESULT`, and never enter an ASHA bracket.
+Four kinds of unit share the study's one Tune experiment: a `Pretraining` of an (n, r) pair, a
+fine-tuning `Trial` of a cell (or a `Pack` of several, trained as one network), and the
+`Scoring` of a cell whose trials have all ended. Only trials report the scheduler's metric, each
+epoch; a pack reports its members' ends (`PackProgress`) as they happen, the other two once,
+each its typed result under `RESULT`; none of these enter an ASHA bracket.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from s2r_ray.protocol import Cell
+from s2r_ray.study.halving import Rungs
 
 METRIC = "best_val_mae"  # a trial's best validation MAE so far: the scheduler's one metric
 RESULT = "s2r_result"  # a pretraining's or scoring's one result
@@ -44,6 +46,46 @@ class Trial:
 
 
 @dataclass(frozen=True)
+class Pack:
+    """Fine-tuning trials of one cell trained as one network (`tune.pack`), each still its own
+    Optuna trial, MLflow run and stop: `rungs` is the cell's successive halving as recorded when
+    the pack was handed out (`s2r_ray.study.halving`)."""
+
+    trials: tuple[Trial, ...]
+    rungs: Rungs
+
+    @property
+    def cell(self) -> Cell:
+        return self.trials[0].cell
+
+    @property
+    def key(self) -> str:
+        return f"{self.trials[0].key}-pack{len(self.trials)}"
+
+
+@dataclass(frozen=True)
+class MemberEnd:
+    """A pack member's end, as `CellTuner.tell` takes it: its best validation MAE, or None with
+    the `error` that ended it (diverged)."""
+
+    number: int
+    value: float | None = None
+    stop_epoch: int = 0
+    train_seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PackProgress:
+    """What a pack reports after a round: the members that ended in it, and the values its
+    members recorded at a rung (epoch, Optuna number, best validation MAE) for the cell's later
+    packs."""
+
+    ended: tuple[MemberEnd, ...]
+    rung_values: tuple[tuple[int, int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class Scoring:
     """Rebuild the cell's selected trial and evaluate it once on test. `stop_epoch` None replays
     every epoch (a trial that reported none was never stopped early)."""
@@ -61,7 +103,7 @@ class Scoring:
         return f"{self.cell.id}-score"
 
 
-Unit = Pretraining | Trial | Scoring
+Unit = Pretraining | Trial | Pack | Scoring
 
 
 @dataclass
@@ -124,6 +166,8 @@ def from_config(config: dict[str, Any]) -> Unit:
     return config["unit"]
 
 
-def result_of(tune_result: dict | None) -> PretrainingSummary | Scored | Failure | None:
-    """The typed result a pretraining or scoring reported; None when it never reported."""
+def result_of(
+    tune_result: dict | None,
+) -> PretrainingSummary | Scored | Failure | PackProgress | None:
+    """The typed result a pretraining, scoring or pack reported; None when it never reported."""
     return (tune_result or {}).get(RESULT)

@@ -1,8 +1,9 @@
 """The Ray Tune trainable: every unit of the study's work runs in a (reused) Tune trial actor, so
 one scheduler hands out the cluster. A pretraining stores its network and reports its summary;
 a trial trains on the cell's target train rows, logged from inside it, and reports validation
-MAE each epoch for ASHA; a scoring rebuilds the selected trial, evaluates it once on test and
-reports the cell record that the ledger, the reducer and the report all read."""
+MAE each epoch for ASHA (a pack of trials: `s2r_ray.study.packed`); a scoring rebuilds the
+selected trial, evaluates it once on test and reports the cell record that the ledger, the
+reducer and the report all read."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from s2r_ray.config import StudyConfig
 from s2r_ray.models.base import Diverged, Family, Pretrained, mae, rmse
 from s2r_ray.protocol import Plan
 from s2r_ray.study import tracking, units
+from s2r_ray.study.packed import run_pack, run_params
 from s2r_ray.study.pretrained import PretrainedStore
 from s2r_ray.study.tracking import TrackingContext
 from s2r_ray.study.units import (
@@ -23,6 +25,7 @@ from s2r_ray.study.units import (
     RESULT,
     Failure,
     KeptNetwork,
+    Pack,
     Pretraining,
     PretrainingSummary,
     Trial,
@@ -49,8 +52,12 @@ def run_unit(
         return
     device = setup_worker(cfg.tune.resources.cpu)
     pre = None if unit.cell.is_baseline else store.load(unit.cell.pretrain_id)
+    state = None if pre is None else pre.state
     if isinstance(unit, Trial):
-        _finetune(unit, plan, None if pre is None else pre.state, family, ctx, device, store)
+        _finetune(unit, plan, state, family, ctx, device, store)
+        return
+    if isinstance(unit, Pack):
+        run_pack(unit, plan, state, family, ctx, device, store)
         return
     kept = store.load_trial(unit.trial.key)
     record = score_cell(plan, unit, pre, family, cfg.finetune.ensemble, device, kept)
@@ -109,9 +116,7 @@ def _finetune(
     tell how much of its wall time went into training versus orchestration. The trial's own
     network goes to the store as it ends, however it ends (ASHA's stop is a SystemExit raised
     in `tune.report`), so its cell's scoring need not train it again."""
-    params = {**trial.hp, "seed": trial.seed, "trial_key": trial.key}
-    params |= {"device": device, "ray_node": ray_node()}
-    kept = KeptNetwork([])
+    params, kept = run_params(trial, device), KeptNetwork([])
     try:
         with tracking.nested_run(ctx, trial.cell, "trial", trial.key, params) as run:
             start, overhead = time.perf_counter(), 0.0

@@ -1,0 +1,139 @@
+"""A pack of fine-tuning trials (`units.Pack`, `tune.pack`) run as one Tune trial: its members
+train as one network (`Family.finetune_members`), and each stays a trial of its own: its own
+MLflow run and curve, its own stop at the cell's rungs (`s2r_ray.study.halving`), its own
+kept network for scoring, its own Optuna result, reported the round it ends so that the driver
+tells (and journals) it at once: a pack killed in flight leaves its ended members done, and a
+resumed study asks again only for the others."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ray import tune
+
+from s2r_ray.models.base import Diverged, Family, OnEpoch
+from s2r_ray.protocol import Plan
+from s2r_ray.study import tracking
+from s2r_ray.study.pretrained import PretrainedStore
+from s2r_ray.study.tracking import TrackingContext
+from s2r_ray.study.units import RESULT, KeptNetwork, MemberEnd, Pack, PackProgress, Trial
+from s2r_ray.study.workers import ray_node
+
+
+def run_params(trial: Trial, device: str) -> dict:
+    """A trial's MLflow params, alone or in a pack."""
+    params = {**trial.hp, "seed": trial.seed, "trial_key": trial.key}
+    return params | {"device": device, "ray_node": ray_node()}
+
+
+@dataclass
+class _Member:
+    trial: Trial
+    run_id: str
+    kept: KeptNetwork = field(default_factory=lambda: KeptNetwork([]))
+    seconds: float = 0.0  # its share of each round it trained in
+    best: float = float("inf")
+    ended: bool = False
+
+
+class _Round:
+    """The members evaluated since the last round ended, and the time not spent training
+    (logging, reporting): a round's training time is shared by the members that trained in it."""
+
+    def __init__(self) -> None:
+        self.evaluated: list[int] = []
+        self.epoch = 0
+        self.started, self.overhead = time.perf_counter(), 0.0
+
+    def trained(self, count: int) -> float:
+        return (time.perf_counter() - self.started - self.overhead) / max(count, 1)
+
+
+def run_pack(
+    pack: Pack,
+    plan: Plan,
+    state: dict | None,
+    family: Family,
+    ctx: TrackingContext,
+    device: str,
+    store: PretrainedStore,
+) -> None:
+    """Train the pack's members together; after each round, halve at a rung and report the
+    members that ended (`PackProgress`), each one's network kept and MLflow run ended first.
+    A member that diverges leaves the pack, the others go on. Stopped by the study (a
+    SystemExit out of `tune.report`) or failed, the members still training end KILLED or FAILED
+    and are not reported: the driver counts them interrupted, or failed."""
+    rungs = pack.rungs.snapshot()
+    extra = {"pack": pack.key, "pack_size": len(pack.trials)}
+    members = [
+        _Member(t, tracking.open_run(ctx, t.cell, "trial", t.key, run_params(t, device) | extra))
+        for t in pack.trials
+    ]
+    now = _Round()
+
+    def on_epoch(i: int) -> OnEpoch:
+        def evaluated(epoch: int, val_mae: float, best: float) -> None:
+            t = time.perf_counter()
+            member = members[i]
+            member.kept.reached, member.best, now.epoch = epoch, best, epoch
+            now.evaluated.append(i)
+            tracking.log(ctx, member.run_id, {"val_mae": val_mae, "best_val_mae": best}, step=epoch)
+            now.overhead += time.perf_counter() - t
+
+        return evaluated
+
+    def on_round(diverged: dict[int, Diverged]) -> set[int]:
+        nonlocal now
+        share = now.trained(len(now.evaluated) + len(diverged))
+        for i in [*now.evaluated, *diverged]:
+            members[i].seconds += share
+        best = {members[i].trial.number: members[i].best for i in now.evaluated}
+        halted = rungs.halve(now.epoch, best)
+        stopped = {i for i in now.evaluated if members[i].trial.number in halted}
+        ended = [_end(ctx, members[i], now.epoch, error=str(e)) for i, e in diverged.items()]
+        for i in now.evaluated:
+            member = members[i]
+            if i in stopped or now.epoch >= int(member.trial.hp["epochs"]):
+                store.save_trial(member.trial.key, member.kept.trimmed())
+                ended.append(_end(ctx, member, now.epoch, stopped=i in stopped))
+        at_rung = now.epoch in rungs.milestones
+        rung_values = tuple((now.epoch, k, v) for k, v in best.items()) if at_rung else ()
+        now = _Round()
+        tune.report({RESULT: PackProgress(tuple(ended), rung_values)})
+        return stopped
+
+    try:
+        family.finetune_members(
+            *plan.target_split(pack.cell),
+            hps=[t.hp for t in pack.trials],
+            seeds=[t.seed for t in pack.trials],
+            pretrained=state,
+            device=device,
+            on_epochs=[on_epoch(i) for i in range(len(members))],
+            on_bests=[m.kept.add for m in members],
+            on_round=on_round,
+        )
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, SystemExit) else "FAILED"
+        for member in members:
+            if not member.ended:
+                tracking.end(ctx, member.run_id, status)
+        raise
+
+
+def _end(
+    ctx: TrackingContext,
+    member: _Member,
+    epoch: int,
+    *,
+    stopped: bool = False,
+    error: str | None = None,
+) -> MemberEnd:
+    """End the member's MLflow run (KILLED: stopped at a rung, as ASHA's stops end) and say
+    what the driver tells Optuna."""
+    member.ended = True
+    status = "FAILED" if error else "KILLED" if stopped else "FINISHED"
+    tracking.end(ctx, member.run_id, status)
+    value = None if error else member.best
+    return MemberEnd(member.trial.number, value, epoch, member.seconds, error)

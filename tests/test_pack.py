@@ -1,0 +1,201 @@
+"""Packed trials (`tune.pack`): fine-tuning trials of a cell trained as one network in one Tune
+trial, each still its own Optuna trial, MLflow run, curve and early stop; a member that
+diverges leaves the others training; a study killed mid-pack reruns only the unfinished
+members. Real local Ray, real SQLite MLflow, real `s2r run` processes for the kill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from faults import StudyProcess, kill_ray_processes, ledger_lines, runs, wait_for
+from faults import write_config as write_yaml
+from mlflow.tracking import MlflowClient
+from ray.tune.schedulers.async_hyperband import _Bracket
+
+from s2r_ray.config import StudyConfig, SyntheticData, build_config
+from s2r_ray.data.synthetic import make_synthetic
+from s2r_ray.folder import StudyFolder
+from s2r_ray.models import make_family
+from s2r_ray.protocol import make_plan
+from s2r_ray.study import tracking
+from s2r_ray.study.driver import run_study
+from s2r_ray.study.halving import Rungs
+from s2r_ray.study.packed import run_pack
+from s2r_ray.study.pretrained import FolderStore
+from s2r_ray.study.units import Pack, Trial
+
+# one cell and its baseline, 6 trials each in packs of 3: rungs at epochs 2 and 6
+PACKED = {
+    "name": "packed",
+    "sizes": [60],
+    "repetitions": 1,
+    "data": {"synthetic": {"n_source": 400, "n_target": 150, "n_features": 6}},
+    "model": {"hidden": [16]},
+    "pretrain": {"patience": 2, "max_steps": 300},
+    "finetune": {"epochs": [6, 12], "batch_size": [16]},
+    "tune": {"trials_per_cell": 6, "startup_trials": 6, "grace_period": 2, "pack": 3},
+    "report": {"n_boot": 50},
+}
+
+
+def test_rungs_are_ashas_and_a_member_continues_as_it_would_arriving_last():
+    rungs = Rungs.asha(max_t=61, grace_period=10, reduction_factor=3)
+    ray_rungs = _Bracket(min_t=10, max_t=61, reduction_factor=3, s=0)._rungs
+    assert rungs.milestones == tuple(sorted(m for m, _ in ray_rungs)) == (10, 30)
+    rungs.values[10] = {0: 0.5, 1: 0.9}  # recorded by an earlier pack of the cell
+    assert rungs.halve(10, {2: 0.6, 3: 0.4, 4: 1.0}) == {2, 4}
+    # Ray's ASHA deciding for each, arriving last at the rung (it minimises -MAE)
+    bracket = _Bracket(min_t=10, max_t=61, reduction_factor=3, s=0)
+    arriving_last = {2: (0.6, [0.5, 0.9, 0.4, 1.0]), 3: (0.4, [0.5, 0.9, 0.6, 1.0])}
+    for key, (mine, others) in arriving_last.items():
+        stop = -mine < bracket.cutoff({f"o{i}": -v for i, v in enumerate(others)})
+        assert stop == (key == 2)
+    assert rungs.values[10] == {0: 0.5, 1: 0.9, 2: 0.6, 3: 0.4, 4: 1.0}
+    assert rungs.halve(11, {5: 9.0}) == set()  # not a rung
+
+
+def _trials(out: Path) -> dict[str, optuna.trial.FrozenTrial]:
+    """Every Optuna trial of the study's journal, by trial key (none before it exists)."""
+    path = StudyFolder(out).journal_path()
+    if not path.is_file():
+        return {}
+    journal = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return {
+        f"{cell}-t{t.number:02d}": t
+        for cell in optuna.get_all_study_names(journal)
+        for t in optuna.load_study(study_name=cell, storage=journal).trials
+    }
+
+
+@pytest.fixture(scope="module")
+def packed(ray_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("packed")
+    uri = f"sqlite:///{tmp / 'm.db'}"
+    cfg = build_config({**PACKED, "tracking": {"uri": uri}})
+    report = run_study(cfg, tmp / "out", echo=lambda line: None)
+    return cfg, tmp / "out", report, MlflowClient(uri)
+
+
+def test_each_member_is_its_own_optuna_trial_and_mlflow_run_with_a_curve(packed):
+    _, out, report, client = packed
+    assert report["status"] == "complete"
+    trials = _trials(out)
+    trial_runs = runs(out.parent / "m.db", "trial")
+    assert len(trial_runs) == len(trials) == 2 * 6
+    for key, t in trials.items():
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        (run,) = [r for r in trial_runs if r.data.params["trial_key"] == key]
+        curve = client.get_metric_history(run.info.run_id, "val_mae")
+        # the curve runs to the epoch the member stopped at, as told to Optuna
+        assert [m.step for m in curve] == list(range(1, t.user_attrs["stop_epoch"] + 1))
+        assert min(m.value for m in curve) == pytest.approx(t.value)
+    for cell in ("n0-mall-r0", "n60-mall-r0"):
+        assert sorted(k for k in trials if k.startswith(cell)) == [
+            f"{cell}-t{i:02d}" for i in range(6)
+        ]
+        packs = {r.data.params["pack"] for r in trial_runs if r.data.tags["s2r.cell"] == cell}
+        assert len(packs) == 2  # two packs of three
+    for record in StudyFolder(out).ledger():
+        assert record["status"] == "ok" and record["trials"] == 6
+        assert record["trial_network_reused"]  # scoring took the member's kept network
+        assert record["val_mae"] == pytest.approx(record["selection_val_mae"], rel=1e-9)
+
+
+def test_members_stop_at_the_rungs_each_by_its_own_value(packed):
+    _, out, _, client = packed
+    trial_runs = runs(out.parent / "m.db", "trial")
+    lengths = {
+        r.data.params["trial_key"]: (
+            r.info.status,
+            len(client.get_metric_history(r.info.run_id, "val_mae")),
+            int(r.data.params["epochs"]),
+        )
+        for r in trial_runs
+    }
+    stopped = [k for k, (status, n, epochs) in lengths.items() if status == "KILLED"]
+    finished = [k for k, (status, n, epochs) in lengths.items() if status == "FINISHED"]
+    assert stopped and finished, lengths
+    assert all(lengths[k][1] in (2, 6) and lengths[k][1] < lengths[k][2] for k in stopped)
+    assert all(lengths[k][1] == lengths[k][2] for k in finished)
+
+
+def test_a_member_that_diverges_leaves_and_the_others_train_as_if_alone(tmp_path):
+    """No Tune: `run_pack` called directly (its reports go nowhere), on a real SQLite store."""
+    torch.set_num_threads(1)
+    cfg = StudyConfig(name="t", sizes=[200], repetitions=1, model={"hidden": [16, 8]})
+    plan = make_plan(cfg, make_synthetic(SyntheticData(n_source=400, n_target=300)))
+    cell = next(c for c in plan.cells if c.is_baseline)
+    family = make_family(cfg)
+    hp = {"lr": 3e-3, "weight_decay": 1e-4, "epochs": 7, "batch_size": 32, "freeze": 0}
+    trials = (
+        Trial(cell, 0, 5, hp),
+        Trial(cell, 1, 6, {**hp, "lr": 1e30}),
+        Trial(cell, 2, 7, {**hp, "lr": 1e-3, "dropout": 0.1}),
+    )
+    ctx = tracking.start_study(f"sqlite:///{tmp_path / 'm.db'}", "s2r-ray", "t", {}, [200], {})
+    store = FolderStore(str(tmp_path / "out"))
+    run_pack(Pack(trials, Rungs((99,), 3)), plan, None, family, ctx, "cpu", store)
+    by_key = {r.data.params["trial_key"]: r for r in runs(tmp_path / "m.db", "trial")}
+    assert by_key[trials[1].key].info.status == "FAILED"
+    assert store.load_trial(trials[1].key) is None  # a diverged member is never scored
+    for t in (trials[0], trials[2]):
+        run = by_key[t.key]
+        assert run.info.status == "FINISHED"
+        curve = [m.value for m in ctx.client.get_metric_history(run.info.run_id, "val_mae")]
+        alone = family.finetune(*plan.target_split(cell), hp=t.hp, seed=t.seed)
+        np.testing.assert_allclose(curve, alone.curve, rtol=1e-4)
+        assert store.load_trial(t.key).reached == 7
+
+
+def test_a_study_killed_mid_pack_reruns_only_the_unfinished_members(ray_session, tmp_path):
+    """kill -9 once members of a pack have stopped at a rung (and were told to Optuna) while
+    others train on: the resumed study keeps the stopped members (one MLflow run, one complete
+    Optuna trial each) and asks again for the interrupted ones only."""
+    raw = {
+        **PACKED,
+        "sizes": [40],
+        "finetune": {"epochs": [300, 300], "batch_size": [16]},
+        "tune": {"trials_per_cell": 4, "startup_trials": 4, "grace_period": 2, "pack": 4},
+    }
+    config, out, db = write_yaml(tmp_path / "c.yaml", raw), tmp_path / "out", tmp_path / "m.db"
+    complete, running = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
+    procs: list[StudyProcess] = []
+    try:
+        killed = StudyProcess(config, out, db)
+        procs.append(killed)
+
+        def mid_pack() -> bool:
+            states: dict[str, set] = {}
+            for key, t in _trials(out).items():
+                states.setdefault(key.rsplit("-t", 1)[0], set()).add(t.state)
+            return any({complete, running} <= s for s in states.values())
+
+        wait_for(mid_pack, 300, "members told while others train", killed)
+        killed.kill_group()
+        kill_ray_processes(killed.ray_tmp)
+        before = _trials(out)
+        assert not ledger_lines(out)
+        resumed = StudyProcess(config, out, db)
+        procs.append(resumed)
+        code, _, stderr = resumed.wait(timeout=600, what=" resuming")
+        assert code == 0, stderr[-3000:]
+    finally:
+        for p in procs:
+            p.cleanup()
+    done = [k for k, t in before.items() if t.state == complete]
+    unfinished = [k for k, t in before.items() if t.state == running]
+    after, keys = _trials(out), [r.data.params["trial_key"] for r in runs(db, "trial")]
+    assert all(keys.count(k) == 1 and after[k].state == complete for k in done), keys
+    assert all(after[k].state == optuna.trial.TrialState.FAIL for k in unfinished)
+    for record in StudyFolder(out).ledger():
+        assert record["status"] == "ok" and record["trials"] == 4, record
+        mine = [t for k, t in after.items() if k.startswith(record["cell"] + "-t")]
+        # failed without an error (interrupted, with those asked for a pack not yet started):
+        # asked again, not counted
+        interrupted = [t for t in mine if t.state == optuna.trial.TrialState.FAIL]
+        assert not [t for t in interrupted if "error" in t.user_attrs]
+        assert len(mine) == 4 + len(interrupted)
