@@ -2,12 +2,13 @@
 same seeds: wall time, and per (n, m) the test MAE over repetitions with its 90% interval.
 
     nice -n 5 .venv/bin/python benchmarks/demo_ab.py --base /work/wt-batch-base [--quick]
-        [--set KEY=VALUE ...] [--rounds 1]
+        [--set KEY=VALUE ...] [--current-set KEY=VALUE ...] [--rounds 1]
 
-Each run is `s2r run configs/demo.yaml` in its own process (PYTHONPATH = the checkout), into a
-fresh temporary folder with its own SQLite MLflow store. Prints, per size, the mean test MAE
-of each code with its 90% t-interval over repetitions, and whether the other code's mean lies
-inside it; and the ratio of wall times (base / current) per round.
+`--current-set` applies to the current code's run only (a setting the base does not know, such
+as `tune.pack=2`). Each run is `s2r run configs/demo.yaml` in its own process (PYTHONPATH = the
+checkout), into a fresh temporary folder with its own SQLite MLflow store. Prints, per size,
+the mean test MAE of each code with its 90% t-interval over repetitions, and whether the other
+code's mean lies inside it; and the ratio of wall times (base / current) per round.
 """
 
 from __future__ import annotations
@@ -64,14 +65,16 @@ def main() -> int:
     p.add_argument("--base", type=Path, required=True)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--current-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--rounds", type=int, default=1)
     args = p.parse_args()
     extra = (["--quick"] if args.quick else []) + [a for s in args.set for a in ("--set", s)]
+    own = {"base": extra, "current": extra + [a for s in args.current_set for a in ("--set", s)]}
     walls: dict[str, list[float]] = defaultdict(list)
     records: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
         for name, root in (("base", args.base), ("current", REPO)):
-            seconds, records[name] = run(root, extra)
+            seconds, records[name] = run(root, own[name])
             walls[name].append(seconds)
             print(f"{name}: {seconds:.1f} s, load {os.getloadavg()}", flush=True)
     for i, (b, c) in enumerate(zip(walls["base"], walls["current"], strict=True)):

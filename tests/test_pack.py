@@ -36,7 +36,7 @@ PACKED = {
     "data": {"synthetic": {"n_source": 400, "n_target": 150, "n_features": 6}},
     "model": {"hidden": [16]},
     "pretrain": {"patience": 2, "max_steps": 300},
-    "finetune": {"epochs": [6, 12], "batch_size": [16]},
+    "finetune": {"epochs": [6, 12], "batch_size": [16, 32]},
     "tune": {"trials_per_cell": 6, "startup_trials": 6, "grace_period": 2, "pack": 3},
     "report": {"n_boot": 50},
 }
@@ -98,7 +98,10 @@ def test_each_member_is_its_own_optuna_trial_and_mlflow_run_with_a_curve(packed)
             f"{cell}-t{i:02d}" for i in range(6)
         ]
         packs = {r.data.params["pack"] for r in trial_runs if r.data.tags["s2r.cell"] == cell}
-        assert len(packs) == 2  # two packs of three
+        assert len(packs) == 2  # two packs of three, each of one batch size (one network)
+        for pack in packs:
+            mine = [r for r in trial_runs if r.data.params["pack"] == pack]
+            assert len(mine) == 3 and len({r.data.params["batch_size"] for r in mine}) == 1
     for record in StudyFolder(out).ledger():
         assert record["status"] == "ok" and record["trials"] == 6
         assert record["trial_network_reused"]  # scoring took the member's kept network

@@ -99,8 +99,8 @@ def run_pack(
                 ended.append(_end(ctx, member, now.epoch, stopped=i in stopped))
         at_rung = now.epoch in rungs.milestones
         rung_values = tuple((now.epoch, k, v) for k, v in best.items()) if at_rung else ()
-        now = _Round()
         tune.report({RESULT: PackProgress(tuple(ended), rung_values)})
+        now = _Round()  # the time blocked in Tune is not training
         return stopped
 
     try:

@@ -39,9 +39,10 @@ class StudySearcher(Searcher):
     nothing is ready (in a steered study, also while the next decision is awaited: `steer`
     adds its cells). Its state is the journal and the ledger: nothing is checkpointed.
 
-    With `pack` > 1 a cell's trials go out as packs of up to `pack` (`units.Pack`), each
-    member told as the pack reports its end, and each cell's `rungs` (a copy of the empty
-    `rungs` given) record its members' rung values for the cell's later packs."""
+    With `pack` > 1 a cell's trials go out as packs of up to `pack` (`units.Pack`) that share
+    the batch size drawn for the first, each member told as the pack reports its end, and each
+    cell's `rungs` (a copy of the empty `rungs` given) record its members' rung values for the
+    cell's later packs."""
 
     def __init__(
         self,
@@ -123,8 +124,9 @@ class StudySearcher(Searcher):
         tuner = self._tuners[cell.id]
         if self._pack == 1:
             return tuner.ask()
-        trials = tuple(tuner.ask() for _ in range(min(self._pack, tuner.wanted())))
-        return Pack(trials, self._rungs_of(cell).snapshot())
+        size, first = min(self._pack, tuner.wanted()), tuner.ask()
+        mates = [tuner.ask(batch_of=first) for _ in range(size - 1)]
+        return Pack((first, *mates), self._rungs_of(cell).snapshot())
 
     def _rungs_of(self, cell: Cell) -> Rungs:
         assert self._rungs is not None

@@ -83,8 +83,12 @@ class CellTuner:
     def tuned(self) -> bool:
         return self.ended >= self._per_cell
 
-    def ask(self) -> Trial:
+    def ask(self, batch_of: Trial | None = None) -> Trial:
+        """The next trial; `batch_of`: one that shares that trial's batch size (a pack's
+        members train as one network only in steps of one batch size), the rest searched."""
         dists, fixed = self._family.search_space(self._space, self.cell.is_baseline)
+        if batch_of is not None and "batch_size" in dists:
+            self._study.enqueue_trial({"batch_size": batch_of.hp["batch_size"]})
         ot = self._study.ask(dists)
         key = f"{self.cell.id}-t{ot.number:02d}"
         trial = Trial(self.cell, ot.number, trial_seed(self._seed, key), {**fixed, **ot.params})
