@@ -7,12 +7,16 @@ import optuna
 from s2r_ray.config import FinetuneSpace, PretrainConfig
 from s2r_ray.models.mlp import MLPFamily, MLPOptions
 from s2r_ray.protocol import Cell
+from s2r_ray.study.halving import Rungs
 from s2r_ray.study.pretraining import Pretrainings
 from s2r_ray.study.scheduler import Searcher, StudySearcher
 from s2r_ray.study.tuner import CellTuner
 from s2r_ray.study.units import (
     RESULT,
     Failure,
+    MemberEnd,
+    Pack,
+    PackProgress,
     Pretraining,
     PretrainingSummary,
     Scored,
@@ -178,3 +182,40 @@ def test_a_pretraining_stopped_with_the_study_is_not_a_failure():
     s.stop()
     s.on_trial_complete("p", None)
     assert not done and s.suggest("q") == Searcher.FINISHED
+
+
+def test_a_pack_shares_a_batch_size_and_each_member_is_told_as_it_ends_once():
+    """Packs of 3 over a cell of 4 trials: the members share the first one's batch size, are
+    told as the pack reports them (a repeated report tells nothing twice), their rung values
+    go to the cell's later packs, and a member the pack never reported fails with the pack."""
+    done: list[dict] = []
+    s = StudySearcher(
+        [Cell(0, 0)],
+        set(),
+        _tuners(per_cell=4),
+        _pretrainings(),
+        done.append,
+        pack=3,
+        rungs=Rungs((2, 6), 3),
+    )
+    first = unit(s.suggest("p1"))
+    assert isinstance(first, Pack) and [t.number for t in first.trials] == [0, 1, 2]
+    assert len({t.hp["batch_size"] for t in first.trials}) == 1
+    progress = PackProgress(
+        (MemberEnd(1, 0.6, 2, 1.0), MemberEnd(2, None, error="fine-tuning diverged at 1")),
+        ((2, 0, 0.4), (2, 1, 0.6)),
+    )
+    for _ in range(2):  # Tune hands the last result again as the trial ends
+        s.on_trial_result("p1", {RESULT: progress})
+    second = unit(s.suggest("p2"))  # one trial left to ask: a pack of one
+    assert [t.number for t in second.trials] == [3]
+    assert second.rungs.values == {2: {0: 0.4, 1: 0.6}}
+    s.on_trial_complete("p2", {RESULT: PackProgress((MemberEnd(3, 0.5, 6, 2.0),))})
+    s.on_trial_complete("p1", None, error=True)  # member 0 never reported: it fails
+    score = unit(s.suggest("s"))
+    assert isinstance(score, Scoring) and score.trial == second.trials[0]
+    assert score.stop_epoch == 6 and score.selection_val_mae == 0.5
+    s.on_trial_complete("s", {RESULT: Scored({"cell": "n0-mall-r0", "status": "ok"})})
+    (record,) = done
+    assert record["trials"] == 4 and record["failed_trials"] == 2
+    assert record["trial_seconds"] == 3.0
