@@ -172,10 +172,6 @@ class Resources(_Strict):
         return v
 
 
-# trials per pack unless `tune.pack` says (benchmarks/pack.md)
-PACK_CPU, PACK_GPU = 1, 1
-
-
 class TuneConfig(_Strict):
     trials_per_cell: int = Field(4, ge=1)
     startup_trials: int = Field(2, ge=1, description="random trials before TPE takes over")
@@ -195,18 +191,14 @@ class TuneConfig(_Strict):
         description="retries of a job (trial, pretraining, scoring) whose process or node "
         "dies, and of a trial that raises",
     )
-    pack: int | None = Field(
-        None,
+    pack: int = Field(
+        1,
         ge=1,
         description="fine-tuning trials of a cell trained as one network in one Tune trial, each "
         "still its own Optuna trial, MLflow run and early stop (successive halving at ASHA's "
-        "rungs); 1: one trial per Tune trial; default: PACK_CPU, or PACK_GPU when trials get "
-        "a GPU (benchmarks/pack.md)",
+        "rungs); 1 (measured best on CPUs; GPUs unmeasured: benchmarks/pack.md): one trial "
+        "per Tune trial",
     )
-
-    def members_per_pack(self) -> int:
-        """`pack`, or the measured default for the trials' device."""
-        return self.pack or (PACK_GPU if self.resources.gpu else PACK_CPU)
 
 
 class TrackingConfig(_Strict):

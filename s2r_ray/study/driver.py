@@ -394,7 +394,7 @@ def _tune(
     # ASHA stops every trial that reaches its horizon: one past the longest trial, so that a
     # trial that completed all its epochs does not end KILLED
     horizon = family.max_epochs(cfg.finetune.space()) + 1
-    pack = cfg.tune.members_per_pack()
+    pack = cfg.tune.pack
     if pack > 1 and not family.packs:
         raise ConfigError(f"tune.pack: model.kind {cfg.model.kind!r} cannot train trials as one")
     try:

@@ -94,9 +94,10 @@ def run_pack(
         ended = [_end(ctx, members[i], now.epoch, error=str(e)) for i, e in diverged.items()]
         for i in now.evaluated:
             member = members[i]
-            if i in stopped or now.epoch >= int(member.trial.hp["epochs"]):
+            finished = now.epoch >= int(member.trial.hp["epochs"])  # not stopped: it ran out
+            if i in stopped or finished:
                 store.save_trial(member.trial.key, member.kept.trimmed())
-                ended.append(_end(ctx, member, now.epoch, stopped=i in stopped))
+                ended.append(_end(ctx, member, now.epoch, stopped=not finished))
         at_rung = now.epoch in rungs.milestones
         rung_values = tuple((now.epoch, k, v) for k, v in best.items()) if at_rung else ()
         tune.report({RESULT: PackProgress(tuple(ended), rung_values)})
