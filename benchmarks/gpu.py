@@ -6,7 +6,9 @@
 1. Pretraining throughput (rows/s) on the largest pool, `TorchFamily.pretrain` against a bare
    torch loop (same network, batch and optimiser) on the same device: what s2r's loop costs.
 2. Fine-tuning trials/s with 1, 2, 4 and 8 trials sharing one GPU (`tune.resources.gpu` 1, 0.5,
-   0.25, 0.125), with GPU memory and utilisation sampled from nvidia-smi meanwhile.
+   0.25, 0.125), with GPU memory and utilisation sampled from nvidia-smi meanwhile; and the
+   same trials as packs of 1, 4, 16 and 64 members per GPU (`tune.pack`: one Tune trial on a
+   whole GPU trains its members as one network, `finetune_members`), trials/s counting members.
 3. The demo study (--quick) on the GPU (trials 0.25 GPU, pretraining 0.25 GPU x 2 slots)
    against the same study on CPUs: wall time, test MAE, the device every cell ran on, and how
    exactly the scorer rebuilt each selected trial.
@@ -58,11 +60,12 @@ class Scale:
     pretrain_steps: int
     target: int  # target rows of the fine-tuning trials
     trials: int  # fine-tuning trials per sharing level
+    packs: tuple[int, ...]  # members per pack; each level trains max(packs) members
     epochs: int
     study_overrides: tuple[str, ...]
 
 
-FULL = Scale(300_000, 176, (512, 256, 128), 6000, 2000, 16, 30, ())
+FULL = Scale(300_000, 176, (512, 256, 128), 6000, 2000, 16, (1, 4, 16, 64), 30, ())
 TINY = Scale(
     5_000,
     12,
@@ -70,6 +73,7 @@ TINY = Scale(
     300,
     200,
     4,
+    (1, 4),
     3,
     (
         "sizes=[50,300]",
@@ -187,14 +191,57 @@ def _finetune_trial(config: dict, data: tuple) -> None:
     )
 
 
-def sharing(scale: Scale, storage: Path) -> list[dict]:
-    """Trials/s at each share of one GPU; the trials a level runs at once is 1/share."""
+def _finetune_pack(config: dict, data: tuple) -> None:
+    """A pack of fine-tuning trials as s2r runs it: its members as one network on the whole
+    GPU, a report per round (epoch)."""
+    device, k = setup_worker(1), config["members"]
+
+    def report(diverged: dict) -> list[int]:
+        tune.report({"device": device})
+        return []  # no member leaves before its epochs are done
+
+    MLPFamily(MLPOptions(hidden=config["hidden"]), PretrainConfig()).finetune_members(
+        *data,
+        hps=[FT_HP | {"epochs": config["epochs"]}] * k,
+        seeds=[config["seed"] * k + i for i in range(k)],
+        device=device,
+        on_round=report,
+    )
+
+
+def _data(scale: Scale) -> tuple:
     ds = make_synthetic(
         SyntheticData(n_source=10, n_target=scale.target, n_features=scale.features)
     )
     cut = [int(0.7 * scale.target), int(0.85 * scale.target)]
     X, y = np.split(ds.target_X, cut), np.split(ds.target_y, cut)
-    data = (X[0], y[0], X[1], y[1])
+    return (X[0], y[0], X[1], y[1])
+
+
+def _fit(trainable, space: dict, resources: dict, storage: Path, name: str) -> dict:
+    """One Tune run of `trainable` over `space`: wall time, errors, devices, GPU samples."""
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, resources),
+        param_space=space,
+        tune_config=tune.TuneConfig(reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=str(storage), name=name, verbose=0),
+    )
+    with GpuSampler() as gpu:
+        start = time.perf_counter()
+        results = tuner.fit()
+        wall = time.perf_counter() - start
+    return {
+        "tune_trials": len(results),
+        "errors": results.num_errors,
+        "wall_s": round(wall, 1),
+        "devices": sorted({r.metrics.get("device", "?") for r in results}),
+        **gpu.summary(),
+    }
+
+
+def sharing(scale: Scale, storage: Path) -> list[dict]:
+    """Trials/s at each share of one GPU; the trials a level runs at once is 1/share."""
+    trainable = tune.with_parameters(_finetune_trial, data=_data(scale))
     space = {
         "seed": tune.grid_search(list(range(scale.trials))),
         "hidden": list(scale.hidden),
@@ -202,31 +249,39 @@ def sharing(scale: Scale, storage: Path) -> list[dict]:
     }
     rows = []
     for share in SHARING:
-        trainable = tune.with_resources(
-            tune.with_parameters(_finetune_trial, data=data), {"cpu": 1, "gpu": share}
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune.TuneConfig(reuse_actors=True),
-            run_config=tune.RunConfig(storage_path=str(storage), name=f"share{share}", verbose=0),
-        )
-        with GpuSampler() as gpu:
-            start = time.perf_counter()
-            results = tuner.fit()
-            wall = time.perf_counter() - start
-        devices = sorted({r.metrics.get("device", "?") for r in results})
+        run = _fit(trainable, space, {"cpu": 1, "gpu": share}, storage, f"share{share}")
+        trials = run.pop("tune_trials")
         rows.append(
             {
                 "gpu_per_trial": share,
                 "trials_at_once": round(1 / share),
-                "trials": len(results),
-                "errors": results.num_errors,
-                "wall_s": round(wall, 1),
-                "trials_per_s": round(len(results) / wall, 3),
-                "devices": devices,
-                **gpu.summary(),
+                "trials": trials,
+                "trials_per_s": round(trials / run["wall_s"], 3),
+                **run,
             }
+        )
+    return rows
+
+
+def packing(scale: Scale, storage: Path) -> list[dict]:
+    """Trials/s with packs of k members on one whole GPU each: max(packs) trials per level."""
+    trainable = tune.with_parameters(_finetune_pack, data=_data(scale))
+    total, rows = max(scale.packs), []
+    for k in scale.packs:
+        space = {
+            "seed": tune.grid_search(list(range(total // k))),
+            "members": k,
+            "hidden": list(scale.hidden),
+            "epochs": scale.epochs,
+        }
+        run = _fit(trainable, space, {"cpu": 1, "gpu": 1}, storage, f"pack{k}")
+        rows.append(
+            {
+                "members_per_pack": k,
+                "trials": total,
+                "trials_per_s": round(total / run["wall_s"], 3),
+            }
+            | run
         )
     return rows
 
@@ -274,8 +329,10 @@ def checks(result: dict, device: str) -> list[str]:
             failed.append(f"{name}: {result[name]['failed_cells']} cell(s) failed")
     if result["study_gpu"]["devices"] != [device]:
         failed.append(f"study_gpu ran its cells on {result['study_gpu']['devices']}, not {device}")
-    if any(row["errors"] or row["devices"] != [device] for row in result["sharing"]):
-        failed.append("a fine-tuning sharing level had errors or ran off the device")
+    if any(
+        row["errors"] or row["devices"] != [device] for row in result["sharing"] + result["packing"]
+    ):
+        failed.append("a fine-tuning sharing or packing level had errors or ran off the device")
     diff = result["predict_max_abs_diff_vs_cpu"]
     if diff is not None and not diff < 1e-4:
         failed.append(f"predictions on {device} differ from the CPU's by {diff:.3g}")
@@ -299,6 +356,13 @@ def markdown(result: dict) -> str:
         lines.append(
             f"| {r['gpu_per_trial']} | {r['trials_at_once']} | {r['trials_per_s']} | "
             f"{r['wall_s']} | {r['gpu_util_mean_pct']} | {r['gpu_mem_peak_mib']} |"
+        )
+    lines += ["", "| members per pack (one GPU each) | trials | trials/s | wall s | GPU util % |"]
+    lines.append("|---|---|---|---|---|")
+    for r in result["packing"]:
+        lines.append(
+            f"| {r['members_per_pack']} | {r['trials']} | {r['trials_per_s']} | {r['wall_s']} | "
+            f"{r['gpu_util_mean_pct']} |"
         )
     lines += ["", "| demo study (--quick) | wall s | cells failed | devices | MAE at largest n |"]
     lines.append("|---|---|---|---|---|")
@@ -345,6 +409,7 @@ def main() -> int:
         ray.init(num_gpus=1, include_dashboard=False, _temp_dir=str(tmp_path / "ray"))
         try:
             result["sharing"] = sharing(scale, tmp_path / "tune")
+            result["packing"] = packing(scale, tmp_path / "tune")
             for label, gpu in (("study_gpu", True), ("study_cpu", False)):
                 (tmp_path / label).mkdir()
                 result[label] = study(tmp_path / label, list(scale.study_overrides), gpu)
