@@ -1,7 +1,8 @@
 """Steered versus fixed-grid scaling studies: compute and interval width, and coverage.
 
     python benchmarks/steering.py [--laws 300] [--seed 0] [--gamma 0.5] [--jobs 2]
-        [--modes match,f=0.5,f=0.7] [--top-repetitions 3] [--score width] [--csv rows.csv]
+        [--modes match,f=0.5,f=0.7] [--top-repetitions 3] [--score width] [--blocks 1,2,4]
+        [--csv rows.csv]
     python benchmarks/steering.py --from-csv rows.csv
     python benchmarks/steering.py --replay DIR [--target-mae 0.35]
 
@@ -142,7 +143,13 @@ def steer(goal: Goal, plan: Plan, buy: Buy, budget: float, busy_of=None) -> dict
 
 
 def run_law(
-    i: int, seed: int, gamma: float, modes: tuple[str, ...], top: int | None, score: str
+    i: int,
+    seed: int,
+    gamma: float,
+    modes: tuple[str, ...],
+    top: int | None,
+    score: str,
+    blocks: tuple[int, ...],
 ) -> list[dict]:
     """One law: its grid, then per goal and mode one steered study; one row per (goal, mode)."""
     law = draw_law(seed * 100_000 + i)
@@ -166,6 +173,7 @@ def run_law(
                 seed=i,
                 top_repetitions=top,
                 score=score,
+                blocks=blocks,
             )
             crng = np.random.default_rng([seed, i, 2])  # the same seed for every mode
             s = steer(goal, plan, partial(law.cells, crng), frac * grid_cost)
@@ -203,12 +211,15 @@ def synthetic(
     jobs: int = 1,
     csv: str | None = None,
     first: int = 0,
+    blocks: tuple[int, ...] = Plan.blocks,
 ) -> pd.DataFrame:
     """One row per law, goal and mode: grid cost and width, steered cost and width, coverage.
 
     csv: each law's rows are appended there as it finishes (laws in order), so a run cut short
     still leaves its first laws to summarise (--from-csv)."""
-    work = partial(run_law, seed=seed, gamma=gamma, modes=modes, top=top, score=score)
+    work = partial(
+        run_law, seed=seed, gamma=gamma, modes=modes, top=top, score=score, blocks=blocks
+    )
     rows: list[dict] = []
     with multiprocessing.Pool(jobs) if jobs > 1 else _Serial() as pool:
         for part in pool.imap(work, range(first, laws)):
@@ -337,6 +348,7 @@ def replay(
     top: int | None = 3,
     score: str = "width",
     fractions: tuple[float, ...] = (0.5, 0.7),
+    blocks: tuple[int, ...] = Plan.blocks,
 ) -> str:
     pool = replay_pool(folder)
     sizes = sorted(pool["n"].unique())
@@ -374,6 +386,7 @@ def replay(
             max_repetitions=most,
             top_repetitions=top,
             score=score,
+            blocks=blocks,
         )
         return steer(goal, plan, draw, budget, busy_of=exhausted)
 
@@ -414,14 +427,25 @@ def main() -> None:
     )
     ap.add_argument("--top-repetitions", type=int, default=3, help="Plan.top_repetitions")
     ap.add_argument("--score", default="width", choices=("variance", "width"))
+    ap.add_argument("--blocks", default="1,2,4", help="Plan.blocks (1: the previous policy)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--csv", help="write the per-law rows here")
     ap.add_argument("--from-csv", help="summarise the per-law rows of an earlier run")
     ap.add_argument("--replay", metavar="DIR")
     ap.add_argument("--target-mae", type=float)
     args = ap.parse_args()
+    blocks = tuple(int(b) for b in args.blocks.split(","))
     if args.replay:
-        print(replay(args.replay, args.target_mae, args.gamma, args.top_repetitions, args.score))
+        print(
+            replay(
+                args.replay,
+                args.target_mae,
+                args.gamma,
+                args.top_repetitions,
+                args.score,
+                blocks=blocks,
+            )
+        )
         return
     if args.from_csv:
         print(summarise(pd.read_csv(args.from_csv)))
@@ -440,11 +464,13 @@ def main() -> None:
         args.jobs,
         args.csv,
         args.first,
+        blocks,
     )
     print(
         f"steered vs grid {len(GRID)} sizes x {GRID_REPS} repetitions, {args.laws} laws, "
         f"gamma {args.gamma}, opening {list(OPENING)} x2 (largest x"
-        f"{args.top_repetitions or 2}), score {args.score}, modes {list(modes)}: "
+        f"{args.top_repetitions or 2}), score {args.score}, blocks {list(blocks)}, "
+        f"modes {list(modes)}: "
         f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU (main "
         f"process), load {os.getloadavg()[0]:.1f}\n"
     )
