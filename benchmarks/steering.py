@@ -1,7 +1,8 @@
 """Steered versus fixed-grid scaling studies: compute and interval width, and coverage.
 
     python benchmarks/steering.py [--laws 300] [--seed 0] [--gamma 0.5] [--jobs 2]
-        [--modes match,f=0.5,f=0.7] [--top-repetitions 3] [--score width] [--csv rows.csv]
+        [--modes match,f=0.5,f=0.7] [--top-repetitions 3] [--score width] [--blocks 1,2,4]
+        [--csv rows.csv]
     python benchmarks/steering.py --from-csv rows.csv
     python benchmarks/steering.py --replay DIR [--target-mae 0.35]
 
@@ -32,15 +33,23 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as t_dist
 
 from s2r_ray.folder import StudyFolder
 from s2r_ray.scaling.cost import CostModel
-from s2r_ray.scaling.posterior import posterior
+from s2r_ray.scaling.posterior import (
+    Cells,
+    Posterior,
+    correlation,
+    design_dof,
+    laplace_covariance,
+    posterior,
+)
 from s2r_ray.scaling.steering import (
     Goal,
     Interval,
@@ -142,7 +151,13 @@ def steer(goal: Goal, plan: Plan, buy: Buy, budget: float, busy_of=None) -> dict
 
 
 def run_law(
-    i: int, seed: int, gamma: float, modes: tuple[str, ...], top: int | None, score: str
+    i: int,
+    seed: int,
+    gamma: float,
+    modes: tuple[str, ...],
+    top: int | None,
+    score: str,
+    blocks: tuple[int, ...],
 ) -> list[dict]:
     """One law: its grid, then per goal and mode one steered study; one row per (goal, mode)."""
     law = draw_law(seed * 100_000 + i)
@@ -166,6 +181,7 @@ def run_law(
                 seed=i,
                 top_repetitions=top,
                 score=score,
+                blocks=blocks,
             )
             crng = np.random.default_rng([seed, i, 2])  # the same seed for every mode
             s = steer(goal, plan, partial(law.cells, crng), frac * grid_cost)
@@ -203,12 +219,15 @@ def synthetic(
     jobs: int = 1,
     csv: str | None = None,
     first: int = 0,
+    blocks: tuple[int, ...] = Plan.blocks,
 ) -> pd.DataFrame:
     """One row per law, goal and mode: grid cost and width, steered cost and width, coverage.
 
     csv: each law's rows are appended there as it finishes (laws in order), so a run cut short
     still leaves its first laws to summarise (--from-csv)."""
-    work = partial(run_law, seed=seed, gamma=gamma, modes=modes, top=top, score=score)
+    work = partial(
+        run_law, seed=seed, gamma=gamma, modes=modes, top=top, score=score, blocks=blocks
+    )
     rows: list[dict] = []
     with multiprocessing.Pool(jobs) if jobs > 1 else _Serial() as pool:
         for part in pool.imap(work, range(first, laws)):
@@ -257,6 +276,23 @@ def _losers(df: pd.DataFrame, lost: pd.DataFrame) -> str:
     )
 
 
+BANDS = {"alpha": (0.35, 0.7), "C_share": (0.15, 0.3)}
+
+
+def _bands(df: pd.DataFrame, value: pd.Series, lost: pd.Series, fmt: str) -> str:
+    """value's median and the share of laws lost, per band of α and of C share."""
+    out = []
+    for col, (a, b) in BANDS.items():
+        band = pd.cut(df[col], [-np.inf, a, b, np.inf], labels=[f"<= {a}", f"{a}-{b}", f"> {b}"])
+        parts = []
+        for label in band.cat.categories:
+            at = band == label
+            share = f"{lost[at].mean():.0%} of {int(at.sum())}"
+            parts.append(f"{label}: {fmt.format(value[at].median())} ({share})")
+        out.append(f"{'α' if col == 'alpha' else 'C share'} " + ", ".join(parts))
+    return "; ".join(out)
+
+
 def summarise_match(name: str, df: pd.DataFrame) -> str:
     """Markdown lines for one goal, per-law matching mode."""
     saving = np.where(df["reached"], 1 - df["steer_cost"] / df["grid_cost"], np.nan)
@@ -278,6 +314,10 @@ def summarise_match(name: str, df: pd.DataFrame) -> str:
         f"{int(df['fallback'].sum())}; median sizes {df['sizes'].median():g}, "
         f"median cells {df['cells'].median():g} (grid: {len(GRID) * GRID_REPS})",
         f"- laws where steering loses (not reached or no saving): {_losers(df, lost)}",
+        "- median saving, all laws (share of laws lost), by band: "
+        + _bands(
+            df, 1 - df["steer_cost"] / df["grid_cost"], ~df["reached"] | (saving <= 0), "{:.0%}"
+        ),
         "",
     ]
     return "\n".join(out)
@@ -304,6 +344,8 @@ def summarise_budget(name: str, mode: str, df: pd.DataFrame) -> str:
         f"{int(df['fallback'].sum())}; median sizes {df['sizes'].median():g}, "
         f"median cells {df['cells'].median():g} (grid: {len(GRID) * GRID_REPS})",
         f"- laws where steered is wider than the grid: {_losers(df, wider)}",
+        "- median per-law width ratio (share of laws wider), by band: "
+        + _bands(df, ratio, ratio > 1, "{:.2f}"),
         f"- criterion (median width <= the grid's, coverage 85-97%): {'met' if met else 'NOT met'}",
         "",
     ]
@@ -318,6 +360,90 @@ def summarise(df: pd.DataFrame) -> str:
         else:
             parts.append(summarise_budget(name, mode, part))
     return "\n".join(parts)
+
+
+def design_widths(
+    post: Posterior, goals: list[Goal], design: dict[int, int], ci: float = 0.9
+) -> np.ndarray:
+    """Each goal's linearised 90% width (t x the posterior sd, absolute) a design {n: repetitions}
+    would give under post's (α, ρ, D, C, φ) points and noise trend: what a study that knew the
+    law could plan for, the same quantity steering's width score predicts."""
+    sizes, counts = np.array(list(design), float), np.array(list(design.values()))
+    cells = Cells(
+        np.repeat(sizes, counts),
+        np.concatenate([np.arange(k) for k in counts]),
+        np.zeros(counts.sum()),
+    )
+    sd = np.sqrt(post.cell_variance(cells.n))
+    sigma = [correlation(cells.same_repetition, rho) * np.outer(sd, sd) for rho in post.rho_grid]
+    hypo = replace(post, cells=cells, sd=sd, precision=np.linalg.inv(np.stack(sigma)))
+    cov = laplace_covariance(hypo)
+    grads = [goal.gradient(post) for goal in goals]
+    var = [post.prob @ np.einsum("ki,kij,kj->k", g, cov, g) for g in grads]
+    return t_dist.ppf(0.5 + ci / 2, design_dof(sizes, counts)) * np.sqrt(var)
+
+
+def oracle_law(i: int, seed: int, fraction: float, tries: int) -> list[dict]:
+    """The narrowest design (random search over 4-7 candidate sizes x 2-10 repetitions) within
+    fraction x the grid's compute, by design_width under the grid's posterior (the law as
+    well as the grid knows it), against the grid's own design_width, per goal."""
+    law = draw_law(seed * 100_000 + i)
+    rng = np.random.default_rng([seed, i, 1])
+    grid_cells = [c for n in GRID for c in law.cells(rng, n, range(GRID_REPS))]
+    post = posterior(measured_groups(pd.DataFrame(grid_cells)))
+    sizes = np.array(candidate_sizes(N_MIN, POOL))
+    seconds = 30 + 0.01 * sizes  # the law's cost without its noise
+    budget = fraction * GRID_REPS * float(np.sum(30 + 0.01 * np.array(GRID)))
+    search = np.random.default_rng([seed, i, 3])
+    designs = []
+    while len(designs) < tries:
+        pick = np.sort(search.choice(sizes.size, search.integers(4, 8), replace=False))
+        reps = search.integers(2, 11, pick.size)
+        while reps @ seconds[pick] > budget:  # drop repetitions at random until it fits
+            reps[search.integers(pick.size)] -= 1
+            reps = np.maximum(reps, 0)
+        if (reps >= 2).sum() >= 4:
+            designs.append({int(sizes[k]): int(r) for k, r in zip(pick, reps, strict=True) if r})
+    goals = {name: goal for name, (goal, _) in goals_for(law, rng).items()}
+    grid = design_widths(post, [*goals.values()], dict.fromkeys(GRID, GRID_REPS))
+    widths = np.array([design_widths(post, [*goals.values()], d) for d in designs])
+    rows = []
+    for k, name in enumerate(goals):
+        best = int(np.argmin(widths[:, k]))
+        rows.append(
+            {
+                "goal": name,
+                "law": i,
+                "alpha": law.alpha,
+                "C_share": law.C / law.mae(N_MIN),
+                "ratio": widths[best, k] / grid[k],
+                "design": designs[best],
+            }
+        )
+    return rows
+
+
+def oracle(laws: int, seed: int, fraction: float, tries: int, jobs: int) -> str:
+    """Per goal: the best design's width over the grid's (quantiles, by band of α)."""
+    work = partial(oracle_law, seed=seed, fraction=fraction, tries=tries)
+    with multiprocessing.Pool(jobs) if jobs > 1 else _Serial() as pool:
+        df = pd.DataFrame([row for part in pool.imap(work, range(laws)) for row in part])
+    lines = []
+    for name, part in df.groupby("goal", sort=False):
+        lines += [
+            f"### {name}: narrowest design within {fraction:g} x the grid's compute, "
+            f"{tries} random designs per law ({len(part)} laws)",
+            "",
+            "- linearised width / the grid's, q10/q25/q50/q75/q90: " + _q(part["ratio"], "{:.2f}"),
+            "- by band (share of laws where no design found matches the grid): "
+            + _bands(part, part["ratio"], part["ratio"] > 1, "{:.2f}"),
+            *(
+                f"- law {r.law} (α {r.alpha:.2f}): {r.ratio:.3f} {r.design}"
+                for r in part.itertuples()
+            ),
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def replay_pool(folder: str) -> pd.DataFrame:
@@ -337,6 +463,7 @@ def replay(
     top: int | None = 3,
     score: str = "width",
     fractions: tuple[float, ...] = (0.5, 0.7),
+    blocks: tuple[int, ...] = Plan.blocks,
 ) -> str:
     pool = replay_pool(folder)
     sizes = sorted(pool["n"].unique())
@@ -374,6 +501,7 @@ def replay(
             max_repetitions=most,
             top_repetitions=top,
             score=score,
+            blocks=blocks,
         )
         return steer(goal, plan, draw, budget, busy_of=exhausted)
 
@@ -414,14 +542,31 @@ def main() -> None:
     )
     ap.add_argument("--top-repetitions", type=int, default=3, help="Plan.top_repetitions")
     ap.add_argument("--score", default="width", choices=("variance", "width"))
+    ap.add_argument("--blocks", default="1,2,4", help="Plan.blocks (1: the previous policy)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--csv", help="write the per-law rows here")
     ap.add_argument("--from-csv", help="summarise the per-law rows of an earlier run")
     ap.add_argument("--replay", metavar="DIR")
+    ap.add_argument("--oracle", type=int, metavar="LAWS", help="best designs that know the law")
+    ap.add_argument("--oracle-tries", type=int, default=800)
+    ap.add_argument("--oracle-fraction", type=float, default=0.7)
     ap.add_argument("--target-mae", type=float)
     args = ap.parse_args()
+    blocks = tuple(int(b) for b in args.blocks.split(","))
     if args.replay:
-        print(replay(args.replay, args.target_mae, args.gamma, args.top_repetitions, args.score))
+        print(
+            replay(
+                args.replay,
+                args.target_mae,
+                args.gamma,
+                args.top_repetitions,
+                args.score,
+                blocks=blocks,
+            )
+        )
+        return
+    if args.oracle:
+        print(oracle(args.oracle, args.seed, args.oracle_fraction, args.oracle_tries, args.jobs))
         return
     if args.from_csv:
         print(summarise(pd.read_csv(args.from_csv)))
@@ -440,11 +585,13 @@ def main() -> None:
         args.jobs,
         args.csv,
         args.first,
+        blocks,
     )
     print(
         f"steered vs grid {len(GRID)} sizes x {GRID_REPS} repetitions, {args.laws} laws, "
         f"gamma {args.gamma}, opening {list(OPENING)} x2 (largest x"
-        f"{args.top_repetitions or 2}), score {args.score}, modes {list(modes)}: "
+        f"{args.top_repetitions or 2}), score {args.score}, blocks {list(blocks)}, "
+        f"modes {list(modes)}: "
         f"{time.perf_counter() - t0:.0f} s wall, {time.process_time() - c0:.0f} s CPU (main "
         f"process), load {os.getloadavg()[0]:.1f}\n"
     )

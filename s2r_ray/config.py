@@ -256,6 +256,13 @@ class SteerConfig(_Strict):
         "extrapolation; benchmarks/steering.md); null: `repetitions` like the others",
     )
     max_repetitions: int = Field(8, ge=2, description="most repetitions of any size")
+    blocks: list[int] = Field(
+        [1, 2, 4],
+        min_length=1,
+        description="repetitions one decision may add at a measured size (a new size opens with "
+        "the larger of new_size_repetitions and a block): several at once pin the noise there "
+        "(benchmarks/steering.md)",
+    )
     fallback_repetitions: int = Field(
         5, ge=1, description="repetitions of each opening size when the law fails its check"
     )
@@ -272,6 +279,8 @@ class SteerConfig(_Strict):
     def _reps_fit(self) -> SteerConfig:
         if max(self.fallback_repetitions, self.top_repetitions or 0) > self.max_repetitions:
             raise ValueError("fallback_repetitions or top_repetitions exceeds max_repetitions")
+        if min(self.blocks) < 1 or max(self.blocks) > self.max_repetitions:
+            raise ValueError("blocks must be 1 to max_repetitions repetitions")
         return self
 
 

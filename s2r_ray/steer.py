@@ -66,6 +66,7 @@ def plan_of(cfg: StudyConfig, pool_rows: int) -> Plan:
         min_sizes=steer.min_sizes,
         new_size_repetitions=steer.new_size_repetitions,
         max_repetitions=steer.max_repetitions,
+        blocks=tuple(steer.blocks),
         ci=CI,
         seed=cfg.seed,
     )
@@ -153,6 +154,7 @@ def decide(cfg: StudyConfig, records: list[dict], decisions: list[dict], pool_ro
         budget_cells=budget["cells_left"],
         busy=busy,
         when=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        used={n: k for n, k in planned.items() if n > 0},
     )
     record = {"index": len(decisions)} | decision.to_dict()
     record["first_repetition"] = planned.get(decision.n, 0) if decision.n else None

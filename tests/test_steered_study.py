@@ -50,6 +50,8 @@ def test_a_steer_block_is_checked_like_every_other_field(tmp_path):
         _cfg(steer={"gamma": 2})
     with pytest.raises(ConfigError, match=r"repetitions exceeds steer\.max_repetitions"):
         _cfg(repetitions=5)
+    with pytest.raises(ConfigError, match=r"blocks must be 1 to max_repetitions"):
+        _cfg(steer={**STEERED["steer"], "blocks": [1, 8]})
     cfg = _cfg()
     assert cfg.repetitions_available == 4  # a steered study may add repetitions up to its cap
     assert steer.goal_of(cfg, 360).n == 3600  # mae_at: factor x the source pool

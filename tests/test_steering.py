@@ -264,3 +264,27 @@ def test_the_width_score_values_repetitions_at_the_largest_size():
     table = cells([100, 1000, 10_000, 100_000], 2)
     d = propose(table, Goal("mae_at", n=1e7), plan(score="width"), FLAT, 1e6)
     assert d.action == "measure" and d.score is not None and d.score > 0
+
+
+def test_a_block_of_repetitions_buys_what_single_ones_cannot():
+    """One more cell at a size measured once lowers the design's t dof (a second size with a
+    noise estimate of 1 dof widens the trend at the end the extrapolation rests on), so a
+    policy of single repetitions never adds it; a block of 4 pins the noise there and is the
+    best move."""
+    table = cells([100, 1000, 10_000, POOL], [4, 4, 4, 1], sd=0.02)
+    goal = Goal("mae_at", n=1e7)
+    single = propose(table, goal, plan(precision=0.0, blocks=(1,)), FLAT, 1e6)
+    assert single.n != POOL
+    block = propose(table, goal, plan(precision=0.0, blocks=(1, 2, 4)), FLAT, 1e6)
+    assert (block.n, block.repetitions, block.new_size) == (POOL, 4, False)
+    assert block.after.width < single.after.width
+
+
+def test_a_block_fits_beside_the_repetitions_a_size_has_used():
+    """Failed cells use repetitions too: a block never takes a size past max_repetitions."""
+    table = cells([100, 1000, 10_000, POOL], [4, 4, 4, 1], sd=0.02)
+    goal, capped = Goal("mae_at", n=1e7), plan(precision=0.0, max_repetitions=6)
+    assert propose(table, goal, capped, FLAT, 1e6).repetitions == 4  # 1 + 4 <= 6
+    used = {100: 4, 1000: 4, 10_000: 4, POOL: 4}
+    d = propose(table, goal, capped, FLAT, 1e6, used=used)
+    assert d.action == "measure" and d.repetitions + used.get(d.n, 0) <= 6

@@ -3,18 +3,20 @@
 The goal is one number (the MAE at a size n*, the n needed for a target MAE, or the gap C), its
 interval comes from the cell-level posterior (posterior.py: repetitions share a split, so cells
 of one repetition are correlated across sizes), and each candidate (a new size inside the
-source pool, or one more repetition of a measured one, on the next split there) is scored
-by the expected drop in the goal's squared interval width from its cells: the drop in its
-posterior variance (through the information a cell correlated with its repetition's other cells
-adds, averaged over the posterior) with the t quantile the design's degrees of freedom give
-before and after (Plan.score 'width'; 'variance' drops the t quantile, V-optimal), divided by
-cost^γ (γ < 1, or every choice drifts to the cheapest, least informative sizes). Guards: the
-config's sizes open the study, at least min_sizes distinct sizes are measured, and a law that
-fails its lack-of-fit F test sends the study back to the fixed grid, saying so.
+source pool, or a block of 1, 2 or 4 more repetitions of a measured one, on the next splits
+there) is scored by the expected drop in the goal's squared interval width from its cells: the
+drop in its posterior variance (through the information a cell correlated with its
+repetition's other cells adds, averaged over the posterior) with the t quantile the design's
+degrees of freedom give before and after (Plan.score 'width'; 'variance' drops the t quantile,
+V-optimal), divided by cost^γ (γ < 1, or every choice drifts to the cheapest, least
+informative sizes). Guards: the config's sizes open the study, at least min_sizes distinct
+sizes are measured, and a law that fails its lack-of-fit F test sends the study back to the
+fixed grid, saying so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -140,6 +142,9 @@ class Plan:
     end an extrapolation rests on is then known from the start), and it is what the study
     falls back to when the law fails.
     candidates are the new sizes steering may add (candidate_sizes: log-spaced in the pool).
+    blocks: how many repetitions one decision may add at a size (a new size opens with at least
+    new_size_repetitions): a single repetition buys little alone, the noise and the t dof at a
+    size are pinned by several together, so a block is scored as one move (benchmarks/steering.md).
     score 'variance': a candidate's value is the expected drop in the goal's variance; 'width':
     the drop in the squared interval width, t quantile included (t_ν²·variance, ν from
     design_dof: what a candidate's cells add to the noise trend's degrees of freedom).
@@ -159,6 +164,7 @@ class Plan:
     seed: int = 0
     top_repetitions: int | None = None
     score: Literal["variance", "width"] = "width"
+    blocks: tuple[int, ...] = (1, 2, 4)
 
     def opening(self) -> dict[int, int]:
         """Repetitions each grid size opens with."""
@@ -237,12 +243,15 @@ def propose(
     budget_cells: int | None = None,
     busy: frozenset[int] = frozenset(),
     when: str | None = None,
+    used: Mapping[int, int] | None = None,
 ) -> Decision:
     """The next cells to run, or a stop with its reason, given the finished cells (n, mae).
 
     budget_seconds / budget_cells: what is left (None: no limit). busy: sizes not to propose
-    now (cells still running there, or a replayed pool exhausted). Cells at n = 0 (the
-    baseline) and unfinished ones are ignored; pass one m (the headline target size) per cell.
+    now (cells still running there, or a replayed pool exhausted). used: repetitions each size
+    has taken, failed ones included (default: its finished cells); a block must fit beside them
+    in max_repetitions. Cells at n = 0 (the baseline) and unfinished ones are ignored; pass one
+    m (the headline target size) per cell.
     """
     groups = measured_groups(cells)
     budget = _Budget(budget_seconds, budget_cells)
@@ -269,7 +278,7 @@ def propose(
     if enough_sizes and np.isfinite(before.width) and before.width <= plan.precision:
         why = f"{goal.label}: {plan.ci:.0%} width {before.width:.3g} <= {plan.precision:g}"
         return Decision("stop", why, stop_reason="precise", **common)
-    moves = _candidates(groups, plan, counts, busy, enough_sizes)
+    moves = _candidates(groups, plan, counts | dict(used or {}), busy, enough_sizes)
     return _best(post, goal, plan, cost, budget, moves, counts, common, enough_sizes)
 
 
@@ -341,9 +350,11 @@ def _spread(
 
 
 def _candidates(
-    groups: Groups, plan: Plan, counts: dict[int, int], busy: frozenset[int], enough_sizes: bool
+    groups: Groups, plan: Plan, used: dict[int, int], busy: frozenset[int], enough_sizes: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(n, repetitions) of every allowed move: a new size, or one more repetition of a size."""
+    """(n, repetitions) of every allowed move: a new size, or a block of repetitions of a
+    measured size that fits in max_repetitions."""
+    counts = {n: used[n] for n in groups.n.astype(int).tolist()}
     new_sizes = [n for n in counts if n not in plan.grid]
     may_add = plan.max_new_sizes is None or len(new_sizes) < plan.max_new_sizes
     fresh = [
@@ -351,12 +362,17 @@ def _candidates(
         for n in plan.candidates
         if may_add and n not in busy and np.abs(np.log(n / groups.n)).min() > NEAR
     ]
-    again = [
-        n for n, r in counts.items() if enough_sizes and n not in busy and r < plan.max_repetitions
-    ]
-    n = np.array(fresh + again, float)
-    reps = np.array([plan.new_size_repetitions] * len(fresh) + [1] * len(again), float)
-    return n, reps
+    opens = sorted({max(plan.new_size_repetitions, b) for b in plan.blocks})
+    moves = [(n, b) for n in fresh for b in opens if b <= plan.max_repetitions]
+    if enough_sizes:
+        moves += [
+            (n, b)
+            for n, r in counts.items()
+            if n not in busy
+            for b in sorted(plan.blocks)
+            if r + b <= plan.max_repetitions
+        ]
+    return np.array([m[0] for m in moves], float), np.array([m[1] for m in moves], float)
 
 
 def next_repetitions(post: Posterior, n: float, count: int) -> list[int]:
@@ -477,7 +493,7 @@ def _best(
     size = int(n[k])
     new = size not in counts
     why = (
-        f"{'new size' if new else 'repetition'} n={size}: expected {what} drop "
+        f"{'new size' if new else 'repetitions'} n={size} x{int(reps[k])}: expected {what} drop "
         f"{share:.1%} for {seconds[k]:.3g} s (score drop/cost^{plan.gamma:g})"
     )
     if not enough_sizes:
