@@ -226,19 +226,20 @@ def _validate_cells(
 def _canonical_keys(
     spec: TableSpec, table: pd.DataFrame, store: FeatureStore, rejections: _Rejections
 ) -> pd.Series:
-    """Canonical key per surviving row (each distinct identifier canonicalised once)."""
+    """Canonical key per surviving row: each distinct identifier canonicalised once, rows mapped
+    to it by integer codes (no Python object per row besides its key)."""
     alive = rejections.alive
-    parts = [table.loc[alive, c].astype(str).str.strip().to_numpy(object) for c in spec.id_columns]
-    ids = pd.Series(list(zip(*parts, strict=True)), index=table.index[alive], dtype=object)
-    distinct = list(dict.fromkeys(ids))
-    results = dict(zip(distinct, store.canonical(distinct), strict=True))
-    outcome = ids.map(results.__getitem__)
-    is_key = outcome.map(lambda r: isinstance(r, str)).astype(bool)
-    for rejection in set(outcome[~is_key]):
+    parts = [table.loc[alive, c].astype(str).str.strip() for c in spec.id_columns]
+    codes, distinct = pd.MultiIndex.from_arrays(parts).factorize()  # in order of appearance
+    results = store.canonical(list(distinct))
+    keys = np.array([r if isinstance(r, str) else None for r in results], dtype=object)
+    is_key = np.array([isinstance(r, str) for r in results], dtype=bool)[codes]
+    index = table.index[alive]
+    for rejection in {r for r in results if not isinstance(r, str)}:
         column = spec.id_columns[rejection.part]
-        hit = outcome.map(lambda r, rej=rejection: r == rej).astype(bool)
-        rejections.add(hit, rejection.reason, column, table[column])
-    return outcome[is_key].astype(str)
+        hit = np.array([r == rejection for r in results], dtype=bool)[codes]
+        rejections.add(pd.Series(hit, index=index), rejection.reason, column, table[column])
+    return pd.Series(keys[codes[is_key]], index=index[is_key], dtype=object)
 
 
 def load_side(
@@ -271,10 +272,10 @@ def load_side(
     entity = entity[~failed]
 
     at = kept.ids.index.get_indexer(entity.index)
-    X_rows, finite = kept.X_rows[at], kept.finite[at]
+    finite = kept.finite[at]
     bad = pd.Series(~finite, index=entity.index)
     rejections.add(bad, "non_finite_feature", first_column, first_id)
-    entity, X_rows = entity[finite], X_rows[finite]
+    entity, X_rows = entity[finite], kept.X_rows[at[finite]]  # one gather of the kept rows
 
     rejected = pd.concat([*kept.rejected, rejections.frame()], ignore_index=True)
     rejected = rejected.sort_values("row", kind="stable", ignore_index=True)
@@ -286,11 +287,12 @@ def load_side(
         text = numbers[c].map(lambda v: np.format_float_positional(v, trim="-"))
         row_key = row_key + KEY_SEPARATOR + text
     # one row per key, in order of first appearance: the value reduced by the side's rule, the
-    # per-row features averaged
+    # per-row features averaged (where a key has several rows: a mean of one is the row)
     codes, uniques = pd.factorize(row_key)
     keys = np.asarray(uniques, dtype=str)
     y = numbers[spec.value_column].groupby(codes).agg(spec.reduce).to_numpy()
-    row_means = pd.DataFrame(X_rows).groupby(codes).mean().to_numpy(np.float32)
+    if len(keys) < len(codes):
+        X_rows = pd.DataFrame(X_rows).groupby(codes).mean().to_numpy(np.float32)
     entity_of_key = entity.groupby(codes).first().to_numpy()
     counts[f"{side}_duplicates_reduced"] = len(entity) - len(keys)
     conflicts = _conflicts(row_key, numbers[spec.value_column])
@@ -306,10 +308,12 @@ def load_side(
         )
     counts[f"{side}_rows"] = len(keys)  # 0 here is an error, raised once rejected rows are out
     X_keys = X_distinct[pd.Index(distinct).get_indexer(entity_of_key)]
+    if X_keys.shape[1] and X_rows.shape[1]:  # no copy of either where the other is empty
+        X_keys = np.hstack([X_keys, X_rows])
     return Side(
         keys=keys,
         y=y,
-        X=np.hstack([X_keys, row_means]),
+        X=X_keys if X_keys.shape[1] else X_rows,
         feature_names=featurizer.feature_names + kept.row_names,
         rejected=rejected,
         counts=counts,
