@@ -5,8 +5,8 @@ Per side: read in chunks of rows (CSV, CSV.gz or Parquet, `s2r_ray.data.reader`;
 reject bad rows with a reason and keep only ids, value, conditions and per-row features (float32)
 of the rest; then turn identifiers into canonical keys, featurize each distinct key once (cached
 chunk by chunk, so an interrupted featurization resumes), and reduce the rows of one key by the
-side's rule. Then join: the target's computed reference value, and the
-features that are constant over both sides dropped.
+side's rule. Then join: the target's computed reference value, and the features that are
+constant over both sides dropped.
 
 Bad rows never crash a study and never vanish silently: each is counted by reason in
 `Dataset.counts` and listed in the study's rejected_rows.csv. A missing or unreadable file, a
