@@ -37,10 +37,6 @@ class DataError(UserError):
     """A problem with an input table, naming file and column, so it is fixed before training."""
 
 
-def is_parquet(path: Path) -> bool:
-    return path.suffix in (".parquet", ".pq")
-
-
 def table_columns(path: Path) -> list[str]:
     """The column names of the file, read from its header or schema alone."""
     if not path.is_file():
@@ -54,15 +50,15 @@ def read_chunks(
 ) -> Iterator[pd.DataFrame]:
     """The file's rows, `rows` at a time (at least one chunk, empty for a header-only file).
 
-    `columns` (None: all) are the ones read; id columns come as text, missing ones as NaN.
+    `columns` (None: all) are the ones read; id columns come as text, an empty cell as NaN.
     """
     names = table_columns(path)
     chosen = names if columns is None else [c for c in names if c in columns]
-    batches = _parquet_batches(path, chosen) if is_parquet(path) else _csv_batches(path, chosen)
+    batches = _parquet_batches(path, chosen) if _is_parquet(path) else _csv_batches(path, chosen)
     start = 0
     with _translated_errors(path):
         for table in _rebatched(batches, rows, pa.schema([(c, pa.string()) for c in chosen])):
-            if is_parquet(path):
+            if _is_parquet(path):
                 chunk = _ids_as_text(table.to_pandas(), id_columns)
             else:
                 chunk = _numbers_where_all_parse(table, id_columns).to_pandas()
@@ -76,8 +72,12 @@ def read_table(path: Path, id_columns: list[str]) -> pd.DataFrame:
     return pd.concat(read_chunks(path, id_columns, None))
 
 
+def _is_parquet(path: Path) -> bool:
+    return path.suffix in (".parquet", ".pq")
+
+
 def _columns(path: Path) -> list[str]:
-    if is_parquet(path):
+    if _is_parquet(path):
         schema = pq.ParquetFile(path).schema_arrow
         stored_index = {
             c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)
