@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from s2r_ray.config import ConfigError, StudyConfig, build_config, load_config
-from s2r_ray.data.tables import DataError, read_table
+from s2r_ray.data.reader import DataError, read_table
 from s2r_ray.folder import StudyFolder
 from s2r_ray.report import REQUIRED, build_report, folder_report, report_from_records, write_report
 

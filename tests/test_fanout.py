@@ -113,3 +113,47 @@ def test_an_interrupted_featurization_resumes_from_its_finished_chunks(
     assert again.stats["keys_cached"] == 12 and again.stats["keys_featurized"] == len(keys) - 12
     assert not again.parts_path.exists() and again.features_path.is_file()  # parts joined
     assert np.array_equal(X, featurizer.featurize(keys))
+
+
+# A job holding 400 MiB of its own on the second node: that node's sampler sees it, the first
+# node's does not, and the study's figures (every node watched) include it.
+NODE_PEAKS = """
+import json, time
+import numpy as np
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from loopback_cluster import loopback_cluster
+from s2r_ray.study.resources import MemorySampler, NodeSampler
+
+@ray.remote(num_cpus=1)
+def hold(mib):
+    block = np.ones(mib << 20, dtype=np.uint8)
+    time.sleep(2.0)
+    return int(block[-1])
+
+with loopback_cluster(nodes=2, cpus=1), MemorySampler() as memory:
+    memory.watch_nodes()
+    here = ray.get_runtime_context().get_node_id()
+    there = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != here)
+    on = lambda node: NodeAffinitySchedulingStrategy(node, soft=False)
+    samplers = [ray.remote(num_cpus=0)(NodeSampler).options(scheduling_strategy=on(node)).remote()
+                for node in (here, there)]
+    ray.get([s.peaks.remote() for s in samplers])  # both started
+    ray.get(hold.options(scheduling_strategy=on(there)).remote(400))
+    peaks = ray.get([s.peaks.remote() for s in samplers])
+    print(json.dumps({"here": peaks[0], "there": peaks[1], "figures": memory.figures()}))
+"""
+
+
+def test_each_node_samples_the_memory_of_its_own_jobs() -> None:
+    path = os.pathsep.join([str(REPO), str(REPO / "benchmarks")])
+    env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": path}
+    run = subprocess.run(
+        [sys.executable, "-c", NODE_PEAKS], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    mib = 1 << 20
+    assert out["there"][1] >= 400 * mib  # private memory of the job on the second node
+    assert out["here"][1] < 400 * mib  # the first node ran no such job
+    assert out["figures"]["worker_peak_private_mib"] >= 400

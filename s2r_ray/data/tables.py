@@ -1,10 +1,12 @@
 """From two tables (computed source, experimental target) to one cleaned, featurized `Dataset`.
 
-Per side: read (CSV, CSV.gz or Parquet; `keep_default_na=False`, so the formula "NaN", sodium
-nitride, stays a formula), select rows with the optional query, reject bad rows with a reason,
-turn identifiers into canonical keys, featurize each distinct key once (cached), and reduce the
-rows of one key by the side's rule. Then join: the target's computed reference value, and the
-features that are constant over both sides dropped.
+Per side: read in chunks of rows (CSV, CSV.gz or Parquet, `s2r_ray.data.reader`; the formula
+"NaN", sodium nitride, stays a formula), and per chunk select rows with the optional query,
+reject bad rows with a reason and keep only ids, value, conditions and per-row features (float32)
+of the rest; then turn identifiers into canonical keys, featurize each distinct key once (cached
+chunk by chunk, so an interrupted featurization resumes), and reduce the rows of one key by the
+side's rule. Then join: the target's computed reference value, and the features that are
+constant over both sides dropped.
 
 Bad rows never crash a study and never vanish silently: each is counted by reason in
 `Dataset.counts` and listed in the study's rejected_rows.csv. A missing or unreadable file, a
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import zlib
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +30,11 @@ import numpy as np
 import pandas as pd
 
 from s2r_ray.atomic import atomic_path
-from s2r_ray.config import ConfigError, DataConfig, TableSpec, UserError
+from s2r_ray.config import ConfigError, DataConfig, TableSpec
 from s2r_ray.data.cache import FeatureStore
 from s2r_ray.data.dataset import Dataset
 from s2r_ray.data.featurizers import Featurizer, make_featurizer, process_pool
+from s2r_ray.data.reader import CHUNK_ROWS, DataError, read_chunks, table_columns
 from s2r_ray.data.synthetic import make_synthetic
 
 log = logging.getLogger(__name__)
@@ -43,11 +46,6 @@ KEY_SEPARATOR = "|"
 # rows of one key conflict when their values spread over more than this share of the side's
 # interquartile range: scale-free, so it means the same for eV, K or GPa
 CONFLICT_TOLERANCE = 0.1
-TABLE_FORMATS = "expected a UTF-8 CSV (optionally .gz) or a Parquet file"
-
-
-class DataError(UserError):
-    """A problem with an input table, naming file and column, so it is fixed before training."""
 
 
 @dataclass
@@ -96,49 +94,6 @@ class _Rejections:
             columns=REJECTED_COLUMNS,
         )
 
-    def counts(self) -> dict[str, int]:
-        return {f"{self.side}_rejected_{r}": int(n) for r, n in self.reason.value_counts().items()}
-
-
-def read_table(path: Path, id_columns: list[str]) -> pd.DataFrame:
-    """The table as written: id columns as text, empty cells as NaN, no other text taken as NaN.
-
-    A file that is not a readable table (empty, binary, not UTF-8, corrupt) is a `DataError`
-    naming it, not a parser traceback.
-    """
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    try:
-        return _parse_table(path, id_columns)
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x}); {TABLE_FORMATS}"
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: the file is empty; {TABLE_FORMATS}") from None
-    except (ValueError, OSError, EOFError, zlib.error) as e:  # parser, pyarrow, gzip failures
-        problem = " ".join(str(e).split()) or type(e).__name__
-        raise DataError(f"{path}: cannot be read as a table ({problem}); {TABLE_FORMATS}") from None
-
-
-def _parse_table(path: Path, id_columns: list[str]) -> pd.DataFrame:
-    """`read_table` without the translation of parse failures."""
-    if path.suffix in (".parquet", ".pq"):
-        table = pd.read_parquet(path).reset_index(drop=True)
-        for c in set(id_columns) & set(table.columns):
-            table[c] = table[c].map(lambda v: v if pd.isna(v) else str(v))
-        return table
-    header = pd.read_csv(path, nrows=0).columns
-    if any("\x00" in str(c) for c in header):
-        raise ValueError("NUL bytes in the first line: a binary file")
-    return pd.read_csv(
-        path,
-        keep_default_na=False,
-        na_values=[""],
-        dtype={c: str for c in id_columns if c in header},
-        low_memory=False,
-    )
-
 
 def _numeric(raw: pd.Series) -> tuple[pd.Series, dict[str, pd.Series]]:
     """Parsed floats and the masks of the three ways a cell fails to be a finite number."""
@@ -156,12 +111,25 @@ def _numeric(raw: pd.Series) -> tuple[pd.Series, dict[str, pd.Series]]:
     }
 
 
-def _read_selected(
-    spec: TableSpec, side: str, featurizer: Featurizer
-) -> tuple[Path, pd.DataFrame, list[str], dict[str, int]]:
-    """The file's rows chosen by the query, after checking every named column is there."""
+@dataclass
+class _Kept:
+    """What the loader keeps of the rows that pass the per-chunk checks (every other column is
+    dropped chunk by chunk): raw ids, value and conditions parsed, per-row features as float32
+    with whether they were finite as read, and the rows rejected so far."""
+
+    ids: pd.DataFrame
+    numbers: pd.DataFrame
+    X_rows: np.ndarray
+    finite: np.ndarray
+    row_names: list[str]
+    rejected: list[pd.DataFrame]
+    counts: dict[str, int]
+
+
+def _data_path(spec: TableSpec, side: str) -> Path:
+    """The side's file, or a `DataError` naming any unset variable whose default made its path."""
     path = spec.resolved_path()
-    if not path.is_file():  # name any unset variable whose default made it (e.g. S2R_DATA_DIR)
+    if not path.is_file():
         message = f"{path}: no such data file (data.{side}.path {spec.path!r})"
         for name in dict.fromkeys(re.findall(r"\$\{(\w+)", spec.path)):
             if name not in os.environ:
@@ -169,26 +137,68 @@ def _read_selected(
                     f"; {name} is not set, so its default was used: export {name}=/path/to/data"
                 )
         raise DataError(message)
-    table = read_table(path, spec.id_columns)
-    row_columns = featurizer.row_columns(list(table.columns))
+    return path
+
+
+def _scan(spec: TableSpec, side: str, featurizer: Featurizer, path: Path, chunk_rows: int) -> _Kept:
+    """Read the file chunk by chunk: select, check the cells, compute the per-row features, and
+    keep only what keying and reduction need (after checking every named column is there)."""
+    columns = table_columns(path)
+    row_columns = featurizer.row_columns(columns)
     roles = dict.fromkeys(spec.id_columns, "id") | {spec.value_column: "value"}
     roles |= dict.fromkeys(spec.condition_columns, "condition")
     roles |= dict.fromkeys(row_columns, "feature")
     for column, role in roles.items():
-        if column not in table.columns:
+        if column not in columns:
             raise DataError(
                 f"{path}: no column {column!r} (data.{side} {role} column); "
-                f"the file has: {', '.join(map(str, table.columns))}"
+                f"the file has: {', '.join(columns)}"
             )
-    counts = {f"{side}_rows_read": len(table)}
+    parts: dict[str, list] = {"ids": [], "numbers": [], "X": [], "finite": [], "rejected": []}
+    read = selected = 0
+    row_names: list[str] = []
+    chunks = read_chunks(path, spec.id_columns, None if spec.query else list(roles), chunk_rows)
+    for rows_read, chunk in _selected(chunks, spec, side, path):
+        read, selected = read + rows_read, selected + len(chunk)
+        rejections = _Rejections(chunk.index, path, side)
+        numbers = _validate_cells(spec, chunk, row_columns, rejections)
+        alive = rejections.alive.to_numpy()
+        X, row_names = featurizer.row_features(numbers[alive], spec.condition_columns)
+        parts["ids"].append(chunk.loc[alive, spec.id_columns])
+        parts["numbers"].append(numbers.loc[alive, [spec.value_column, *spec.condition_columns]])
+        parts["X"].append(X.astype(np.float32))  # a chunk's float64, never the table's
+        parts["finite"].append(np.isfinite(X).all(axis=1))
+        parts["rejected"].append(rejections.frame())
+    counts = {f"{side}_rows_read": read}
     if spec.query:
-        try:
-            table = table.query(spec.query)
-        except Exception as e:  # the expression is the user's, and so is any failure of it
-            problem = " ".join(str(e).split()) or type(e).__name__
-            raise DataError(f"{path}: data.{side}.query {spec.query!r} failed: {problem}") from None
-        counts[f"{side}_rows_not_selected"] = counts[f"{side}_rows_read"] - len(table)
-    return path, table, row_columns, counts
+        counts[f"{side}_rows_not_selected"] = read - selected
+    return _Kept(
+        ids=pd.concat(parts["ids"]),
+        numbers=pd.concat(parts["numbers"]),
+        X_rows=np.concatenate(parts["X"]),
+        finite=np.concatenate(parts["finite"]),
+        row_names=row_names,
+        rejected=parts["rejected"],
+        counts=counts,
+    )
+
+
+def _selected(
+    chunks: Iterator[pd.DataFrame], spec: TableSpec, side: str, path: Path
+) -> Iterator[tuple[int, pd.DataFrame]]:
+    """Per chunk, the rows read and those the query chose (evaluated within the chunk, so a
+    query compares a row with constants or its own cells, not with the whole table)."""
+    for chunk in chunks:
+        read = len(chunk)
+        if spec.query:
+            try:
+                chunk = chunk.query(spec.query)
+            except Exception as e:  # the expression is the user's, and so is any failure of it
+                problem = " ".join(str(e).split()) or type(e).__name__
+                raise DataError(
+                    f"{path}: data.{side}.query {spec.query!r} failed: {problem}"
+                ) from None
+        yield read, chunk
 
 
 def _validate_cells(
@@ -216,23 +226,29 @@ def _validate_cells(
 def _canonical_keys(
     spec: TableSpec, table: pd.DataFrame, store: FeatureStore, rejections: _Rejections
 ) -> pd.Series:
-    """Canonical key per surviving row (each distinct identifier canonicalised once)."""
+    """Canonical key per surviving row: each distinct identifier canonicalised once, rows mapped
+    to it by integer codes (no Python object per row besides its key)."""
     alive = rejections.alive
-    parts = [table.loc[alive, c].astype(str).str.strip().to_numpy(object) for c in spec.id_columns]
-    ids = pd.Series(list(zip(*parts, strict=True)), index=table.index[alive], dtype=object)
-    distinct = list(dict.fromkeys(ids))
-    results = dict(zip(distinct, store.canonical(distinct), strict=True))
-    outcome = ids.map(results.__getitem__)
-    is_key = outcome.map(lambda r: isinstance(r, str)).astype(bool)
-    for rejection in set(outcome[~is_key]):
+    parts = [table.loc[alive, c].astype(str).str.strip() for c in spec.id_columns]
+    codes, distinct = pd.MultiIndex.from_arrays(parts).factorize()  # in order of appearance
+    results = store.canonical(list(distinct))
+    keys = np.array([r if isinstance(r, str) else None for r in results], dtype=object)
+    is_key = np.array([isinstance(r, str) for r in results], dtype=bool)[codes]
+    index = table.index[alive]
+    for rejection in {r for r in results if not isinstance(r, str)}:
         column = spec.id_columns[rejection.part]
-        hit = outcome.map(lambda r, rej=rejection: r == rej).astype(bool)
-        rejections.add(hit, rejection.reason, column, table[column])
-    return outcome[is_key].astype(str)
+        hit = np.array([r == rejection for r in results], dtype=bool)[codes]
+        rejections.add(pd.Series(hit, index=index), rejection.reason, column, table[column])
+    return pd.Series(keys[codes[is_key]], index=index[is_key], dtype=object)
 
 
 def load_side(
-    spec: TableSpec, side: str, featurizer: Featurizer, cache_dir: Path, pool: Executor | None
+    spec: TableSpec,
+    side: str,
+    featurizer: Featurizer,
+    cache_dir: Path,
+    pool: Executor | None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> Side:
     """Read, select, clean, key, featurize and reduce one table (see the module docstring)."""
     if featurizer.n_ids is not None and len(spec.id_columns) != featurizer.n_ids:
@@ -240,12 +256,12 @@ def load_side(
             f"data.{side}.id_columns: featurizer {featurizer.name!r} takes {featurizer.n_ids} "
             f"id column(s), got {spec.id_columns}"
         )
-    path, table, row_columns, counts = _read_selected(spec, side, featurizer)
-    rejections = _Rejections(table.index, path, side)
-    numbers = _validate_cells(spec, table, row_columns, rejections)
+    path = _data_path(spec, side)
+    kept = _scan(spec, side, featurizer, path, chunk_rows)
+    rejections = _Rejections(kept.ids.index, path, side)  # from here on, over the kept rows
     store = FeatureStore(cache_dir, path, featurizer, pool)
-    entity = _canonical_keys(spec, table, store, rejections)
-    first_id, first_column = table[spec.id_columns[0]], spec.id_columns[0]
+    entity = _canonical_keys(spec, kept.ids, store, rejections)
+    first_id, first_column = kept.ids[spec.id_columns[0]], spec.id_columns[0]
 
     distinct = list(dict.fromkeys(entity))
     X_distinct = store.features(distinct)
@@ -255,24 +271,28 @@ def load_side(
     rejections.add(failed, "featurization_failed", first_column, first_id)
     entity = entity[~failed]
 
-    X_rows, row_names = featurizer.row_features(numbers.loc[entity.index], spec.condition_columns)
-    finite = np.isfinite(X_rows).all(axis=1)
+    at = kept.ids.index.get_indexer(entity.index)
+    finite = kept.finite[at]
     bad = pd.Series(~finite, index=entity.index)
     rejections.add(bad, "non_finite_feature", first_column, first_id)
-    entity, X_rows = entity[finite], X_rows[finite]
+    entity, X_rows = entity[finite], kept.X_rows[at[finite]]  # one gather of the kept rows
 
-    counts |= {f"{side}_{k}": v for k, v in store.stats.items()} | rejections.counts()
-    numbers = numbers.loc[entity.index]
+    rejected = pd.concat([*kept.rejected, rejections.frame()], ignore_index=True)
+    rejected = rejected.sort_values("row", kind="stable", ignore_index=True)
+    counts = kept.counts | {f"{side}_{k}": v for k, v in store.stats.items()}
+    counts |= {f"{side}_rejected_{r}": int(n) for r, n in rejected["reason"].value_counts().items()}
+    numbers = kept.numbers.loc[entity.index]
     row_key = entity  # a row's key: its entity plus its condition values, as the shortest
     for c in spec.condition_columns:  # round-trip text without exponent (25.0 -> '25')
         text = numbers[c].map(lambda v: np.format_float_positional(v, trim="-"))
         row_key = row_key + KEY_SEPARATOR + text
     # one row per key, in order of first appearance: the value reduced by the side's rule, the
-    # per-row features averaged
+    # per-row features averaged (where a key has several rows: a mean of one is the row)
     codes, uniques = pd.factorize(row_key)
     keys = np.asarray(uniques, dtype=str)
     y = numbers[spec.value_column].groupby(codes).agg(spec.reduce).to_numpy()
-    row_means = pd.DataFrame(X_rows).groupby(codes).mean().to_numpy()
+    if len(keys) < len(codes):
+        X_rows = pd.DataFrame(X_rows).groupby(codes).mean().to_numpy(np.float32)
     entity_of_key = entity.groupby(codes).first().to_numpy()
     counts[f"{side}_duplicates_reduced"] = len(entity) - len(keys)
     conflicts = _conflicts(row_key, numbers[spec.value_column])
@@ -288,12 +308,14 @@ def load_side(
         )
     counts[f"{side}_rows"] = len(keys)  # 0 here is an error, raised once rejected rows are out
     X_keys = X_distinct[pd.Index(distinct).get_indexer(entity_of_key)]
+    if X_keys.shape[1] and X_rows.shape[1]:  # no copy of either where the other is empty
+        X_keys = np.hstack([X_keys, X_rows])
     return Side(
         keys=keys,
         y=y,
-        X=np.hstack([X_keys, row_means.astype(np.float32)]),
-        feature_names=featurizer.feature_names + row_names,
-        rejected=rejections.frame(),
+        X=X_keys if X_keys.shape[1] else X_rows,
+        feature_names=featurizer.feature_names + kept.row_names,
+        rejected=rejected,
         counts=counts,
     )
 

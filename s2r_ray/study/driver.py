@@ -261,6 +261,8 @@ def _run(
 
     # on a cluster, Ray tasks featurize the tables over its nodes; else local processes do
     joined = bool(address or os.environ.get("RAY_ADDRESS")) and init_ray(address)
+    if joined:  # jobs on other nodes are no processes of this one: sample each node there
+        memory.watch_nodes()
     fanout = RayPool() if ray.is_initialized() else None
     ds = load_dataset(cfg.data, folder.rejected_rows_path(), executor=fanout)
     used = _data_figures(ds.counts, time.time() - start, fanout)

@@ -9,6 +9,7 @@ import threading
 
 import psutil
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from s2r_ray.protocol import Plan
 
@@ -35,25 +36,21 @@ def stored_bytes(ref: ray.ObjectRef) -> int | None:
         return None
 
 
-class MemorySampler:
-    """Samples, every `interval` seconds in a thread, the resident memory of this process and of
-    each process below it (on a local Ray: raylet, workers), keeping the peaks. A worker's private
-    memory (USS) is sampled too: pages it maps from the object store are in its RSS, shared."""
+class _Peaks:
+    """Every `interval` seconds in a thread, the resident memory of `root` and of each job
+    process (`ray::`) below it, keeping the peaks. A job's private memory (USS) is sampled too:
+    pages it maps from the object store are in its RSS, shared."""
 
-    def __init__(self, interval: float = 0.5) -> None:
-        self.interval = interval
-        self.driver_rss = 0
-        self.worker_rss = 0
-        self.worker_private = 0
-        self._me = psutil.Process()
+    def __init__(self, root: psutil.Process, interval: float) -> None:
+        self.root, self.interval = root, interval
+        self.root_rss = self.worker_rss = self.worker_private = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
-    def __enter__(self) -> MemorySampler:
+    def start(self) -> None:
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
         self.sample()
@@ -63,14 +60,15 @@ class MemorySampler:
             self.sample()
 
     def sample(self) -> None:
-        self.driver_rss = max(self.driver_rss, self._me.memory_info().rss)
+        self.root_rss = max(self.root_rss, self.root.memory_info().rss)
         try:
-            children = self._me.children(recursive=True)
+            children = self.root.children(recursive=True)
         except psutil.Error:
             return
         for p in children:
             try:
-                if not p.name().startswith("ray::"):  # raylet, GCS, agents: not a job's memory
+                name = p.name()  # raylet, GCS, agents: not a job's memory; nor a sampler's
+                if not name.startswith("ray::") or NodeSampler.__name__ in name:
                     continue
                 info = p.memory_full_info()
             except psutil.Error:  # ended between listing and reading
@@ -78,9 +76,53 @@ class MemorySampler:
             self.worker_rss = max(self.worker_rss, info.rss)
             self.worker_private = max(self.worker_private, info.uss)
 
+
+class NodeSampler:
+    """A Ray actor on one node of a cluster keeping the peaks of the jobs its raylet (this
+    actor's parent process) runs: workers of other nodes are no processes of the driver's."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        raylet = psutil.Process().parent()
+        assert raylet is not None  # an actor's worker process is its raylet's child
+        self._peaks = _Peaks(raylet, interval)
+        self._peaks.start()
+
+    def peaks(self) -> tuple[int, int]:
+        """Peak RSS and peak private memory of one job process of this node so far."""
+        self._peaks.sample()
+        return self._peaks.worker_rss, self._peaks.worker_private
+
+
+class MemorySampler:
+    """Peak memory of this process (the driver) and of its largest job process: those below it
+    (a local Ray's raylet and workers) and, once `watch_nodes` ran, those of every cluster node."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self._peaks = _Peaks(psutil.Process(), interval)
+        self._nodes: list[ray.actor.ActorHandle] = []
+
+    def __enter__(self) -> MemorySampler:
+        self._peaks.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._peaks.stop()
+
+    def watch_nodes(self) -> None:
+        """One `NodeSampler` on each node alive now (a node that joins later is not watched)."""
+        actor = ray.remote(num_cpus=0)(NodeSampler)
+        for node in ray.nodes():
+            if node["Alive"]:
+                here = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+                self._nodes.append(actor.options(scheduling_strategy=here).remote())
+
     def figures(self) -> dict[str, float]:
+        rss, private = self._peaks.worker_rss, self._peaks.worker_private
+        if self._nodes and ray.is_initialized():
+            for node_rss, node_private in ray.get([n.peaks.remote() for n in self._nodes]):
+                rss, private = max(rss, node_rss), max(private, node_private)
         return {
-            "driver_peak_rss_mib": round(self.driver_rss / MIB),
-            "worker_peak_rss_mib": round(self.worker_rss / MIB),
-            "worker_peak_private_mib": round(self.worker_private / MIB),
+            "driver_peak_rss_mib": round(self._peaks.root_rss / MIB),
+            "worker_peak_rss_mib": round(rss / MIB),
+            "worker_peak_private_mib": round(private / MIB),
         }
