@@ -43,17 +43,26 @@ def chromium() -> str:
 
 def run(url: str, *args: str, wait_ms: int = 3000, timeout: float = 90) -> str:
     """Open url in a fresh headless Chromium with extra args; stdout. `wait_ms` of virtual
-    time lets the page's scripts and image decoding finish before a dump or screenshot."""
-    with tempfile.TemporaryDirectory(prefix="s2r-chromium-") as profile:
-        cmd = [
-            chromium(),
-            *FLAGS,
-            f"--user-data-dir={profile}",
-            f"--virtual-time-budget={wait_ms}",
-            *args,
-            url,
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    time lets the page's scripts and image decoding finish before a dump or screenshot. A
+    browser that outlives `timeout` is started once more, fresh: on a loaded machine headless
+    Chromium now and then never ends its virtual time (a clean-clone CI run at load 12 hung
+    180 s on a page that renders in 6); a page that is broken fails both times."""
+    for attempt in (1, 2):
+        with tempfile.TemporaryDirectory(prefix="s2r-chromium-") as profile:
+            cmd = [
+                chromium(),
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                f"--virtual-time-budget={wait_ms}",
+                *args,
+                url,
+            ]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+                break
+            except subprocess.TimeoutExpired:
+                if attempt == 2:
+                    raise
     if done.returncode != 0:
         raise AssertionError(f"chromium exited {done.returncode}: {done.stderr[-2000:]}")
     return done.stdout
