@@ -39,6 +39,29 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture
+def stop_featurizing(monkeypatch: pytest.MonkeyPatch):
+    """Chunks of 4 composition keys; `stop_featurizing(k)` stops the study (KeyboardInterrupt)
+    at the k-th chunk, `stop_featurizing(None)` puts the real featurizer back."""
+    from s2r_ray.data.featurizers.composition import CompositionFeaturizer
+
+    monkeypatch.setattr(CompositionFeaturizer, "chunk_size", 4)
+    real = CompositionFeaturizer.featurize
+
+    def stop_at(k: int | None) -> None:
+        calls: list[int] = []
+
+        def dies(self: CompositionFeaturizer, chunk: list[str]):
+            calls.append(len(chunk))
+            if len(calls) == k:
+                raise KeyboardInterrupt  # the study stopped mid-featurization
+            return real(self, chunk)
+
+        monkeypatch.setattr(CompositionFeaturizer, "featurize", real if k is None else dies)
+
+    return stop_at
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray for the whole session: ray.init per test costs seconds and mixes badly."""

@@ -12,7 +12,6 @@ import pytest
 from s2r_ray.config import TableSpec
 from s2r_ray.data import DataError
 from s2r_ray.data.featurizers import make_featurizer
-from s2r_ray.data.featurizers.composition import CompositionFeaturizer
 from s2r_ray.data.reader import read_chunks
 from s2r_ray.data.tables import load_side
 
@@ -100,27 +99,17 @@ def test_a_bad_row_in_a_later_chunk_is_reported_with_its_row_in_the_file(tmp_pat
 
 
 def test_an_interrupted_chunked_featurization_resumes_from_its_finished_chunks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, stop_featurizing
 ) -> None:
     path = _write(tmp_path, "csv", FORMULAS, GAPS)
     whole = _load(path, tmp_path / "whole", chunk_rows=1 << 20)
-    monkeypatch.setattr(CompositionFeaturizer, "chunk_size", 4)
-    real = CompositionFeaturizer.featurize
-    calls: list[int] = []
-
-    def dies_at_the_third(self: CompositionFeaturizer, chunk: list[str]) -> np.ndarray:
-        calls.append(len(chunk))
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # the study stopped mid-featurization
-        return real(self, chunk)
-
-    monkeypatch.setattr(CompositionFeaturizer, "featurize", dies_at_the_third)
+    stop_featurizing(3)
     with pytest.raises(KeyboardInterrupt):
         _load(path, tmp_path / "cache", chunk_rows=7)
     parts = list((tmp_path / "cache").glob("*.features.parts/*.parquet"))
     assert len(parts) == 2  # the two chunks finished before the interruption
 
-    monkeypatch.setattr(CompositionFeaturizer, "featurize", real)
+    stop_featurizing(None)
     resumed = _load(path, tmp_path / "cache", chunk_rows=7)
     distinct = whole.counts["source_keys_featurized"]
     assert resumed.counts["source_keys_cached"] == 8

@@ -17,7 +17,6 @@ from s2r_ray.config import DataConfig
 from s2r_ray.data import load_dataset
 from s2r_ray.data.cache import FeatureStore
 from s2r_ray.data.featurizers import make_featurizer
-from s2r_ray.data.featurizers.composition import CompositionFeaturizer
 
 REPO = Path(__file__).resolve().parents[1]
 FORMULAS = [f"Fe{i}O{j}" for i in range(1, 9) for j in range(1, 6)] + ["NaCl", "GaAs", "Si", "Xx2"]
@@ -86,28 +85,18 @@ def test_two_nodes_both_featurize_and_agree_with_local_processes(tmp_path: Path)
 
 
 def test_an_interrupted_featurization_resumes_from_its_finished_chunks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, stop_featurizing
 ) -> None:
     cfg = _tables(tmp_path)
     keys = [k for k in FORMULAS if k != "Xx2"]
     featurizer = make_featurizer("composition")
-    monkeypatch.setattr(CompositionFeaturizer, "chunk_size", 4)
-    calls: list[int] = []
-    real = CompositionFeaturizer.featurize
-
-    def dies_at_the_fourth(self: CompositionFeaturizer, chunk: list[str]) -> np.ndarray:
-        calls.append(len(chunk))
-        if len(calls) == 4:
-            raise KeyboardInterrupt  # the study stopped mid-featurization
-        return real(self, chunk)
-
-    monkeypatch.setattr(CompositionFeaturizer, "featurize", dies_at_the_fourth)
+    stop_featurizing(4)
     store = FeatureStore(Path(cfg.cache_dir), Path(cfg.source.path), featurizer, None)
     with pytest.raises(KeyboardInterrupt):
         store.features(keys)
     assert len(list(store.parts_path.glob("*.parquet"))) == 3  # three chunks kept
 
-    monkeypatch.setattr(CompositionFeaturizer, "featurize", real)
+    stop_featurizing(None)
     again = FeatureStore(Path(cfg.cache_dir), Path(cfg.source.path), featurizer, None)
     X = again.features(keys)
     assert again.stats["keys_cached"] == 12 and again.stats["keys_featurized"] == len(keys) - 12
