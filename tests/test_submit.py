@@ -22,7 +22,14 @@ from mlflow.tracking import MlflowClient
 from ray.job_submission import JobSubmissionClient
 
 from s2r_ray.cli import main
-from s2r_ray.local_servers import LOOPBACK, free_port, start_group, stop_group, wait_http
+from s2r_ray.local_servers import (
+    LOOPBACK,
+    Group,
+    free_port,
+    start_group,
+    stop_group,
+    wait_http,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -54,30 +61,18 @@ def ray_cluster(auth: dict[str, str], head_cpus: int = 2, workers: int = 0) -> I
     head = [f"{bin_dir}/ray", "start", "--head", "--port", str(gcs), "--temp-dir", str(temp)]
     head += ["--dashboard-host", LOOPBACK, "--dashboard-port", str(dashboard)]
     head += ["--include-dashboard", "true", "--ray-client-server-port", str(free_port())]
-    nodes = [(head, head_cpus)]
-    nodes += [([f"{bin_dir}/ray", "start", "--address", f"{LOOPBACK}:{gcs}"], 2)] * workers
-    groups = []
+    worker = [f"{bin_dir}/ray", "start", "--address", f"{LOOPBACK}:{gcs}"]
+    groups: list[Group] = []
     try:
-        for i, (args, cpus) in enumerate(nodes):
-            args = [*args, "--block", "--node-ip-address", LOOPBACK, "--num-cpus", str(cpus)]
-            args += ["--disable-usage-stats"]
-            for flag in (
-                "--dashboard-agent-listen-port",
-                "--dashboard-agent-grpc-port",
-                "--metrics-export-port",
-                "--runtime-env-agent-port",
-                "--node-manager-port",
-                "--object-manager-port",
-            ):
-                args += [flag, str(free_port())]
-            log = temp / f"node{i}.log"
-            groups.append(start_group(args, log, env))
-            if i == 0:
-                url = f"http://{LOOPBACK}:{dashboard}"
-                answer = 401 if auth["RAY_AUTH_MODE"] == "token" else 200
-                wait_http(f"{url}/api/version", groups[0], 180, log, status=answer)
+        log = temp / "node0.log"
+        groups.append(_start_node(head, head_cpus, log, env))
+        url = f"http://{LOOPBACK}:{dashboard}"
+        answer = 401 if auth["RAY_AUTH_MODE"] == "token" else 200
+        wait_http(f"{url}/api/version", groups[0], 180, log, status=answer)
+        for i in range(1, 1 + workers):
+            groups.append(_start_node(worker, 2, temp / f"node{i}.log", env))
         if workers:
-            _wait_for_nodes(gcs, 1 + workers, env)
+            _wait_for_nodes(gcs, 1 + workers, groups, temp, worker, env)
         answered = gcs_probe(f"{LOOPBACK}:{gcs}", env)  # as a client with the cluster's token
         assert "metadata" in answered and not reports_usage(answered["metadata"]), answered
         yield Cluster(url, temp)
@@ -88,18 +83,63 @@ def ray_cluster(auth: dict[str, str], head_cpus: int = 2, workers: int = 0) -> I
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _wait_for_nodes(gcs: int, count: int, env: dict[str, str], timeout_s: float = 180) -> None:
-    """Until `count` nodes are alive, as `ray list nodes` sees them."""
+def _start_node(args: list[str], cpus: int, log: Path, env: dict[str, str]) -> Group:
+    """One `ray start --block`, every port of its own chosen free just before it starts."""
+    args = [*args, "--block", "--node-ip-address", LOOPBACK, "--num-cpus", str(cpus)]
+    args += ["--disable-usage-stats"]
+    for flag in (
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--metrics-export-port",
+        "--runtime-env-agent-port",
+        "--node-manager-port",
+        "--object-manager-port",
+    ):
+        args += [flag, str(free_port())]
+    return start_group(args, log, env)
+
+
+def _wait_for_nodes(
+    gcs: int,
+    count: int,
+    groups: list[Group],
+    temp: Path,
+    worker: list[str],
+    env: dict[str, str],
+    timeout_s: float = 180,
+) -> None:
+    """Until every node is alive, as `ray list nodes` sees them. A worker whose `ray start`
+    ended meanwhile (a port another process took between choosing and binding it: the machine
+    is shared) is started once more with fresh ports, kept in `groups` beside the ended one (so
+    that stopping the cluster stops what either left); a timeout names what each node logged."""
     deadline = time.monotonic() + timeout_s
     cmd = [str(Path(sys.executable).parent / "ray"), "list", "nodes", "--format", "json"]
     cmd += ["--address", f"{LOOPBACK}:{gcs}", "--filter", "state=ALIVE"]
+    restarted: set[int] = set()
+    done = None
     while time.monotonic() < deadline:
+        for i, group in enumerate(groups[1:count], start=1):
+            if group.proc.poll() is not None and i not in restarted:
+                restarted.add(i)
+                groups.append(_start_node(worker, 2, temp / f"node{i}.log", env))
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
         listed = done.stdout.strip() if done.returncode == 0 else ""
-        if listed.startswith("[") and len(json.loads(listed)) >= count:  # or "No resource..."
+        if listed.startswith("[") and len(json.loads(listed)) >= count:  # or "No resource"
             return
         time.sleep(1)
-    raise AssertionError(f"the cluster did not reach {count} alive nodes in {timeout_s:.0f} s")
+    logs = "\n".join(
+        f"--- node{i} (exit {groups[i].proc.poll()}):\n" + _tail(temp / f"node{i}.log")
+        for i in range(count)
+    )
+    listed = f"{done.stdout[-500:]}{done.stderr[-1500:]}" if done else ""
+    raise AssertionError(
+        f"the cluster did not reach {count} alive nodes in {timeout_s:.0f} s "
+        f"(restarted: {sorted(restarted)})\n`ray list nodes`: {listed}\n{logs}"
+    )
+
+
+def _tail(path: Path, chars: int = 2000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
 
 
 @contextmanager
