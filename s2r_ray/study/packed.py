@@ -30,7 +30,7 @@ def run_params(trial: Trial, device: str) -> dict:
 @dataclass
 class _Member:
     trial: Trial
-    run_id: str
+    run: tracking.Curve
     kept: KeptNetwork = field(default_factory=lambda: KeptNetwork([]))
     seconds: float = 0.0  # its share of each round it trained in
     best: float = float("inf")
@@ -66,9 +66,12 @@ def run_pack(
     and are not reported: the driver counts them interrupted, or failed."""
     rungs = pack.rungs.snapshot()
     extra = {"pack": pack.key, "pack_size": len(pack.trials)}
-    members = [
-        _Member(t, tracking.open_run(ctx, t.cell, "trial", t.key, run_params(t, device) | extra))
+    runs = [
+        tracking.open_run(ctx, t.cell, "trial", t.key, run_params(t, device) | extra)
         for t in pack.trials
+    ]
+    members = [
+        _Member(t, tracking.Curve(ctx, run)) for t, run in zip(pack.trials, runs, strict=True)
     ]
     now = _Round()
 
@@ -78,7 +81,7 @@ def run_pack(
             member = members[i]
             member.kept.reached, member.best, now.epoch = epoch, best, epoch
             now.evaluated.append(i)
-            tracking.log(ctx, member.run_id, {"val_mae": val_mae, "best_val_mae": best}, step=epoch)
+            member.run.add({"val_mae": val_mae, "best_val_mae": best}, step=epoch)
             now.overhead += time.perf_counter() - t
 
         return evaluated
@@ -91,13 +94,13 @@ def run_pack(
         best = {members[i].trial.number: members[i].best for i in now.evaluated}
         halted = rungs.halve(now.epoch, best)
         stopped = {i for i in now.evaluated if members[i].trial.number in halted}
-        ended = [_end(ctx, members[i], now.epoch, error=str(e)) for i, e in diverged.items()]
+        ended = [_end(members[i], now.epoch, error=str(e)) for i, e in diverged.items()]
         for i in now.evaluated:
             member = members[i]
             finished = now.epoch >= int(member.trial.hp["epochs"])  # not stopped: it ran out
             if i in stopped or finished:
                 store.save_trial(member.trial.key, member.kept.trimmed())
-                ended.append(_end(ctx, member, now.epoch, stopped=not finished))
+                ended.append(_end(member, now.epoch, stopped=not finished))
         at_rung = now.epoch in rungs.milestones
         rung_values = tuple((now.epoch, k, v) for k, v in best.items()) if at_rung else ()
         tune.report({RESULT: PackProgress(tuple(ended), rung_values)})
@@ -119,12 +122,11 @@ def run_pack(
         status = "KILLED" if isinstance(e, SystemExit) else "FAILED"
         for member in members:
             if not member.ended:
-                tracking.end(ctx, member.run_id, status)
+                member.run.end(status)
         raise
 
 
 def _end(
-    ctx: TrackingContext,
     member: _Member,
     epoch: int,
     *,
@@ -135,6 +137,6 @@ def _end(
     what the driver tells Optuna."""
     member.ended = True
     status = "FAILED" if error else "KILLED" if stopped else "FINISHED"
-    tracking.end(ctx, member.run_id, status)
+    member.run.end(status)
     value = None if error else member.best
     return MemberEnd(member.trial.number, value, epoch, member.seconds, error)

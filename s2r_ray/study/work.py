@@ -92,10 +92,10 @@ def _pretrain(
             s = PretrainingSummary(
                 result.source_val_mae, result.steps, result.converged, result.seconds
             )
-            tracking.log_curve(ctx, run, "source_val_mae", result.curve)
+            tracking.log_curve(ctx, run.run_id, "source_val_mae", result.curve)
             metrics = {"final_source_val_mae": s.source_val_mae, "steps": s.steps}
             tracking.log(
-                ctx, run, metrics | {"converged": float(s.converged), "seconds": s.seconds}
+                ctx, run.run_id, metrics | {"converged": float(s.converged), "seconds": s.seconds}
             )
             store.save(unit.key, result)  # inside the run: FINISHED means the network is kept
     except Exception as e:
@@ -126,7 +126,7 @@ def _finetune(
                 t = time.perf_counter()
                 kept.reached = epoch
                 trained = t - start - overhead
-                tracking.log(ctx, run, {"val_mae": val_mae, "best_val_mae": best}, step=epoch)
+                run.add({"val_mae": val_mae, "best_val_mae": best}, step=epoch)
                 tune.report({METRIC: best, "val_mae": val_mae, "train_seconds": trained})
                 overhead += time.perf_counter() - t
 
