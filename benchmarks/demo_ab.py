@@ -1,11 +1,13 @@
-"""The demo study end to end on the current code and on a base checkout, alternately, with the
-same seeds: wall time, and per (n, m) the test MAE over repetitions with its 90% interval.
+"""The demo study (or `--config`'s) end to end on the current code and on a base checkout,
+alternately, with the same seeds: wall time, and per (n, m) the test MAE over repetitions with
+its 90% interval.
 
     nice -n 5 .venv/bin/python benchmarks/demo_ab.py --base /work/wt-batch-base [--quick]
-        [--set KEY=VALUE ...] [--current-set KEY=VALUE ...] [--rounds 1]
+        [--config configs/bandgap_mp.yaml] [--set KEY=VALUE ...] [--current-set KEY=VALUE ...]
+        [--rounds 1]
 
 `--current-set` applies to the current code's run only (a setting the base does not know, such
-as `tune.pack=2`). Each run is `s2r run configs/demo.yaml` in its own process (PYTHONPATH = the
+as `tune.pack=2`). Each run is `s2r run CONFIG` in its own process (PYTHONPATH = the
 checkout), into a fresh temporary folder with its own SQLite MLflow store. Prints, per size,
 the mean test MAE of each code with its 90% t-interval over repetitions, and whether the other
 code's mean lies inside it; and the ratio of wall times (base / current) per round.
@@ -29,10 +31,10 @@ from scipy import stats
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run(root: Path, extra: list[str]) -> tuple[float, list[dict]]:
+def run(root: Path, config: Path, extra: list[str]) -> tuple[float, list[dict]]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        cmd = [sys.executable, "-m", "s2r_ray.cli", "run", str(REPO / "configs" / "demo.yaml")]
+        cmd = [sys.executable, "-m", "s2r_ray.cli", "run", str(config.resolve())]
         cmd += ["--out", str(out), "--set", f"tracking.uri=sqlite:///{tmp}/m.db", *extra]
         start = time.perf_counter()
         env = os.environ | {"PYTHONPATH": str(root)}
@@ -64,6 +66,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--base", type=Path, required=True)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--config", type=Path, default=REPO / "configs" / "demo.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--current-set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--rounds", type=int, default=1)
@@ -74,7 +77,7 @@ def main() -> int:
     records: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
         for name, root in (("base", args.base), ("current", REPO)):
-            seconds, records[name] = run(root, own[name])
+            seconds, records[name] = run(root, args.config, own[name])
             walls[name].append(seconds)
             print(f"{name}: {seconds:.1f} s, load {os.getloadavg()}", flush=True)
     for i, (b, c) in enumerate(zip(walls["base"], walls["current"], strict=True)):
