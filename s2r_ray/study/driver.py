@@ -60,7 +60,6 @@ from s2r_ray.study.resources import MemorySampler, share_plan, stored_bytes
 from s2r_ray.study.scheduler import PerCellASHA, StudySearcher
 from s2r_ray.study.tuner import CellTuner
 from s2r_ray.study.work import run_unit
-from s2r_ray.study.workers import warm
 
 Echo = Callable[[str], None]
 
@@ -295,7 +294,6 @@ def _run(
         started_ray = init_ray(address, plan.nbytes()) or joined
         signals.install()  # ray.init installs a SIGTERM handler of its own
         _check_resources(cfg)
-        warm(int(ray.cluster_resources().get("CPU", 1)))
         data = cfg.data
         dataset = (
             "synthetic"
