@@ -66,12 +66,9 @@ def run_pack(
     and are not reported: the driver counts them interrupted, or failed."""
     rungs = pack.rungs.snapshot()
     extra = {"pack": pack.key, "pack_size": len(pack.trials)}
-    runs = [
-        tracking.open_run(ctx, t.cell, "trial", t.key, run_params(t, device) | extra)
-        for t in pack.trials
-    ]
     members = [
-        _Member(t, tracking.Curve(ctx, run)) for t, run in zip(pack.trials, runs, strict=True)
+        _Member(t, tracking.open_run(ctx, t.cell, "trial", t.key, run_params(t, device) | extra))
+        for t in pack.trials
     ]
     now = _Round()
 

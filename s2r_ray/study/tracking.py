@@ -382,13 +382,16 @@ def end_study(ctx: TrackingContext, status: str) -> None:
             end(ctx, run_id, status)
 
 
-def open_run(ctx: TrackingContext, cell: Cell, kind: str, name: str, params: dict[str, Any]) -> str:
-    """A run under the cell's size run, its `params` logged, to `end` by its owner; named for
-    people from the cell (`name`: the run's key; a trial's ends in its number)."""
+def open_run(
+    ctx: TrackingContext, cell: Cell, kind: str, name: str, params: dict[str, Any]
+) -> Curve:
+    """A run under the cell's size run, its `params` logged, to `end` by its owner through its
+    curve; named for people from the cell (`name`: the run's key; a trial's ends in its
+    number)."""
     label = notes.run_name(kind, cell.n, cell.m, cell.repetition, name)
     run_id = create_run(ctx, ctx.size_run(cell.n), label, ctx.cell_tags(cell, kind))
     log(ctx, run_id, params=params)
-    return run_id
+    return Curve(ctx, run_id)
 
 
 @contextmanager
@@ -397,7 +400,7 @@ def nested_run(
 ) -> Iterator[Curve]:
     """A run under the cell's size run that ends FINISHED, KILLED (stopped early) or FAILED,
     its curve sent first."""
-    curve = Curve(ctx, open_run(ctx, cell, kind, name, params))
+    curve = open_run(ctx, cell, kind, name, params)
     status = "FAILED"
     try:
         yield curve
