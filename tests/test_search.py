@@ -9,7 +9,7 @@ from s2r_ray.models.mlp import MLPFamily, MLPOptions
 from s2r_ray.protocol import Cell
 from s2r_ray.study.halving import Rungs
 from s2r_ray.study.pretraining import Pretrainings
-from s2r_ray.study.scheduler import Searcher, StudySearcher
+from s2r_ray.study.scheduler import REQUEUES, Searcher, StudySearcher
 from s2r_ray.study.tuner import CellTuner
 from s2r_ray.study.units import (
     RESULT,
@@ -158,6 +158,33 @@ def test_a_restarted_searcher_continues_each_cell_from_the_journal(tmp_path):
 
     third = _searcher(cells, pre, [], storage(), per_cell=2, recorded={"n0-mall-r0"})
     assert third.suggest("e") == Searcher.FINISHED  # the ledger holds the cell
+
+
+def test_a_pretraining_or_scoring_tune_gave_up_on_is_handed_out_again_a_few_times():
+    """What Tune gives up on for these units is a lost actor or node (their own errors are
+    reported as a `Failure`): after a node loss Tune can spend a unit's retries on its dead
+    cached actors, so the searcher hands the unit out again, as a new Tune trial, up to
+    REQUEUES times; a reported failure is final at once."""
+    done: list[dict] = []
+    s = _searcher([Cell(100, 0)], _pretrainings("n100-r0"), done, per_cell=1)
+    p = unit(s.suggest("p0"))
+    for k in range(REQUEUES):
+        s.on_trial_complete(f"p{k}", None, error=True)
+        assert unit(s.suggest(f"p{k + 1}")) == p  # before anything else, the slot still held
+    s.on_trial_complete(f"p{REQUEUES}", None, error=True)
+    assert s.suggest("x") == Searcher.FINISHED  # given up: the cell fails
+    assert done[0]["status"] == "failed" and "pretraining failed" in done[0]["error"]
+
+    done.clear()
+    s = _searcher([Cell(0, 0)], _pretrainings(), done, per_cell=1)
+    s.suggest("a")
+    s.on_trial_complete("a", {"best_val_mae": 0.5, "training_iteration": 3})
+    score = unit(s.suggest("s0"))
+    s.on_trial_complete("s0", None, error=True)
+    assert unit(s.suggest("s1")) == score and not done
+    s.on_trial_complete("s1", {RESULT: Failure("the ensemble diverged")})
+    assert done[0]["error"] == "scoring failed: the ensemble diverged"
+    assert s.suggest("y") == Searcher.FINISHED
 
 
 def test_pretrainings_run_in_slots_and_a_lost_one_fails_its_cells():

@@ -62,6 +62,8 @@ from s2r_ray.study.tuner import CellTuner
 from s2r_ray.study.work import run_unit
 
 Echo = Callable[[str], None]
+PENDING = "TUNE_MAX_PENDING_TRIALS_PG"
+_USER_PENDING = os.environ.get(PENDING)  # else set per study from the cluster's size (_tune)
 
 
 class ClusterError(UserError):
@@ -426,6 +428,15 @@ def _tune(
                 f"{len(pretrainings.loaded)} pretrainings on disk, {searcher.partly_tuned} cells "
                 f"partly tuned; {orphans} runs of the stopped attempt marked KILLED"
             )
+        # Tune keeps one trial pending for a custom searcher, and gives it the first actor that
+        # frees up, killing the one still starting for it: with units shorter than an actor's
+        # start (~3 s of imports), the demo ran its first 35 s on one of its two CPUs. With a
+        # pending unit per slot and one more, a freed actor mostly takes a unit whose actor
+        # is not yet starting (the full demo: 1.9 of 2 CPUs busy from its first seconds).
+        # More pending units leave more cached actors on a node that dies; a pretraining or
+        # scoring that Tune then gives up on is handed out again (`scheduler.REQUEUES`).
+        slots = ray.cluster_resources().get("CPU", 1) / cfg.tune.resources.cpu
+        os.environ[PENDING] = _USER_PENDING or str(int(slots) + 1)
         trial, pretraining = _bundle(cfg.tune.resources), _bundle(cfg.tune.pretrain_resources)
         trainable = tune.with_resources(
             tune.with_parameters(

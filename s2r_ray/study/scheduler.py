@@ -27,6 +27,13 @@ from s2r_ray.study.units import (
     Trial,
 )
 
+# Times a pretraining or scoring that Tune gave up on is handed out again as a new Tune trial.
+# Their own errors are reported, not raised (`work.run_unit`): what Tune gives up on is a lost
+# process, actor or node, and after a node is lost, Tune hands retries to its cached actors on
+# that node ("actor unavailable") until `tune.max_failures` is spent. Both units are
+# deterministic, so running one again costs only its time.
+REQUEUES = 3
+
 
 def failed_record(cell: Cell, error: str) -> dict:
     return {"cell": cell.id, **cell.to_dict(), "status": "failed", "error": error}
@@ -71,6 +78,8 @@ class StudySearcher(Searcher):
         self._tuners = {c.id: tuner(c) for c in self._open}
         self._running: dict[str, units.Unit] = {}  # Tune trial id -> unit
         self._to_score: deque[Scoring] = deque()
+        self._again: deque[Pretraining | Scoring] = deque()  # lost with their actor
+        self._requeued: dict[str, int] = {}  # unit -> times handed out again
         self._stopping = False
         self.partly_tuned = sum(not t.tuned() and t.ended > 0 for t in self._tuners.values())
         for cell in [c for c in self._open if self._tuners[c.id].tuned()]:
@@ -103,6 +112,8 @@ class StudySearcher(Searcher):
     def _next(self) -> units.Unit | str | None:
         if self._stopping:
             return Searcher.FINISHED
+        if self._again:
+            return self._again.popleft()
         if self._to_score:
             return self._to_score.popleft()
         if key := self._pretrainings.next():
@@ -142,6 +153,8 @@ class StudySearcher(Searcher):
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
         unit = self._running.pop(trial_id, None)
+        if error and self._requeue(unit):
+            return
         if isinstance(unit, Pretraining):
             if not self._stopping:  # a job stopped with the study is neither done nor failed
                 outcome = None if error else units.result_of(result)
@@ -150,8 +163,11 @@ class StudySearcher(Searcher):
                 )
         elif isinstance(unit, Scoring):
             scored = None if error else units.result_of(result)
-            failed = failed_record(unit.cell, "scoring failed (see Tune's log)")
-            record = scored.record if isinstance(scored, units.Scored) else failed
+            if isinstance(scored, units.Scored):
+                record = scored.record
+            else:
+                why = scored.error if isinstance(scored, Failure) else "its job was lost"
+                record = failed_record(unit.cell, f"scoring failed: {why}")
             self._on_cell_done(record | self._tuners[unit.cell.id].counts())
         elif isinstance(unit, Trial) and not self._stopping:
             self._trial_ended(unit, result, error)
@@ -159,6 +175,17 @@ class StudySearcher(Searcher):
             self._pack_progress(unit, None if error else units.result_of(result))
             failed = [t for t in unit.trials if self._tuners[unit.cell.id].is_live(t)]
             self._pack_progress(unit, PackProgress(tuple(MemberEnd(t.number) for t in failed)))
+
+    def _requeue(self, unit: units.Unit | None) -> bool:
+        """Hand a lost pretraining or scoring out again, up to `REQUEUES` times."""
+        if self._stopping or not isinstance(unit, Pretraining | Scoring):
+            return False
+        key = f"{type(unit).__name__} {unit.cell.id}"
+        if (times := self._requeued.get(key, 0)) >= REQUEUES:
+            return False
+        self._requeued[key] = times + 1
+        self._again.append(unit)
+        return True
 
     def _pack_progress(self, pack: Pack, progress: object) -> None:
         """Tell the members that ended (a repeated report, or one of a retried pack, tells

@@ -44,8 +44,9 @@ def run_unit(
 ) -> None:
     """Run the unit a Tune config carries. Fine-tuning trials never read the test split. A
     trial whose loss diverges ends FAILED with a last report saying so; one that raises is
-    retried by Tune (`tune.max_failures`), as is a scoring. A pretraining that raises fails
-    its cells, not the study (not retried: the same seed fails the same way)."""
+    retried by Tune (`tune.max_failures`). A pretraining or scoring that raises reports its
+    `Failure` and fails its cells, not the study (not retried: the same seed fails the same
+    way), so the only errors of theirs Tune sees are lost processes, actors and nodes."""
     unit = units.from_config(config)
     if isinstance(unit, Pretraining):
         tune.report({RESULT: _pretrain(unit, plan, store, family, cfg, ctx)})
@@ -59,9 +60,18 @@ def run_unit(
     if isinstance(unit, Pack):
         run_pack(unit, plan, state, family, ctx, device, store)
         return
-    kept = store.load_trial(unit.trial.key)
-    record = score_cell(plan, unit, pre, family, cfg.finetune.ensemble, device, kept)
+    try:
+        kept = store.load_trial(unit.trial.key)
+        record = score_cell(plan, unit, pre, family, cfg.finetune.ensemble, device, kept)
+    except Exception as e:
+        tune.report({RESULT: _failure(e)})
+        return
     tune.report({RESULT: units.Scored(record)})
+
+
+def _failure(e: Exception) -> Failure:
+    """The last line of the error, short enough for a ledger record and a progress line."""
+    return Failure((str(e).strip().splitlines() or [type(e).__name__])[-1][-300:])
 
 
 def _pretrain(
@@ -99,7 +109,7 @@ def _pretrain(
             )
             store.save(unit.key, result)  # inside the run: FINISHED means the network is kept
     except Exception as e:
-        return Failure((str(e).strip().splitlines() or [type(e).__name__])[-1][-300:])
+        return _failure(e)
     return s
 
 
