@@ -5,13 +5,24 @@ members. Real local Ray, real SQLite MLflow, real `s2r run` processes for the ki
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pytest
 import torch
-from faults import StudyProcess, kill_ray_processes, ledger_lines, runs, wait_for
+from faults import (
+    StudyProcess,
+    descendants,
+    kill_ray_processes,
+    ledger_lines,
+    runs,
+    wait_for,
+)
 from faults import write_config as write_yaml
 from mlflow.tracking import MlflowClient
 from ray.tune.schedulers.async_hyperband import _Bracket
@@ -144,7 +155,8 @@ def test_a_member_that_diverges_leaves_and_the_others_train_as_if_alone(tmp_path
     run_pack(Pack(trials, Rungs((99,), 3)), plan, None, family, ctx, "cpu", store)
     by_key = {r.data.params["trial_key"]: r for r in runs(tmp_path / "m.db", "trial")}
     assert by_key[trials[1].key].info.status == "FAILED"
-    assert store.load_trial(trials[1].key) is None  # a diverged member is never scored
+    diverged = store.load_trial(trials[1].key)  # its end alone, for a pack run again
+    assert not diverged.bests and "diverged" in diverged.end.error and diverged.end.value is None
     for t in (trials[0], trials[2]):
         run = by_key[t.key]
         assert run.info.status == "FINISHED"
@@ -202,3 +214,62 @@ def test_a_study_killed_mid_pack_reruns_only_the_unfinished_members(ray_session,
         interrupted = [t for t in mine if t.state == optuna.trial.TrialState.FAIL]
         assert not [t for t in interrupted if "error" in t.user_attrs]
         assert len(mine) == 4 + len(interrupted)
+
+
+def test_a_pack_whose_process_dies_reruns_only_its_unfinished_members(ray_session, tmp_path):
+    """kill -9 of the pack's actor process once members of it have ended (their networks and
+    ends kept, their MLflow runs ended) while others train on: Tune runs the pack again, which
+    reports the kept ends at once and trains only the members that had not ended."""
+    raw = {
+        **PACKED,
+        "sizes": [40],
+        "finetune": {"epochs": [300, 300], "batch_size": [16]},
+        "tune": {"trials_per_cell": 4, "startup_trials": 4, "grace_period": 2, "pack": 4},
+        "tracking": {"uri": f"sqlite:///{tmp_path / 'm.db'}"},
+    }
+    out, db = tmp_path / "out", tmp_path / "m.db"
+    ended_at_kill: list[str] = []
+    study_ended, errors = threading.Event(), []
+
+    def mid_pack() -> list[str]:
+        """The members that ended of a pack that has members still training."""
+        by_pack: dict[str, list] = {}
+        for r in runs(db, "trial"):
+            by_pack.setdefault(r.data.params["pack"], []).append(r)
+        for members in by_pack.values():
+            ended = [r.data.params["trial_key"] for r in members if r.info.status != "RUNNING"]
+            if ended and len(ended) < len(members):
+                return ended
+        return []
+
+    def kill_the_pack() -> None:
+        try:
+            while not ended_at_kill and not study_ended.is_set():
+                if ended := mid_pack():
+                    for pid, cmd in descendants(os.getpid()):
+                        if "ImplicitFunc.train" in cmd:
+                            os.kill(pid, signal.SIGKILL)
+                    ended_at_kill.extend(ended)
+                time.sleep(0.2)
+        except Exception as error:  # reported by the test, not lost with the thread
+            errors.append(error)
+
+    killer = threading.Thread(target=kill_the_pack, daemon=True)
+    killer.start()
+    try:
+        report = run_study(build_config(raw), out, echo=lambda line: None)
+    finally:
+        study_ended.set()
+        killer.join(timeout=60)
+    assert not errors, errors
+    assert ended_at_kill, "the study ended before a pack had ended and running members"
+    assert report["status"] == "complete"
+    keys = [r.data.params["trial_key"] for r in runs(db, "trial")]
+    assert all(keys.count(k) == 1 for k in ended_at_kill), (ended_at_kill, keys)
+    assert len(keys) > 8  # the members that had not ended ran again, in new runs
+    trials = _trials(out)
+    assert len(trials) == 8 and all(
+        t.state == optuna.trial.TrialState.COMPLETE for t in trials.values()
+    )
+    for record in StudyFolder(out).ledger():
+        assert record["status"] == "ok" and record["trials"] == 4, record

@@ -60,15 +60,24 @@ def run_pack(
     store: PretrainedStore,
 ) -> None:
     """Train the pack's members together; after each round, halve at a rung and report the
-    members that ended (`PackProgress`), each one's network kept and MLflow run ended first.
-    A member that diverges leaves the pack, the others go on. Stopped by the study (a
+    members that ended (`PackProgress`), each one's network and end kept and MLflow run ended
+    first. A member that diverges leaves the pack, the others go on. Stopped by the study (a
     SystemExit out of `tune.report`) or failed, the members still training end KILLED or FAILED
-    and are not reported: the driver counts them interrupted, or failed."""
+    and are not reported: the driver counts them interrupted, or failed. Run again by Tune,
+    the pack reports the ends it kept at once and trains only the other members."""
     rungs = pack.rungs.snapshot()
+    kept = [store.load_trial(t.key) for t in pack.trials]
+    ended = tuple(k.end for k in kept if k is not None and k.end is not None)
+    if ended:
+        tune.report({RESULT: PackProgress(ended, ())})
+    done = {end.number for end in ended}
+    trials = [t for t in pack.trials if t.number not in done]
+    if not trials:
+        return
     extra = {"pack": pack.key, "pack_size": len(pack.trials)}
     members = [
         _Member(t, tracking.open_run(ctx, t.cell, "trial", t.key, run_params(t, device) | extra))
-        for t in pack.trials
+        for t in trials
     ]
     now = _Round()
 
@@ -91,13 +100,12 @@ def run_pack(
         best = {members[i].trial.number: members[i].best for i in now.evaluated}
         halted = rungs.halve(now.epoch, best)
         stopped = {i for i in now.evaluated if members[i].trial.number in halted}
-        ended = [_end(members[i], now.epoch, error=str(e)) for i, e in diverged.items()]
+        ended = [_end(members[i], now.epoch, store, error=str(e)) for i, e in diverged.items()]
         for i in now.evaluated:
             member = members[i]
             finished = now.epoch >= int(member.trial.hp["epochs"])  # not stopped: it ran out
             if i in stopped or finished:
-                store.save_trial(member.trial.key, member.kept.trimmed())
-                ended.append(_end(member, now.epoch, stopped=not finished))
+                ended.append(_end(member, now.epoch, store, stopped=not finished))
         at_rung = now.epoch in rungs.milestones
         rung_values = tuple((now.epoch, k, v) for k, v in best.items()) if at_rung else ()
         tune.report({RESULT: PackProgress(tuple(ended), rung_values)})
@@ -107,8 +115,8 @@ def run_pack(
     try:
         family.finetune_members(
             *plan.target_split(pack.cell),
-            hps=[t.hp for t in pack.trials],
-            seeds=[t.seed for t in pack.trials],
+            hps=[t.hp for t in trials],
+            seeds=[t.seed for t in trials],
             pretrained=state,
             device=device,
             on_epochs=[on_epoch(i) for i in range(len(members))],
@@ -126,14 +134,18 @@ def run_pack(
 def _end(
     member: _Member,
     epoch: int,
+    store: PretrainedStore,
     *,
     stopped: bool = False,
     error: str | None = None,
 ) -> MemberEnd:
-    """End the member's MLflow run (KILLED: stopped at a rung, as ASHA's stops end) and say
-    what the driver tells Optuna."""
+    """Keep the member's network with its end, then end its MLflow run (KILLED: stopped at a
+    rung, as ASHA's stops end), and say what the driver tells Optuna."""
     member.ended = True
-    status = "FAILED" if error else "KILLED" if stopped else "FINISHED"
-    member.run.end(status)
     value = None if error else member.best
-    return MemberEnd(member.trial.number, value, epoch, member.seconds, error)
+    end = MemberEnd(member.trial.number, value, epoch, member.seconds, error)
+    member.kept.end = end
+    # a diverged member is never scored: its end alone is kept
+    store.save_trial(member.trial.key, KeptNetwork([], end=end) if error else member.kept.trimmed())
+    member.run.end("FAILED" if error else "KILLED" if stopped else "FINISHED")
+    return end

@@ -110,11 +110,14 @@ Unit = Pretraining | Trial | Pack | Scoring
 class KeptNetwork:
     """A trial's own network, kept so that scoring need not train it again: its best state at
     each new best of its last `WINDOW` epochs (ASHA may stop it an epoch or two before the
-    training thread learns of it) and the last epoch it reached."""
+    training thread learns of it) and the last epoch it reached. A pack member keeps its `end`
+    with it: a pack that Tune runs again (its process or node was lost) trains only the
+    members that have none and reports the others' ends again."""
 
     WINDOW = 4
     bests: list[tuple[int, float, Any]]  # (epoch, best val MAE, state for Family.load)
     reached: int = 0
+    end: MemberEnd | None = None
 
     def add(self, epoch: int, best: float, state: Any) -> None:
         self.bests.append((epoch, best, state))
@@ -122,7 +125,7 @@ class KeptNetwork:
     def trimmed(self) -> KeptNetwork:
         """What scoring can need: the bests from the last one at or before reached - WINDOW."""
         older = [i for i, (e, _, _) in enumerate(self.bests) if e <= self.reached - self.WINDOW]
-        return KeptNetwork(self.bests[older[-1] if older else 0 :], self.reached)
+        return KeptNetwork(self.bests[older[-1] if older else 0 :], self.reached, self.end)
 
     def at(self, stop_epoch: int | None) -> tuple[Any, float] | None:
         """(state, best val MAE) of the network a replay to `stop_epoch` would rebuild; None
