@@ -199,6 +199,14 @@ class TuneConfig(_Strict):
         "rungs); 1 (measured best on CPUs; GPUs unmeasured: benchmarks/pack.md): one trial "
         "per Tune trial",
     )
+    pretrain_pack: int | None = Field(
+        None,
+        ge=1,
+        description="pretrainings of one n (its repetitions) trained as one network in one Tune "
+        "trial, each still its own network, MLflow run and stop; 1: each alone; default: all "
+        "repetitions of an n where that was measured faster (small networks on a CPU: "
+        "benchmarks/pack.md), else 1",
+    )
 
 
 class TrackingConfig(_Strict):

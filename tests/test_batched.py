@@ -7,7 +7,7 @@ import torch
 from s2r_ray.config import StudyConfig, SyntheticData
 from s2r_ray.data.synthetic import make_synthetic
 from s2r_ray.models import make_family
-from s2r_ray.models.base import Diverged, FineTuned
+from s2r_ray.models.base import Diverged, FineTuned, Pretrained, Source
 from s2r_ray.protocol import make_plan
 
 HP = {"lr": 3e-3, "weight_decay": 1e-4, "epochs": 12, "batch_size": 32, "freeze": 0, "dropout": 0.0}
@@ -94,3 +94,34 @@ def test_members_of_one_setting_share_an_optimiser_and_leave_it_one_by_one(setup
         np.testing.assert_allclose(
             got.predictor.predict(X_test), alone.predictor.predict(X_test), rtol=1e-4, atol=1e-4
         )
+
+
+def test_pretrainings_trained_as_one_equal_each_trained_alone():
+    """Pretrainings of one n, each with its own rows, hold-out and seed (`pretrain_members`),
+    against each alone: the same curves up to the float order of the stacked products. The cap
+    ends them before any plateau decision, which a float difference could flip."""
+    torch.set_num_threads(1)
+    cfg = StudyConfig(
+        name="t",
+        sizes=[300],
+        repetitions=3,
+        model={"hidden": [32, 16]},
+        pretrain={"patience": 50, "max_steps": 600},
+    )
+    ds = make_synthetic(SyntheticData(n_source=900, n_target=300))
+    plan, family = make_plan(cfg, ds), make_family(cfg)
+    sources = []
+    for r in range(3):
+        rep = plan.repetitions[r]
+        rows = rep.source_subset(300)
+        split = (ds.source_X[rows], ds.source_y[rows], ds.source_X[rep.holdout])
+        sources.append(Source(*split, ds.source_y[rep.holdout], rep.seed, ds.target_X[rep.train]))
+    together = family.pretrain_members(sources)
+    for s, got in zip(sources, together, strict=True):
+        alone = family.pretrain(s.X, s.y, s.X_val, s.y_val, seed=s.seed, X_extra=s.X_extra)
+        assert isinstance(got, Pretrained) and got.steps == alone.steps == 600
+        assert [step for step, _ in got.curve] == [step for step, _ in alone.curve]
+        np.testing.assert_allclose(
+            [v for _, v in got.curve], [v for _, v in alone.curve], rtol=1e-4
+        )
+    assert len({got.source_val_mae for got in together}) == 3  # three networks, not one

@@ -364,10 +364,15 @@ def test_a_study_survives_losing_a_node_in_the_middle_of_a_pretraining(tmp_path)
     assert lost["pretraining"] not in lost["pretrained_before"]
     records = StudyFolder(tmp_path / "out").ledger()
     assert len(records) == CELLS and all(r["status"] == "ok" for r in records)
-    # every pretraining finished exactly once; the lost one has one more run, ended KILLED
+    # every pretraining finished exactly once; those lost (the one caught running and its
+    # pack-mates: pretrainings of one n train as one) have one more run each, ended KILLED
     finished = [r.info.run_name for r in runs(db, "pretrain", "FINISHED")]
     assert len(finished) == len(set(finished)) == PRETRAININGS
-    assert len(runs(db, "pretrain")) == PRETRAININGS + 1
+    lost_runs = [r for r in runs(db, "pretrain") if r.info.status != "FINISHED"]
+    assert {r.info.status for r in lost_runs} == {"KILLED"}
+    assert 1 <= len(lost_runs) <= max(int(r.data.params["pack_size"]) for r in lost_runs)
+    keys = {f"n{r.data.params['n']}-r{r.data.params['repetition']}" for r in lost_runs}
+    assert lost["pretraining"] in keys and not keys & set(lost["pretrained_before"])
     # the trials on the lost node ran again, or, once their retries were spent, failed
     finished = {r.data.params["trial_key"] for r in runs(db, "trial", "FINISHED")}
     assert len(finished) >= TRIALS - 2 and len(runs(db, "trial")) <= TRIALS + 2

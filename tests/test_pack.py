@@ -273,3 +273,32 @@ def test_a_pack_whose_process_dies_reruns_only_its_unfinished_members(ray_sessio
     )
     for record in StudyFolder(out).ledger():
         assert record["status"] == "ok" and record["trials"] == 4, record
+
+
+def test_pretrainings_of_one_n_train_as_one_each_its_own_run_and_network(ray_session, tmp_path):
+    """`tune.pretrain_pack: 2` over 2 sizes x 3 repetitions: 4 units (2 + 1 per size), each
+    pretraining still its own MLflow run (with its curve) and its own network on disk, every
+    cell scored."""
+    db, out = tmp_path / "m.db", tmp_path / "out"
+    raw = {
+        **PACKED,
+        "sizes": [60, 120],
+        "repetitions": 3,
+        "finetune": {"epochs": [4, 6], "batch_size": [16]},
+        "tune": {"trials_per_cell": 1, "startup_trials": 1, "pretrain_pack": 2},
+        "tracking": {"uri": f"sqlite:///{db}"},
+    }
+    report = run_study(build_config(raw), out, echo=lambda line: None)
+    assert report["status"] == "complete"
+    pre = runs(db, "pretrain", "FINISHED")
+    assert sorted(r.data.params["n"] + "-" + r.data.params["repetition"] for r in pre) == [
+        f"{n}-{r}" for n in (120, 60) for r in range(3)
+    ]
+    assert sorted(int(r.data.params["pack_size"]) for r in pre) == [1, 1, 2, 2, 2, 2]
+    client = MlflowClient(f"sqlite:///{db}")
+    for r in pre:
+        assert client.get_metric_history(r.info.run_id, "source_val_mae")
+    assert StudyFolder(out).pretrained_keys() == {f"n{n}-r{r}" for n in (60, 120) for r in range(3)}
+    records = StudyFolder(out).ledger()
+    assert len(records) == 9 and all(r["status"] == "ok" for r in records)
+    assert len({r["source_val_mae"] for r in records if r["n"]}) == 6  # six networks

@@ -83,7 +83,7 @@ def test_searcher_waits_for_pretraining_scores_each_cell_once_and_first():
     done = []
     s = _searcher(cells, _pretrainings("n100-r0"), done)
     p = unit(s.suggest("p"))  # pretraining first: the cells waiting on it start sooner
-    assert p == Pretraining(Cell(100, 0))
+    assert p == Pretraining((Cell(100, 0),))
     a, b = unit(s.suggest("a")), unit(s.suggest("b"))
     assert isinstance(a, Trial) and a.cell.n == 0 and b.cell.n == 0
     assert a.key == "n0-mall-r0-t00" and b.key == "n0-mall-r0-t01"
@@ -92,7 +92,7 @@ def test_searcher_waits_for_pretraining_scores_each_cell_once_and_first():
     s.on_trial_complete("a", {"best_val_mae": 0.5, "training_iteration": 7, "train_seconds": 1.0})
     s.on_trial_complete("b", {"best_val_mae": 0.3, "training_iteration": 4, "train_seconds": 2.0})
     assert not done  # the cell's record comes from its scoring
-    s.on_trial_complete("p", {RESULT: SUMMARY})
+    s.on_trial_complete("p", {RESULT: (SUMMARY,)})
     score = unit(s.suggest("s0"))  # scoring jumps ahead of the now-ready n=100 trials
     assert isinstance(score, Scoring) and score.key == "n0-mall-r0-score"
     assert score.trial == b and score.selection_val_mae == 0.3
@@ -116,7 +116,7 @@ def test_a_failed_pretraining_fails_its_cells_without_trials():
     done = []
     s = _searcher([Cell(100, 0)], _pretrainings("n100-r0"), done)
     s.suggest("p")
-    s.on_trial_complete("p", {RESULT: Failure("diverged")})
+    s.on_trial_complete("p", {RESULT: (Failure("diverged"),)})
     assert s.suggest("a") == Searcher.FINISHED
     assert done == [
         {
@@ -191,15 +191,33 @@ def test_pretrainings_run_in_slots_and_a_lost_one_fails_its_cells():
     lines: list[str] = []
     pre = Pretrainings(["n50-r0", "n50-r1", "n200-r0"], {"n50-r1"}, 1, lines.append)
     assert pre.loaded == ["n50-r1"] and pre.ready(Cell(50, 1))  # on disk: never recomputed
-    assert pre.next() == "n50-r0" and pre.next() is None  # the one slot is taken
+    assert pre.next() == ["n50-r0"] and pre.next() == []  # the one slot is taken
     assert not pre.ready(Cell(50, 0)) and pre.ready(Cell(0, 0))
     pre.ended("n50-r0", SUMMARY)
     assert pre.ready(Cell(50, 0)) and pre.error(Cell(50, 0)) is None
-    assert pre.next() == "n200-r0" and pre.next() is None
+    assert pre.next() == ["n200-r0"] and pre.next() == []
     pre.ended("n200-r0", Failure("the job failed"))  # Tune gave up on it (its retries spent)
     assert not pre.ready(Cell(200, 0)) and "failed" in pre.error(Cell(200, 0))
     assert lines[0].startswith("pretraining n50-r0: source hold-out MAE 0.3 after 200 steps")
     assert lines[1].startswith("pretraining n200-r0 FAILED") and "2/2" in lines[1]
+
+
+def test_pretrainings_of_one_n_go_out_together_and_end_each_on_its_own():
+    """`tune.pretrain_pack: 2`: the repetitions of one n share a unit (never two sizes), the
+    unit takes one slot, and each pair's outcome ends that pair alone."""
+    done: list[dict] = []
+    cells = [Cell(n, r) for n in (100, 300) for r in range(3)]
+    pre = _pretrainings(*[c.pretrain_id for c in cells], slots=2)
+    s = StudySearcher(cells, set(), _tuners(per_cell=1), pre, done.append, pretrain_pack=2)
+    first, second = unit(s.suggest("p0")), unit(s.suggest("p1"))
+    assert first.keys == ["n100-r0", "n100-r1"] and second.keys == ["n100-r2"]
+    assert s.suggest("x") is None  # two units: both slots taken, no cell pretrained yet
+    s.on_trial_complete("p0", {RESULT: (SUMMARY, Failure("pretraining diverged at 50"))})
+    assert pre.ready(Cell(100, 0)) and "diverged" in pre.error(Cell(100, 1))
+    assert unit(s.suggest("p2")).keys == ["n300-r0", "n300-r1"]  # the slot freed
+    assert unit(s.suggest("t")).cell == Cell(100, 0)  # r0's trials start
+    assert s.suggest("y") is None and done[0]["cell"] == "n100-mall-r1"  # r1's cell failed
+    assert "diverged" in done[0]["error"]
 
 
 def test_a_pretraining_stopped_with_the_study_is_not_a_failure():

@@ -52,6 +52,19 @@ class Pretrained:
     curve: list[tuple[int, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Source:
+    """One pretraining's rows: the n source rows, its hold-out, the seed, and the unlabelled
+    target train rows a family may use to scale its inputs."""
+
+    X: Any  # np.ndarray, or `Rows`: a view of the shared pool
+    y: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    seed: int
+    X_extra: np.ndarray | None = None
+
+
 @dataclass
 class FineTuned:
     predictor: Predictor
@@ -104,6 +117,28 @@ class Family(ABC):
     ) -> Pretrained:
         """Fit the source rows, stopping on the source hold-out. `X_extra`: unlabelled target
         train rows a family may use to scale its inputs."""
+
+    def stacks_pretraining(self, n_in: int, device: str) -> bool:
+        """Whether pretrainings of one n train faster as one batch than one after another on
+        `device`: then a study packs them by default (`tune.pretrain_pack`)."""
+        return False
+
+    def pretrain_members(
+        self, sources: Sequence[Source], device: str = "cpu"
+    ) -> list[Pretrained | Diverged]:
+        """`pretrain` of each source (pretrainings of one n, `tune.pretrain_pack`); a family
+        that can trains them together. A member that diverged comes back as its `Diverged`."""
+        out: list[Pretrained | Diverged] = []
+        for s in sources:
+            try:
+                out.append(
+                    self.pretrain(
+                        s.X, s.y, s.X_val, s.y_val, seed=s.seed, X_extra=s.X_extra, device=device
+                    )
+                )
+            except Diverged as e:
+                out.append(e)
+        return out
 
     @abstractmethod
     def finetune(

@@ -7,6 +7,7 @@ Same seed and thread count, same numbers: the scorer rebuilds exactly the model 
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from abc import abstractmethod
@@ -33,10 +34,17 @@ from s2r_ray.models.base import (
     OnEpoch,
     OnRound,
     Pretrained,
+    Source,
     mae,
 )
 from s2r_ray.models.hyperparameters import FinetuneSpace
 from s2r_ray.models.network import Encoder, Network
+
+# A stack of K small networks shares each step's fixed per-call cost, which only dominates small
+# networks on a CPU: three pretrainings of one n as one batch against one after another, ratio of
+# wall times (benchmarks/pack.md), the demo's MLP (8-128-64-32, 11k parameters) 1.20-1.52x, the
+# band-gap MLP (512-256-128, 240k) 0.92-1.18x. GPUs are unmeasured (benchmarks/gpu.py).
+SMALL_NETWORK = 50_000
 
 # Training rows whose encoding is larger than this are encoded batch by batch as drawn, not once
 # whole: 10^7 source rows would otherwise cost a float64 and a float32 copy of the pool.
@@ -415,23 +423,47 @@ class TorchFamily(Family):
         """`X_extra` (target train features, no labels) joins the input encoding so that features
         rare in the source still get a sensible scale. `X` as `Rows` (a view of the shared pool)
         is read block by block and batch by batch, never copied whole."""
+        (run,) = self.pretrain_members([Source(X, y, X_val, y_val, seed, X_extra)], device)
+        if isinstance(run, Diverged):
+            raise run
+        return run
+
+    def stacks_pretraining(self, n_in: int, device: str) -> bool:
+        if self.stacked() is None or torch.device(device).type != "cpu":
+            return False
+        return sum(p.numel() for p in self.build(n_in, 0.0).parameters()) < SMALL_NETWORK
+
+    def pretrain_members(
+        self, sources: Sequence[Source], device: str = "cpu"
+    ) -> list[Pretrained | Diverged]:
+        """Pretrainings of one n trained as one batch (`train_members`), each with its own rows,
+        hold-out, seed, plateau schedule and stop; each member's `seconds` is its share of the
+        batch's time."""
         start, r = time.perf_counter(), self.pretrain_hp
-        rows = X if isinstance(X, Rows) else Rows.of(X)
-        X_fit = rows if X_extra is None else rows + Rows.of(X_extra)
         plan = Plan(
             r.lr, r.weight_decay, r.batch_size, 0, 0, r.patience, r.min_steps_per_eval, r.max_steps
         )
-        run = train(
-            lambda: self.fresh(X_fit, 0.0), rows, y, X_val, y_val, plan, seed=seed, device=device
-        )
-        return Pretrained(
-            state=run.net.state(),
-            source_val_mae=run.best_val_mae,
-            steps=run.steps,
-            converged=run.stale >= r.patience,
-            seconds=time.perf_counter() - start,
-            curve=run.curve,
-        )
+        members = []
+        for s in sources:
+            rows = s.X if isinstance(s.X, Rows) else Rows.of(s.X)
+            X_fit = rows if s.X_extra is None else rows + Rows.of(s.X_extra)
+            start_net = functools.partial(self.fresh, X_fit, 0.0)
+            members.append(Member(start_net, rows, s.y, s.X_val, s.y_val, plan, s.seed))
+        runs = train_members(members, device=device, stacked=self.stacked())
+        share = (time.perf_counter() - start) / len(sources)
+        return [
+            run
+            if isinstance(run, Diverged)
+            else Pretrained(
+                state=run.net.state(),
+                source_val_mae=run.best_val_mae,
+                steps=run.steps,
+                converged=run.stale >= r.patience,
+                seconds=share,
+                curve=run.curve,
+            )
+            for run in runs
+        ]
 
     def stacked(self) -> StackedForward | None:
         """How K of this family's networks run as one, if they can: then fine-tuning members

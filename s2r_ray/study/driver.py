@@ -47,6 +47,7 @@ from s2r_ray.data import load_dataset
 from s2r_ray.folder import StudyFolder
 from s2r_ray.local_servers import LOOPBACK
 from s2r_ray.models import make_family
+from s2r_ray.models.base import Family
 from s2r_ray.protocol import Plan, make_plan
 from s2r_ray.render.text import decision_line
 from s2r_ray.report import folder_report
@@ -371,6 +372,13 @@ def _run(
     return report
 
 
+def _pretrain_pack(cfg: StudyConfig, family: Family, plan: Plan) -> int:
+    """Every repetition of an n in one batch where the family measured that faster."""
+    device = "cuda" if cfg.tune.pretrain_resources.gpu else "cpu"
+    stacks = family.stacks_pretraining(len(plan.dataset.feature_names), device)
+    return max(cfg.repetitions, 1) if stacks else 1
+
+
 def _tune(
     cfg: StudyConfig,
     plan: Plan,
@@ -420,6 +428,7 @@ def _tune(
             poll=progress.drain,
             pack=pack,
             rungs=Rungs.asha(horizon, cfg.tune.grace_period, cfg.tune.reduction_factor),
+            pretrain_pack=cfg.tune.pretrain_pack or _pretrain_pack(cfg, family, plan),
         )
         progress.on_decision = lambda decision: searcher.steer(steer.decision_cells(cfg, decision))
         if recorded or pretrainings.loaded or searcher.partly_tuned or orphans:

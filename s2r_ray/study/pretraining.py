@@ -26,8 +26,9 @@ class Pretrainings:
     """The driver's account of the study's pretraining: what is on disk, running, done, failed.
 
     A network a previous attempt finished is on disk and never recomputed. The rest is handed
-    out by the searcher, small n first, at most `slots` at a time, so trials of the cells
-    already pretrained keep the other CPUs and a slow large-n pretraining never holds them all.
+    out by the searcher, small n first, at most `slots` units at a time, so trials of the cells
+    already pretrained keep the other CPUs and a slow large-n pretraining never holds them all;
+    a unit may be several pretrainings of one n, trained as one network.
     """
 
     def __init__(
@@ -35,28 +36,33 @@ class Pretrainings:
     ):
         self.loaded = [k for k in needed if k in on_disk]
         self._todo = [k for k in needed if k not in on_disk]
-        self._done, self._running = set(self.loaded), set[str]()
+        self._done, self._running = set(self.loaded), list[set[str]]()  # keys, by unit
         self.failed: dict[str, str] = {}
         self._slots, self._echo = slots, echo
         self._rate = Rate(len(self._todo), unit="pretrainings")
 
     def add(self, key: str) -> None:
         """A pretraining a steering decision asks for (nothing if it exists or is under way)."""
-        if key not in self._done | self._running and key not in self._todo:
+        if key not in self._done | set().union(*self._running) and key not in self._todo:
             self._todo.append(key)
             self._rate.total += 1
 
-    def next(self) -> str | None:
-        """The next pretraining to start, if a slot is free."""
+    def next(self, most: int = 1, alike: Callable[[str], object] = str) -> list[str]:
+        """The next pretrainings to start as one unit, if a slot is free: the first waiting and
+        up to `most` - 1 more waiting that are `alike` it (of one n: they train as one)."""
         if not self._todo or len(self._running) >= self._slots:
-            return None
-        key = self._todo.pop(0)
-        self._running.add(key)
-        return key
+            return []
+        first = alike(self._todo[0])
+        keys = [k for k in self._todo if alike(k) == first][:most]
+        self._todo = [k for k in self._todo if k not in keys]
+        self._running.append(set(keys))
+        return keys
 
     def ended(self, key: str, outcome: PretrainingSummary | Failure) -> None:
         """A pretraining ended: with its summary, or failed (it raised, or Tune gave up)."""
-        self._running.discard(key)
+        for unit in self._running:
+            unit.discard(key)
+        self._running = [unit for unit in self._running if unit]
         self._done.add(key)
         if isinstance(outcome, Failure):
             self.failed[key] = outcome.error

@@ -49,7 +49,7 @@ class StudySearcher(Searcher):
     With `pack` > 1 a cell's trials go out as packs of up to `pack` (`units.Pack`) that share
     the batch size drawn for the first, each member told as the pack reports its end, and each
     cell's `rungs` (a copy of the empty `rungs` given) record its members' rung values for the
-    cell's later packs."""
+    cell's later packs. With `pretrain_pack` > 1, pretrainings of one n go out together."""
 
     def __init__(
         self,
@@ -62,11 +62,13 @@ class StudySearcher(Searcher):
         poll: Callable[[], None] = lambda: None,
         pack: int = 1,
         rungs: Rungs | None = None,
+        pretrain_pack: int = 1,
     ):
         super().__init__(metric=METRIC, mode="min")
         if pack > 1 and rungs is None:
             raise ValueError("packs need the cells' rungs")
         self._pack, self._rungs, self._cell_rungs = pack, rungs, {}
+        self._pretrain_pack = pretrain_pack
         self._pretrainings, self._tuner = pretrainings, tuner
         self._decided = not steered  # a steered study ends only on a stop decision
         # With no trial live, Tune's loop blocks in `suggest` (up to 600 s) and runs no callback:
@@ -116,8 +118,8 @@ class StudySearcher(Searcher):
             return self._again.popleft()
         if self._to_score:
             return self._to_score.popleft()
-        if key := self._pretrainings.next():
-            return Pretraining(self._pairs[key])
+        if keys := self._pretrainings.next(self._pretrain_pack, lambda k: self._pairs[k].n):
+            return Pretraining(tuple(self._pairs[k] for k in keys))
         for cell in list(self._open):
             error = self._pretrainings.error(cell)
             if error is not None:
@@ -157,10 +159,11 @@ class StudySearcher(Searcher):
             return
         if isinstance(unit, Pretraining):
             if not self._stopping:  # a job stopped with the study is neither done nor failed
-                outcome = None if error else units.result_of(result)
-                self._pretrainings.ended(
-                    unit.key, outcome or Failure("the job failed (see Tune's log)")
-                )
+                outcomes = None if error else units.result_of(result)
+                lost = Failure("the job failed (see Tune's log)")
+                for i, key in enumerate(unit.keys):
+                    outcome = outcomes[i] if isinstance(outcomes, tuple) else lost
+                    self._pretrainings.ended(key, outcome)
         elif isinstance(unit, Scoring):
             scored = None if error else units.result_of(result)
             if isinstance(scored, units.Scored):

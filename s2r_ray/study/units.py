@@ -1,11 +1,12 @@
 """The study's units of work and their typed results, and the one place that turns a unit into
 a Tune config and a Tune result back into a typed result.
 
-Four kinds of unit share the study's one Tune experiment: a `Pretraining` of an (n, r) pair, a
-fine-tuning `Trial` of a cell (or a `Pack` of several, trained as one network), and the
-`Scoring` of a cell whose trials have all ended. Only trials report the scheduler's metric, each
-epoch; a pack reports its members' ends (`PackProgress`) as they happen, the other two once,
-each its typed result under `RESULT`; none of these enter an ASHA bracket.
+Four kinds of unit share the study's one Tune experiment: a `Pretraining` of an (n, r) pair
+(or of several pairs of one n, trained as one network), a fine-tuning `Trial` of a cell (or a
+`Pack` of several), and the `Scoring` of a cell whose trials have all ended. Only trials report
+the scheduler's metric, each epoch; a pack reports its members' ends (`PackProgress`) as they
+happen, the other two once, each its typed result under `RESULT`; none of these enter an ASHA
+bracket.
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ RESULT = "s2r_result"  # a pretraining's or scoring's one result
 
 @dataclass(frozen=True)
 class Pretraining:
-    """Pretrain once per (n, r); every m and every trial of the pair share the network."""
+    """Pretrain once per (n, r); every m and every trial of the pair share the network. Pairs
+    of one n may train together (`tune.pretrain_pack`): one network each, one Tune trial."""
 
-    cell: Cell
+    pairs: tuple[Cell, ...]
 
     @property
-    def key(self) -> str:
-        return self.cell.pretrain_id
+    def cell(self) -> Cell:
+        return self.pairs[0]
+
+    @property
+    def keys(self) -> list[str]:
+        return [c.pretrain_id for c in self.pairs]
 
 
 @dataclass(frozen=True)
@@ -169,8 +175,12 @@ def from_config(config: dict[str, Any]) -> Unit:
     return config["unit"]
 
 
+# what a pretraining reports: an outcome per pair, in its order
+PretrainingOutcomes = tuple["PretrainingSummary | Failure", ...]
+
+
 def result_of(
     tune_result: dict | None,
-) -> PretrainingSummary | Scored | Failure | PackProgress | None:
+) -> PretrainingOutcomes | Scored | Failure | PackProgress | None:
     """The typed result a pretraining, scoring or pack reported; None when it never reported."""
     return (tune_result or {}).get(RESULT)

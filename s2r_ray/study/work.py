@@ -14,7 +14,7 @@ import numpy as np
 from ray import tune
 
 from s2r_ray.config import StudyConfig
-from s2r_ray.models.base import Diverged, Family, Pretrained, mae, rmse
+from s2r_ray.models.base import Diverged, Family, Pretrained, Source, mae, rmse
 from s2r_ray.protocol import Plan
 from s2r_ray.study import tracking, units
 from s2r_ray.study.packed import run_pack, run_params
@@ -81,35 +81,61 @@ def _pretrain(
     family: Family,
     cfg: StudyConfig,
     ctx: TrackingContext,
-) -> PretrainingSummary | Failure:
-    """Train on the first n rows of the repetition's source permutation, stopping on the
-    repetition's source hold-out (disjoint from every subset); the network goes to the store
-    before its MLflow run ends and the job reports, so no later loss can take it, and a run
-    ends FINISHED only for a network that was kept (one lost with its node ends KILLED)."""
+) -> units.PretrainingOutcomes:
+    """Train each pair on the first n rows of its repetition's source permutation, stopping on
+    the repetition's source hold-out (disjoint from every subset), the pairs of a pack as one
+    batch. A network goes to the store before its MLflow run ends and the job reports, so no
+    later loss can take it, and a run ends FINISHED only for a network that was kept (one lost
+    with its node ends KILLED); a pair that diverged fails alone."""
     device = setup_worker(cfg.tune.pretrain_resources.cpu)
-    ds, rep = plan.dataset, plan.repetitions[unit.cell.repetition]
-    params = {"n": unit.cell.n, "repetition": unit.cell.repetition}
-    params |= {"holdout_rows": len(rep.holdout), **cfg.pretrain.model_dump()}
-    params |= {"model": cfg.model.model_dump(), "device": device, "ray_node": ray_node()}
+    ds, base = plan.dataset, {**cfg.pretrain.model_dump(), "model": cfg.model.model_dump()}
+    base |= {"device": device, "ray_node": ray_node(), "pack_size": len(unit.pairs)}
+    sources, curves = [], []
     try:
-        with tracking.nested_run(ctx, unit.cell, "pretrain", f"pretrain {unit.key}", params) as run:
-            result = family.pretrain(
-                *plan.source_split(unit.cell),
-                seed=rep.seed,
-                X_extra=ds.target_X[rep.train],
-                device=device,
-            )
-            s = PretrainingSummary(
-                result.source_val_mae, result.steps, result.converged, result.seconds
-            )
-            tracking.log_curve(ctx, run.run_id, "source_val_mae", result.curve)
-            metrics = {"final_source_val_mae": s.source_val_mae, "steps": s.steps}
-            tracking.log(
-                ctx, run.run_id, metrics | {"converged": float(s.converged), "seconds": s.seconds}
-            )
-            store.save(unit.key, result)  # inside the run: FINISHED means the network is kept
+        for pair in unit.pairs:
+            rep = plan.repetitions[pair.repetition]
+            params = base | {"n": pair.n, "repetition": pair.repetition}
+            params["holdout_rows"] = len(rep.holdout)
+            name = f"pretrain {pair.pretrain_id}"
+            curves.append(tracking.open_run(ctx, pair, "pretrain", name, params))
+            sources.append(Source(*plan.source_split(pair), rep.seed, ds.target_X[rep.train]))
+        results = family.pretrain_members(sources, device)
+    except BaseException as e:
+        for curve in curves:
+            curve.end("KILLED" if isinstance(e, SystemExit) else "FAILED")
+        if isinstance(e, SystemExit):
+            raise
+        return tuple(_failure(e) for _ in unit.pairs)
+    return tuple(
+        _kept(key, result, curve, store, ctx)
+        for key, result, curve in zip(unit.keys, results, curves, strict=True)
+    )
+
+
+def _kept(
+    key: str,
+    result: Pretrained | Diverged,
+    curve: tracking.Curve,
+    store: PretrainedStore,
+    ctx: TrackingContext,
+) -> PretrainingSummary | Failure:
+    """One pair's network to the store and its run ended: FINISHED only once it is kept."""
+    if isinstance(result, Diverged):
+        curve.end("FAILED")
+        return _failure(result)
+    try:
+        s = PretrainingSummary(
+            result.source_val_mae, result.steps, result.converged, result.seconds
+        )
+        tracking.log_curve(ctx, curve.run_id, "source_val_mae", result.curve)
+        metrics = {"final_source_val_mae": s.source_val_mae, "steps": s.steps}
+        metrics |= {"converged": float(s.converged), "seconds": s.seconds}
+        tracking.log(ctx, curve.run_id, metrics)
+        store.save(key, result)
     except Exception as e:
+        curve.end("FAILED")
         return _failure(e)
+    curve.end("FINISHED")
     return s
 
 
