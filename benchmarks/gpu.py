@@ -5,6 +5,9 @@
 
 1. Pretraining throughput (rows/s) on the largest pool, `TorchFamily.pretrain` against a bare
    torch loop (same network, batch and optimiser) on the same device: what s2r's loop costs.
+   And pretrainings of one n (own rows and seeds) one after another against 2, 4 and 8 as one
+   batch (`pretrain_members`, `tune.pretrain_pack`), for the demo's MLP and the full one:
+   whether the default of 1 on a GPU should change (on a CPU it packs small networks).
 2. Fine-tuning trials/s with 1, 2, 4 and 8 trials sharing one GPU (`tune.resources.gpu` 1, 0.5,
    0.25, 0.125), with GPU memory and utilisation sampled from nvidia-smi meanwhile; and the
    same trials as packs of 1, 4, 16 and 64 members per GPU (`tune.pack`: one Tune trial on a
@@ -42,6 +45,7 @@ from torch import nn
 from s2r_ray.config import PretrainConfig, SyntheticData, load_config
 from s2r_ray.data.synthetic import make_synthetic
 from s2r_ray.folder import StudyFolder
+from s2r_ray.models.base import Source
 from s2r_ray.models.mlp import MLP, MLPFamily, MLPOptions, Scaler
 from s2r_ray.models.torch_family import Network
 from s2r_ray.study.driver import run_study
@@ -62,10 +66,11 @@ class Scale:
     trials: int  # fine-tuning trials per sharing level
     packs: tuple[int, ...]  # members per pack; each level trains max(packs) members
     epochs: int
+    pretrain_packs: tuple[int, ...]  # pretrainings of one n trained as one batch
     study_overrides: tuple[str, ...]
 
 
-FULL = Scale(300_000, 176, (512, 256, 128), 6000, 2000, 16, (1, 4, 16, 64), 30, ())
+FULL = Scale(300_000, 176, (512, 256, 128), 6000, 2000, 16, (1, 4, 16, 64), 30, (1, 2, 4, 8), ())
 TINY = Scale(
     5_000,
     12,
@@ -75,6 +80,7 @@ TINY = Scale(
     4,
     (1, 4),
     3,
+    (1, 2),
     (
         "sizes=[50,300]",
         "repetitions=1",
@@ -137,6 +143,49 @@ def pretraining(scale: Scale, device: str) -> dict:
         "bare_rows_per_s": round(bare),
         "s2r_vs_bare": round(s2r / bare, 3),
     }
+
+
+def pretraining_packs(scale: Scale, device: str) -> list[dict]:
+    """Pretrainings of one n, each its own rows (a permutation of the pool) and seed, run to a
+    fixed step count (no plateau stop, so both ways train the same steps): one after another,
+    then as one batch; seconds per network, and the speed-up of the batch."""
+    rows = min(scale.pool, 50_000)
+    steps = max(100, scale.pretrain_steps // 3)
+    out = []
+    for hidden, features in (((128, 64, 32), 8), (scale.hidden, scale.features)):
+        ds = make_synthetic(SyntheticData(n_source=rows, n_target=100, n_features=features))
+        X_val, y_val = ds.source_X[: rows // 10], ds.source_y[: rows // 10]
+        hp = PretrainConfig(patience=10**6, max_steps=steps)
+        family = MLPFamily(MLPOptions(hidden=list(hidden)), hp)
+        sources = []
+        for k in range(max(scale.pretrain_packs)):
+            own = np.random.default_rng(k).permutation(np.arange(rows // 10, rows))
+            sources.append(Source(ds.source_X[own], ds.source_y[own], X_val, y_val, k))
+        family.pretrain_members(sources[:2], device)  # warm-up: CUDA context, kernels
+        for k in scale.pretrain_packs:
+            sync(device)
+            start = time.perf_counter()
+            for source in sources[:k]:
+                family.pretrain_members([source], device)
+            sync(device)
+            alone = time.perf_counter() - start
+            start = time.perf_counter()
+            family.pretrain_members(sources[:k], device)
+            sync(device)
+            together = time.perf_counter() - start
+            out.append(
+                {
+                    "hidden": list(hidden),
+                    "features": features,
+                    "rows": len(sources[0].y),
+                    "steps": steps,
+                    "pretrainings": k,
+                    "alone_s_per_network": round(alone / k, 3),
+                    "together_s_per_network": round(together / k, 3),
+                    "speedup": round(alone / together, 3),
+                }
+            )
+    return out
 
 
 class GpuSampler:
@@ -349,6 +398,16 @@ def markdown(result: dict) -> str:
         f"batch {p['batch_size']}: s2r {p['s2r_rows_per_s']:,} rows/s, bare torch loop "
         f"{p['bare_rows_per_s']:,} rows/s (s2r / bare = {p['s2r_vs_bare']}).",
         "",
+        "| MLP | pretrainings of one n | s per network alone | s per network as one batch | "
+        "speed-up |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['features']}-{'-'.join(map(str, r['hidden']))} ({r['rows']:,} rows, "
+            f"{r['steps']} steps) | {r['pretrainings']} | {r['alone_s_per_network']} | "
+            f"{r['together_s_per_network']} | {r['speedup']} |"
+            for r in result["pretraining_packs"]
+        ),
+        "",
         "| gpu per trial | trials at once | trials/s | wall s | GPU util % | GPU mem MiB |",
         "|---|---|---|---|---|---|",
     ]
@@ -402,6 +461,7 @@ def main() -> int:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     start = time.perf_counter()
     result["pretraining"] = pretraining(scale, args.device)
+    result["pretraining_packs"] = pretraining_packs(scale, args.device)
     result["predict_max_abs_diff_vs_cpu"] = predict_matches(args.device)
     with tempfile.TemporaryDirectory(prefix="s2r-gpu-", dir="/tmp") as tmp:
         tmp_path = Path(tmp)

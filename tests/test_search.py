@@ -89,8 +89,8 @@ def test_searcher_waits_for_pretraining_scores_each_cell_once_and_first():
     assert a.key == "n0-mall-r0-t00" and b.key == "n0-mall-r0-t01"
     assert s.suggest("x") is None  # the n=100 cell is not pretrained yet
 
-    s.on_trial_complete("a", {"best_val_mae": 0.5, "training_iteration": 7, "train_seconds": 1.0})
-    s.on_trial_complete("b", {"best_val_mae": 0.3, "training_iteration": 4, "train_seconds": 2.0})
+    s.on_trial_complete("a", {"best_val_mae": 0.5, "epoch": 7, "train_seconds": 1.0})
+    s.on_trial_complete("b", {"best_val_mae": 0.3, "epoch": 4, "train_seconds": 2.0})
     assert not done  # the cell's record comes from its scoring
     s.on_trial_complete("p", {RESULT: (SUMMARY,)})
     score = unit(s.suggest("s0"))  # scoring jumps ahead of the now-ready n=100 trials
@@ -140,7 +140,7 @@ def test_a_restarted_searcher_continues_each_cell_from_the_journal(tmp_path):
     cells, pre = [Cell(0, 0)], _pretrainings()
     first = _searcher(cells, pre, [], storage(), per_cell=2)
     a, b = unit(first.suggest("a")), unit(first.suggest("b"))
-    first.on_trial_complete("a", {"best_val_mae": 0.5, "training_iteration": 3})
+    first.on_trial_complete("a", {"best_val_mae": 0.5, "epoch": 3})
     # the driver dies here, with b running
 
     done: list[dict] = []
@@ -149,7 +149,7 @@ def test_a_restarted_searcher_continues_each_cell_from_the_journal(tmp_path):
     c = unit(second.suggest("c"))
     assert c.key == "n0-mall-r0-t02"  # t01 was b, interrupted
     assert second.suggest("d") is None  # 1 ended + 1 running; the interrupted one not counted
-    second.on_trial_complete("c", {"best_val_mae": 0.4, "training_iteration": 2})
+    second.on_trial_complete("c", {"best_val_mae": 0.4, "epoch": 2})
     score = unit(second.suggest("s"))
     assert score.trial == c and score.stop_epoch == 2
     assert a.key == "n0-mall-r0-t00" and b.key == "n0-mall-r0-t01"
@@ -178,7 +178,7 @@ def test_a_pretraining_or_scoring_tune_gave_up_on_is_handed_out_again_a_few_time
     done.clear()
     s = _searcher([Cell(0, 0)], _pretrainings(), done, per_cell=1)
     s.suggest("a")
-    s.on_trial_complete("a", {"best_val_mae": 0.5, "training_iteration": 3})
+    s.on_trial_complete("a", {"best_val_mae": 0.5, "epoch": 3})
     score = unit(s.suggest("s0"))
     s.on_trial_complete("s0", None, error=True)
     assert unit(s.suggest("s1")) == score and not done

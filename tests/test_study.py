@@ -3,13 +3,21 @@
 import json
 import re
 
+import numpy as np
 import pytest
+from faults import runs
 from mlflow.tracking import MlflowClient
 
 from s2r_ray.cli import main
-from s2r_ray.config import build_config
+from s2r_ray.config import StudyConfig, SyntheticData, build_config
+from s2r_ray.data.synthetic import make_synthetic
 from s2r_ray.folder import StudyFolder
+from s2r_ray.models import make_family
+from s2r_ray.protocol import make_plan
+from s2r_ray.study import tracking, work
 from s2r_ray.study.driver import run_study
+from s2r_ray.study.pretrained import FolderStore
+from s2r_ray.study.units import EPOCH, METRIC, Trial, to_config
 
 pytestmark = pytest.mark.ray
 
@@ -189,3 +197,35 @@ def test_a_target_size_axis_shares_pretraining_across_m(ray_session, tmp_path):
     assert [b["m"] for b in report["baseline_by_m"]] == [20, 40, 70]
 
     _check_the_target_axis(report)
+
+
+def test_a_trial_reports_to_tune_at_its_rungs_and_last_epoch_and_logs_every_epoch(
+    ray_session, tmp_path, monkeypatch
+):
+    """`run_unit` on a trial outside Tune, Tune's `report` recorded: ASHA decides only at rung
+    epochs, and each report waits for the driver, so the others are not sent; the MLflow curve
+    (real SQLite store) still has every epoch."""
+    cfg = StudyConfig(name="t", sizes=[200], repetitions=1, model={"hidden": [16, 8]})
+    plan = make_plan(cfg, make_synthetic(SyntheticData(n_source=400, n_target=300)))
+    cell = next(c for c in plan.cells if c.is_baseline)
+    hp = {"lr": 3e-3, "weight_decay": 1e-4, "epochs": 9, "batch_size": 32, "freeze": 0}
+    ctx = tracking.start_study(f"sqlite:///{tmp_path / 'm.db'}", "s2r-ray", "t", {}, [200], {})
+    reports: list[dict] = []
+    monkeypatch.setattr(work.tune, "report", reports.append)
+    store = FolderStore(str(tmp_path / "out"))
+    family = make_family(cfg)
+    work.run_unit(
+        to_config(Trial(cell, 0, 5, hp)),
+        plan=plan,
+        store=store,
+        family=family,
+        cfg=cfg,
+        ctx=ctx,
+        rungs=(2, 6),
+    )
+    assert [r[EPOCH] for r in reports] == [2, 6, 9]
+    (run,) = runs(tmp_path / "m.db", "trial")
+    curve = ctx.client.get_metric_history(run.info.run_id, "best_val_mae")
+    assert [m.step for m in curve] == list(range(1, 10))
+    assert [r[METRIC] for r in reports] == [curve[e - 1].value for e in (2, 6, 9)]
+    assert np.isfinite(reports[-1]["train_seconds"])

@@ -406,6 +406,7 @@ def _tune(
     # ASHA stops every trial that reaches its horizon: one past the longest trial, so that a
     # trial that completed all its epochs does not end KILLED
     horizon = family.max_epochs(cfg.finetune.space()) + 1
+    rungs = Rungs.asha(horizon, cfg.tune.grace_period, cfg.tune.reduction_factor)
     pack = cfg.tune.pack
     if pack > 1 and not family.packs:
         raise ConfigError(f"tune.pack: model.kind {cfg.model.kind!r} cannot train trials as one")
@@ -427,7 +428,7 @@ def _tune(
             steered=cfg.steer is not None and not steer.stopped(folder.decisions()),
             poll=progress.drain,
             pack=pack,
-            rungs=Rungs.asha(horizon, cfg.tune.grace_period, cfg.tune.reduction_factor),
+            rungs=rungs,
             pretrain_pack=cfg.tune.pretrain_pack or _pretrain_pack(cfg, family, plan),
         )
         progress.on_decision = lambda decision: searcher.steer(steer.decision_cells(cfg, decision))
@@ -449,7 +450,13 @@ def _tune(
         trial, pretraining = _bundle(cfg.tune.resources), _bundle(cfg.tune.pretrain_resources)
         trainable = tune.with_resources(
             tune.with_parameters(
-                run_unit, plan=plan_ref, store=store, family=family, cfg=cfg, ctx=ctx
+                run_unit,
+                plan=plan_ref,
+                store=store,
+                family=family,
+                cfg=cfg,
+                ctx=ctx,
+                rungs=rungs.milestones,
             ),
             lambda c: pretraining if isinstance(units.from_config(c), units.Pretraining) else trial,
         )

@@ -17,6 +17,7 @@ from s2r_ray.study.halving import Rungs
 from s2r_ray.study.pretraining import Pretrainings
 from s2r_ray.study.tuner import CellTuner
 from s2r_ray.study.units import (
+    EPOCH,
     METRIC,
     Failure,
     MemberEnd,
@@ -219,7 +220,7 @@ class StudySearcher(Searcher):
         if value is None or not math.isfinite(value):
             tuner.tell(trial, None, error=(result or {}).get("diverged"))
         else:
-            it, seconds = result.get("training_iteration"), result.get("train_seconds", 0.0)
+            it, seconds = result.get(EPOCH), result.get("train_seconds", 0.0)
             tuner.tell(trial, value, stop_epoch=it, train_seconds=float(seconds))
         if tuner.tuned():
             self._cell_tuned(trial.cell)
@@ -257,7 +258,11 @@ class PerCellASHA(FIFOScheduler):
     def __init__(self, max_t: int, grace_period: int, reduction_factor: int):
         super().__init__()
         self._kwargs = dict(
-            metric=METRIC, mode="min", max_t=max_t, reduction_factor=reduction_factor
+            metric=METRIC,
+            mode="min",
+            max_t=max_t,
+            reduction_factor=reduction_factor,
+            time_attr=EPOCH,
         )
         self._kwargs["grace_period"] = min(grace_period, max_t)
         self._ashas: dict[str, AsyncHyperBandScheduler] = {}

@@ -18,6 +18,7 @@ from s2r_ray.protocol import Cell
 from s2r_ray.study.halving import Rungs
 
 METRIC = "best_val_mae"  # a trial's best validation MAE so far: the scheduler's one metric
+EPOCH = "epoch"  # the epoch a trial reported at: the scheduler's time (a trial skips epochs)
 RESULT = "s2r_result"  # a pretraining's or scoring's one result
 
 

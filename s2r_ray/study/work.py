@@ -21,6 +21,7 @@ from s2r_ray.study.packed import run_pack, run_params
 from s2r_ray.study.pretrained import PretrainedStore
 from s2r_ray.study.tracking import TrackingContext
 from s2r_ray.study.units import (
+    EPOCH,
     METRIC,
     RESULT,
     Failure,
@@ -41,8 +42,10 @@ def run_unit(
     family: Family,
     cfg: StudyConfig,
     ctx: TrackingContext,
+    rungs: tuple[int, ...] = (),
 ) -> None:
-    """Run the unit a Tune config carries. Fine-tuning trials never read the test split. A
+    """Run the unit a Tune config carries. Fine-tuning trials never read the test split, and
+    report to Tune at the epochs ASHA acts on (`rungs`) and their last. A
     trial whose loss diverges ends FAILED with a last report saying so; one that raises is
     retried by Tune (`tune.max_failures`). A pretraining or scoring that raises reports its
     `Failure` and fails its cells, not the study (not retried: the same seed fails the same
@@ -55,7 +58,7 @@ def run_unit(
     pre = None if unit.cell.is_baseline else store.load(unit.cell.pretrain_id)
     state = None if pre is None else pre.state
     if isinstance(unit, Trial):
-        _finetune(unit, plan, state, family, ctx, device, store)
+        _finetune(unit, plan, state, family, ctx, device, store, rungs)
         return
     if isinstance(unit, Pack):
         run_pack(unit, plan, state, family, ctx, device, store)
@@ -147,12 +150,18 @@ def _finetune(
     ctx: TrackingContext,
     device: str,
     store: PretrainedStore,
+    rungs: tuple[int, ...],
 ) -> None:
-    """`train_seconds` excludes logging and the time blocked in `tune.report`, so the study can
-    tell how much of its wall time went into training versus orchestration. The trial's own
-    network goes to the store as it ends, however it ends (ASHA's stop is a SystemExit raised
-    in `tune.report`), so its cell's scoring need not train it again."""
+    """A trial reports to Tune only at its rung epochs and its last: ASHA decides nothing in
+    between, and each report waits for the driver to take it (Tune's reporting is synchronous:
+    8-14% of a demo trial actor's CPU, in py-spy, went into per-epoch reports; its curve goes to
+    MLflow every epoch regardless). Waiting there, a trial ASHA stops at a rung ends in that
+    report (a SystemExit), at the rung. `train_seconds` excludes logging and the time blocked in
+    `tune.report`, so the study can tell how much of its wall time went into training versus
+    orchestration. The trial's own network goes to the store as it ends, however it ends, so its
+    cell's scoring need not train it again."""
     params, kept = run_params(trial, device), KeptNetwork([])
+    report_at = {*rungs, int(trial.hp["epochs"])}
     try:
         with tracking.nested_run(ctx, trial.cell, "trial", trial.key, params) as run:
             start, overhead = time.perf_counter(), 0.0
@@ -163,7 +172,9 @@ def _finetune(
                 kept.reached = epoch
                 trained = t - start - overhead
                 run.add({"val_mae": val_mae, "best_val_mae": best}, step=epoch)
-                tune.report({METRIC: best, "val_mae": val_mae, "train_seconds": trained})
+                if epoch in report_at:
+                    result = {METRIC: best, "val_mae": val_mae, "train_seconds": trained}
+                    tune.report(result | {EPOCH: epoch})
                 overhead += time.perf_counter() - t
 
             try:
@@ -183,7 +194,7 @@ def _finetune(
                 raise
             _keep(store, trial, kept)
     except Diverged as e:  # not worth a retry: the same seed diverges again
-        tune.report({METRIC: math.inf, "diverged": str(e)})
+        tune.report({METRIC: math.inf, "diverged": str(e), EPOCH: kept.reached + 1})
 
 
 def _keep(store: PretrainedStore, trial: Trial, kept: KeptNetwork) -> None:
