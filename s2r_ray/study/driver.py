@@ -337,7 +337,9 @@ def _run(
         reducer = Reducer.options(scheduling_strategy=here).remote(
             cfg, str(out.resolve()), ctx, dict(Counter(c.n for c in plan.cells)), extra
         )
-        if decision := ray.get(reducer.steer.remote()):  # the round ended with the last attempt
+        # a steered study's round may have ended with the last attempt; any other study does not
+        # wait here for the reducer's process to start (it starts beside Tune's first actors)
+        if cfg.steer is not None and (decision := ray.get(reducer.steer.remote())):
             echo(decision_line(decision))
             plan.cells += steer.decision_cells(cfg, decision)
         used["object_store_bytes"] = _tune(cfg, plan, folder, ctx, reducer, signals, orphans, echo)
