@@ -43,7 +43,7 @@ from s2r_ray.models.network import Encoder, Network
 # A stack of K small networks shares each step's fixed per-call cost, which only dominates small
 # networks on a CPU: three pretrainings of one n as one batch against one after another, ratio of
 # wall times (benchmarks/pack.md), the demo's MLP (8-128-64-32, 11k parameters) 1.20-1.52x, the
-# band-gap MLP (512-256-128, 240k) 0.92-1.18x. GPUs are unmeasured (benchmarks/gpu.py).
+# band-gap MLP (175-512-256-128, 254k) 0.92-1.18x. GPUs are unmeasured (benchmarks/gpu.py).
 SMALL_NETWORK = 50_000
 
 # Training rows whose encoding is larger than this are encoded batch by batch as drawn, not once
