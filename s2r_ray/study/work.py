@@ -152,16 +152,17 @@ def _finetune(
     store: PretrainedStore,
     rungs: tuple[int, ...],
 ) -> None:
-    """A trial reports to Tune only at its rung epochs and its last: ASHA decides nothing in
-    between, and each report waits for the driver to take it (Tune's reporting is synchronous:
-    8-14% of a demo trial actor's CPU, in py-spy, went into per-epoch reports; its curve goes to
-    MLflow every epoch regardless). Waiting there, a trial ASHA stops at a rung ends in that
-    report (a SystemExit), at the rung. `train_seconds` excludes logging and the time blocked in
+    """A trial reports to Tune only at its rung epochs and its last epoch (sent once training
+    ends, whatever a family calls an epoch): ASHA decides nothing in between, and each report
+    waits for the driver to take it (Tune's reporting is synchronous: 8-14% of a demo trial
+    actor's CPU, in py-spy, went into per-epoch reports; its curve goes to MLflow every epoch
+    regardless). Waiting there, a trial ASHA stops at a rung ends in that report (a
+    SystemExit), at the rung. `train_seconds` excludes logging and the time blocked in
     `tune.report`, so the study can tell how much of its wall time went into training versus
     orchestration. The trial's own network goes to the store as it ends, however it ends, so its
     cell's scoring need not train it again."""
     params, kept = run_params(trial, device), KeptNetwork([])
-    report_at = {*rungs, int(trial.hp["epochs"])}
+    last: dict = {}  # the latest epoch's result until a report sends it
     try:
         with tracking.nested_run(ctx, trial.cell, "trial", trial.key, params) as run:
             start, overhead = time.perf_counter(), 0.0
@@ -172,9 +173,12 @@ def _finetune(
                 kept.reached = epoch
                 trained = t - start - overhead
                 run.add({"val_mae": val_mae, "best_val_mae": best}, step=epoch)
-                if epoch in report_at:
-                    result = {METRIC: best, "val_mae": val_mae, "train_seconds": trained}
-                    tune.report(result | {EPOCH: epoch})
+                last.clear()
+                last.update({METRIC: best, "val_mae": val_mae, "train_seconds": trained})
+                last[EPOCH] = epoch
+                if epoch in rungs:
+                    tune.report(last.copy())
+                    last.clear()
                 overhead += time.perf_counter() - t
 
             try:
@@ -187,6 +191,8 @@ def _finetune(
                     on_epoch=on_epoch,
                     on_best=kept.add,
                 )
+                if last:  # its last epoch, unless that was a rung's
+                    tune.report(last)
             except Diverged:
                 raise  # a diverged trial is never scored from what it kept
             except BaseException:
