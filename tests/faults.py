@@ -14,6 +14,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -125,6 +126,48 @@ def descendants(root: int) -> list[tuple[int, str]]:
         found += [(pid, _read(pid, "cmdline").replace(b"\0", b" ").decode()) for pid in children]
         frontier = children
     return found
+
+
+@dataclass
+class Kill:
+    """What `study_killing_trial_actors` killed: the processes, seconds after the study's
+    start, and the condition's value that triggered it."""
+
+    pids: list[int] = field(default_factory=list)
+    at: float | None = None
+    what: object = None
+
+
+def study_killing_trial_actors(cfg, out: Path, when: Callable[[], object]) -> tuple[dict, Kill]:
+    """Run the study in this process (on the session's Ray) and kill -9 its trial actors'
+    processes (Ray titles a busy one by the method it runs) once `when()` is truthy, polled
+    until some were killed or the study ended, not for a fixed time."""
+    from s2r_ray.study.driver import run_study
+
+    kill, errors, ended, started = Kill(), [], threading.Event(), time.time()
+
+    def killer() -> None:
+        try:
+            while not kill.pids and not ended.is_set():
+                if what := when():
+                    for pid, cmd in descendants(os.getpid()):
+                        if "ImplicitFunc.train" in cmd:
+                            os.kill(pid, signal.SIGKILL)
+                            kill.pids.append(pid)
+                    kill.at, kill.what = time.time() - started, what
+                time.sleep(0.2)
+        except Exception as error:  # reported by the test, not lost with the thread
+            errors.append(error)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    try:
+        report = run_study(cfg, out, echo=lambda line: None)
+    finally:
+        ended.set()
+        thread.join(timeout=60)
+    assert not errors, errors
+    return report, kill
 
 
 def wait_for(predicate, timeout: float, what: str, proc: StudyProcess | None = None) -> None:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -18,11 +17,11 @@ from faults import (
     REPO,
     StudyProcess,
     call_within,
-    descendants,
     kill_ray_processes,
     ledger_lines,
     reports_usage,
     runs,
+    study_killing_trial_actors,
     wait_for,
     write_config,
 )
@@ -196,50 +195,28 @@ def test_a_trial_whose_process_dies_is_retried(ray_session, tmp_path):
         "tune": {"trials_per_cell": 2, "startup_trials": 2, "grace_period": 151},
         "tracking": {"uri": f"sqlite:///{db}"},
     }
-    killed: list[int] = []
-    study_ended = threading.Event()
-    started, killed_at, errors = time.time(), [], []
 
     def a_trial_runs_after_pretraining() -> bool:
+        # pretraining has ended, so the busy trial actors hold trials, or at most the baseline
+        # cell's scoring job
         if not StudyFolder(out).pretrained_keys():
             return False
         keys = [r.data.params.get("trial_key", "") for r in runs(db, "trial", "RUNNING")]
         return any(k.startswith("n40-") for k in keys)
 
-    def kill_the_running_trials() -> None:
-        # for as long as the study runs, not for a fixed time: pretraining has ended, so the
-        # busy trial actors (Ray titles them by the method they run) hold trials, or at most
-        # the baseline cell's scoring job
-        try:
-            while not killed and not study_ended.is_set():
-                if a_trial_runs_after_pretraining():
-                    for pid, cmd in descendants(os.getpid()):
-                        if "ImplicitFunc.train" in cmd:
-                            os.kill(pid, signal.SIGKILL)
-                            killed.append(pid)
-                            killed_at.append(time.time() - started)
-                time.sleep(0.2)
-        except Exception as error:  # reported by the test, not lost with the thread
-            errors.append(error)
-
-    killer = threading.Thread(target=kill_the_running_trials, daemon=True)
-    killer.start()
-    try:
-        report = run_study(build_config(raw), out, echo=lambda line: None)
-    finally:
-        study_ended.set()
-        killer.join(timeout=60)
-    first = f", the first {killed_at[0]:.1f} s after the start" if killed_at else ""
-    print(f"trial actors killed: {len(killed)}{first}")
-    assert not errors, errors
-    assert killed, "the study ended before a trial actor ran after pretraining: none was killed"
+    report, kill = study_killing_trial_actors(
+        build_config(raw), out, a_trial_runs_after_pretraining
+    )
+    first = f", {kill.at:.1f} s after the start" if kill.pids else ""
+    print(f"trial actors killed: {len(kill.pids)}{first}")
+    assert kill.pids, "the study ended before a trial actor ran after pretraining: none was killed"
     assert report["status"] == "complete"
     records = StudyFolder(out).ledger()
     assert [r["status"] for r in records] == ["ok", "ok"]
     trial_keys = [r.data.params["trial_key"] for r in runs(db, "trial")]
     finished = [r.data.params["trial_key"] for r in runs(db, "trial", "FINISHED")]
     assert len(finished) == len(set(finished)) == 4  # 2 cells x 2 trials, each finished once
-    assert 4 < len(trial_keys) <= 4 + len(killed) and set(trial_keys) == set(finished)
+    assert 4 < len(trial_keys) <= 4 + len(kill.pids) and set(trial_keys) == set(finished)
     assert not runs(db, "trial", "RUNNING")
 
 

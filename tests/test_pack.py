@@ -5,10 +5,6 @@ members. Real local Ray, real SQLite MLflow, real `s2r run` processes for the ki
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +13,10 @@ import pytest
 import torch
 from faults import (
     StudyProcess,
-    descendants,
     kill_ray_processes,
     ledger_lines,
     runs,
+    study_killing_trial_actors,
     wait_for,
 )
 from faults import write_config as write_yaml
@@ -228,8 +224,6 @@ def test_a_pack_whose_process_dies_reruns_only_its_unfinished_members(ray_sessio
         "tracking": {"uri": f"sqlite:///{tmp_path / 'm.db'}"},
     }
     out, db = tmp_path / "out", tmp_path / "m.db"
-    ended_at_kill: list[str] = []
-    study_ended, errors = threading.Event(), []
 
     def mid_pack() -> list[str]:
         """The members that ended of a pack that has members still training."""
@@ -242,27 +236,9 @@ def test_a_pack_whose_process_dies_reruns_only_its_unfinished_members(ray_sessio
                 return ended
         return []
 
-    def kill_the_pack() -> None:
-        try:
-            while not ended_at_kill and not study_ended.is_set():
-                if ended := mid_pack():
-                    for pid, cmd in descendants(os.getpid()):
-                        if "ImplicitFunc.train" in cmd:
-                            os.kill(pid, signal.SIGKILL)
-                    ended_at_kill.extend(ended)
-                time.sleep(0.2)
-        except Exception as error:  # reported by the test, not lost with the thread
-            errors.append(error)
-
-    killer = threading.Thread(target=kill_the_pack, daemon=True)
-    killer.start()
-    try:
-        report = run_study(build_config(raw), out, echo=lambda line: None)
-    finally:
-        study_ended.set()
-        killer.join(timeout=60)
-    assert not errors, errors
-    assert ended_at_kill, "the study ended before a pack had ended and running members"
+    report, kill = study_killing_trial_actors(build_config(raw), out, mid_pack)
+    assert kill.pids, "the study ended before a pack had ended and running members"
+    ended_at_kill = kill.what
     assert report["status"] == "complete"
     keys = [r.data.params["trial_key"] for r in runs(db, "trial")]
     assert all(keys.count(k) == 1 for k in ended_at_kill), (ended_at_kill, keys)
