@@ -1,6 +1,6 @@
 """GPU figures for s2r-ray, on synthetic data alone, and a check that the GPU path works.
 
-    python benchmarks/gpu.py [--out DIR]              # where CUDA is: ~10 minutes on one H200 (a guess)
+    python benchmarks/gpu.py [--out DIR]       # where CUDA is: ~10 min on one H200 (estimate)
     python benchmarks/gpu.py --device cpu --tiny      # the same logic, small, on any machine
 
 1. Pretraining throughput (rows/s) on the largest pool, `TorchFamily.pretrain` against a bare

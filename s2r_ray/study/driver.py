@@ -378,7 +378,7 @@ def _pretrain_pack(cfg: StudyConfig, family: Family, plan: Plan) -> int:
     """Every repetition of an n in one batch where the family measured that faster."""
     device = "cuda" if cfg.tune.pretrain_resources.gpu else "cpu"
     stacks = family.stacks_pretraining(len(plan.dataset.feature_names), device)
-    return max(cfg.repetitions, 1) if stacks else 1
+    return cfg.repetitions if stacks else 1
 
 
 def _tune(

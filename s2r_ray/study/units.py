@@ -4,9 +4,9 @@ a Tune config and a Tune result back into a typed result.
 Four kinds of unit share the study's one Tune experiment: a `Pretraining` of an (n, r) pair
 (or of several pairs of one n, trained as one network), a fine-tuning `Trial` of a cell (or a
 `Pack` of several), and the `Scoring` of a cell whose trials have all ended. Only trials report
-the scheduler's metric, each epoch; a pack reports its members' ends (`PackProgress`) as they
-happen, the other two once, each its typed result under `RESULT`; none of these enter an ASHA
-bracket.
+the scheduler's metric, at their rung epochs and their last (`EPOCH`); a pack reports its
+members' ends (`PackProgress`) as they happen, the other two once, each its typed result under
+`RESULT`; none of these enter an ASHA bracket.
 """
 
 from __future__ import annotations

@@ -42,10 +42,10 @@ def run_unit(
     family: Family,
     cfg: StudyConfig,
     ctx: TrackingContext,
-    rungs: tuple[int, ...] = (),
+    rungs: tuple[int, ...],
 ) -> None:
     """Run the unit a Tune config carries. Fine-tuning trials never read the test split, and
-    report to Tune at the epochs ASHA acts on (`rungs`) and their last. A
+    report to Tune at the epochs ASHA acts on (`rungs`) and at their last epoch. A
     trial whose loss diverges ends FAILED with a last report saying so; one that raises is
     retried by Tune (`tune.max_failures`). A pretraining or scoring that raises reports its
     `Failure` and fails its cells, not the study (not retried: the same seed fails the same
@@ -174,8 +174,9 @@ def _finetune(
                 trained = t - start - overhead
                 run.add({"val_mae": val_mae, "best_val_mae": best}, step=epoch)
                 last.clear()
-                last.update({METRIC: best, "val_mae": val_mae, "train_seconds": trained})
-                last[EPOCH] = epoch
+                last.update(
+                    {METRIC: best, "val_mae": val_mae, "train_seconds": trained, EPOCH: epoch}
+                )
                 if epoch in rungs:
                     tune.report(last.copy())
                     last.clear()
