@@ -232,7 +232,8 @@ def test_a_pack_whose_process_dies_reruns_only_its_unfinished_members(ray_sessio
         """The members that ended of a pack that has members still training."""
         by_pack: dict[str, list] = {}
         for r in runs(db, "trial"):
-            by_pack.setdefault(r.data.params["pack"], []).append(r)
+            if "pack" in r.data.params:  # else just created: its params are not logged yet
+                by_pack.setdefault(r.data.params["pack"], []).append(r)
         for members in by_pack.values():
             ended = [r.data.params["trial_key"] for r in members if r.info.status != "RUNNING"]
             if ended and len(ended) < len(members):
