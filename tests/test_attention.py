@@ -16,7 +16,9 @@ from s2r_ray.config import ConfigError, DataConfig
 from s2r_ray.data import load_dataset
 from s2r_ray.data.featurizers import make_featurizer
 from s2r_ray.data.featurizers.composition import element_table
-from s2r_ray.models.attention import CompositionAttention
+from s2r_ray.models.attention import AttentionFamily, AttentionOptions, CompositionAttention
+from s2r_ray.models.base import Pretrained, Source
+from s2r_ray.models.hyperparameters import PretrainConfig
 
 # stable, well-characterised elements: H to Bi without noble gases and lanthanides
 SYMBOLS = [e.symbol for e in Element if e.Z <= 83 and not (e.is_noble_gas or e.is_lanthanoid)]
@@ -251,3 +253,67 @@ def test_finetuning_from_simulation_beats_training_from_scratch(pretrained):
     fine_mae = mae(y[test], fit(transferred, X[train], y[train], **recipe)(X[test]))
     scratch_mae = mae(y[test], fit(scratch, X[train], y[train], **recipe)(X[test]))
     assert fine_mae < 0.5 * scratch_mae
+
+
+def _family(**pretrain) -> AttentionFamily:
+    return AttentionFamily(AttentionOptions(**SMALL), PretrainConfig(batch_size=64, **pretrain))
+
+
+def test_attention_networks_trained_as_one_batch_equal_each_trained_alone(source):
+    """`forward_stacked` against the module's own forward: pretrainings of one n (own rows,
+    seeds) and fine-tunings with their own rate, frozen stages and length, as one batch and
+    alone: the same curves up to the float order of the stacked products (the step cap ends the
+    pretrainings before a plateau decision, which a float difference could flip)."""
+    X, y = source
+    family = _family(patience=50, max_steps=60, min_steps_per_eval=20)
+    sources = [
+        Source(
+            X[i * 300 : (i + 1) * 300], y[i * 300 : (i + 1) * 300], X[900:1000], y[900:1000], seed=i
+        )
+        for i in range(3)
+    ]
+    together = family.pretrain_members(sources)
+    for s, got in zip(sources, together, strict=True):
+        alone = family.pretrain(s.X, s.y, s.X_val, s.y_val, seed=s.seed)
+        assert isinstance(got, Pretrained) and got.steps == alone.steps == 60
+        np.testing.assert_allclose(
+            [v for _, v in got.curve], [v for _, v in alone.curve], rtol=1e-4
+        )
+    state = together[0].state
+    hp = {
+        "lr": 3e-3,
+        "weight_decay": 1e-4,
+        "epochs": 5,
+        "batch_size": 32,
+        "freeze": 0,
+        "dropout": 0.0,
+    }
+    hps = [hp, {**hp, "lr": 1e-3, "freeze": 1}, {**hp, "freeze": 2, "epochs": 3}]
+    split = (X[1000:1200], real_property(X[1000:1200]), X[1200:1300], real_property(X[1200:1300]))
+    together = family.finetune_members(*split, hps=hps, seeds=[1, 2, 3], pretrained=state)
+    for hp_, seed, got in zip(hps, [1, 2, 3], together, strict=True):
+        alone = family.finetune(*split, hp=hp_, seed=seed, pretrained=state)
+        assert len(got.curve) == len(alone.curve) == hp_["epochs"]
+        np.testing.assert_allclose(got.curve, alone.curve, rtol=1e-4)
+
+
+def test_a_batched_attention_members_dropout_is_its_own(source):
+    """With dropout, a member's masks come from its own generator: the same member trained
+    beside other batch mates ends with the same curve, and a second seed differs."""
+    X, y = source
+    family = _family()
+    hp = {
+        "lr": 3e-3,
+        "weight_decay": 1e-4,
+        "epochs": 3,
+        "batch_size": 32,
+        "freeze": 0,
+        "dropout": 0.1,
+    }
+    split = (X[:200], y[:200], X[200:300], y[200:300])
+    mates = [{**hp, "lr": 1e-3}, {**hp, "dropout": 0.0}]
+    a = family.finetune_members(*split, hps=[hp, mates[0]], seeds=[7, 8])
+    b = family.finetune_members(*split, hps=[hp, mates[1], mates[0]], seeds=[7, 9, 10])
+    np.testing.assert_allclose(a[0].curve, b[0].curve, rtol=1e-4)
+    c = family.finetune_members(*split, hps=[hp, mates[0]], seeds=[11, 8])
+    assert not np.allclose(a[0].curve, c[0].curve, rtol=1e-3)

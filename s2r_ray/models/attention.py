@@ -13,6 +13,8 @@ composition alone; padding is masked out of attention and weighted 0 in the pool
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -22,7 +24,13 @@ from torch import nn
 from s2r_ray.data.dataset import Rows
 from s2r_ray.data.featurizers.elements import embedding_table
 from s2r_ray.models import base
-from s2r_ray.models.torch_family import TorchFamily
+from s2r_ray.models.torch_family import (
+    StackedForward,
+    TorchFamily,
+    stacked_affine,
+    stacked_dropout,
+    stacked_linear,
+)
 
 FRACTION_FREQUENCIES = 8  # sin/cos pairs per encoded quantity: resolution ~1/2^8 of its range
 LOG_FRACTION_FLOOR = 1e-5  # below the featurizer's smallest fraction (5e-5)
@@ -119,6 +127,76 @@ class CompositionAttention(nn.Module):
                 p.requires_grad_(i >= k)
 
 
+def _stacked_norm(norms: Sequence[nn.LayerNorm], x: torch.Tensor) -> torch.Tensor:
+    """K LayerNorms on (K, rows, d), each with its own scale and shift."""
+    w = torch.stack([n.weight for n in norms]).unsqueeze(1)
+    b = torch.stack([n.bias for n in norms]).unsqueeze(1)
+    return torch.addcmul(b, nn.functional.layer_norm(x, (x.shape[-1],), eps=norms[0].eps), w)
+
+
+def _stacked_attention(
+    attns: Sequence[nn.MultiheadAttention],
+    x: torch.Tensor,
+    padding: torch.Tensor,
+    noise: Sequence[torch.Generator],
+) -> torch.Tensor:
+    """K self-attentions on (K, batch * T, d) tokens, `padding` (K * batch, T) masked out as
+    keys, as `nn.MultiheadAttention` computes them (scaled dot products, dropout on the
+    attention weights)."""
+    k, rows, d = x.shape
+    kb, t = padding.shape
+    heads = attns[0].num_heads
+    weights = [a.in_proj_weight for a in attns]
+    qkv = stacked_affine(weights, [a.in_proj_bias for a in attns], x)  # q, k, v: head-major
+    q, key, v = qkv.view(kb, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    rates, keep = [a.dropout for a in attns], ~padding.view(kb, 1, 1, t)
+    if any(rates):  # each member's own dropout on its attention weights
+        scores = (q @ key.transpose(-1, -2)) / math.sqrt(d // heads)
+        probs = scores.masked_fill(~keep, -math.inf).softmax(dim=-1).view(k, -1, heads, t, t)
+        out = stacked_dropout(rates, probs, noise).view(kb, heads, t, t) @ v
+    else:  # the fused kernel `nn.MultiheadAttention` runs
+        out = nn.functional.scaled_dot_product_attention(q, key, v, attn_mask=keep)
+    out = out.transpose(1, 2).reshape(k, rows, d)
+    return stacked_linear([cast("nn.Linear", a.out_proj) for a in attns], out)
+
+
+def forward_stacked(
+    modules: Sequence[nn.Module], x: torch.Tensor, noise: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """K networks of one shape on (K, batch, 2E) rows -> (K, batch), trained together
+    (`torch_family.train_members`): each step's ~60 small operations run once for the K, on
+    the members' own weights, as `CompositionAttention.forward` runs them for one (the
+    pre-norm encoder layer of `nn.TransformerEncoderLayer`, GELU, dropout drawn per member)."""
+    nets = cast("list[CompositionAttention]", list(modules))
+    k, batch, width = x.shape
+    z, frac = _compact(*split_inputs(x.reshape(k * batch, width)))  # one width for all
+    padding, t, first = z == 0, z.shape[1], nets[0]
+    props = first.properties[z].view(k, batch * t, -1)
+    encoded = first._encode_fraction(frac).view(k, batch * t, -1)
+    h = stacked_linear([m.element for m in nets], props)
+    h = h + stacked_linear([m.fraction for m in nets], encoded)
+    for i in range(len(first.encoder.layers)):
+        layers = [cast("nn.TransformerEncoderLayer", m.encoder.layers[i]) for m in nets]
+        a = _stacked_attention(
+            [lay.self_attn for lay in layers],
+            _stacked_norm([lay.norm1 for lay in layers], h),
+            padding,
+            noise,
+        )
+        h = h + stacked_dropout([lay.dropout1.p for lay in layers], a, noise)
+        f = stacked_linear(
+            [lay.linear1 for lay in layers], _stacked_norm([lay.norm2 for lay in layers], h)
+        )
+        f = stacked_dropout([lay.dropout.p for lay in layers], nn.functional.gelu(f), noise)
+        f = stacked_linear([lay.linear2 for lay in layers], f)
+        h = h + stacked_dropout([lay.dropout2.p for lay in layers], f, noise)
+    h = _stacked_norm([cast("nn.LayerNorm", m.encoder.norm) for m in nets], h)
+    pooled = (h.view(k, batch, t, -1) * frac.view(k, batch, t, 1)).sum(dim=2)
+    h = nn.functional.silu(stacked_linear([m.head[0] for m in nets], pooled))
+    h = stacked_dropout([m.head[2].p for m in nets], h, noise)
+    return stacked_linear([m.head[3] for m in nets], h).squeeze(-1)
+
+
 class AttentionOptions(base.Options):
     d_model: int = Field(64, ge=8)
     n_heads: int = Field(4, ge=1)
@@ -151,6 +229,9 @@ class AttentionFamily(TorchFamily):
 
     def build(self, n_in: int, dropout: float) -> CompositionAttention:
         return CompositionAttention(**self.options.model_dump(), dropout=dropout)
+
+    def stacked(self) -> StackedForward:
+        return forward_stacked
 
     def fit_encoder(self, X: np.ndarray | Rows) -> Passthrough:
         return Passthrough()

@@ -15,7 +15,12 @@ from torch import nn
 
 from s2r_ray.data.dataset import Rows
 from s2r_ray.models import base
-from s2r_ray.models.torch_family import StackedForward, TorchFamily
+from s2r_ray.models.torch_family import (
+    StackedForward,
+    TorchFamily,
+    stacked_dropout,
+    stacked_linear,
+)
 
 _ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -88,30 +93,6 @@ class MLP(nn.Module):
                 p.requires_grad_(i >= k)
 
 
-def _stacked_linear(layers: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor:
-    """K Linear layers on (K, batch, in): one batched product of the members' own weights
-    (stacked each step, so each member's gradient reaches its own parameters)."""
-    W = torch.stack([layer.weight for layer in layers])
-    b = torch.stack([layer.bias for layer in layers])
-    return torch.baddbmm(b.unsqueeze(1), x, W.transpose(1, 2))
-
-
-def _stacked_dropout(
-    layers: Sequence[nn.Dropout], x: torch.Tensor, noise: Sequence[torch.Generator]
-) -> torch.Tensor:
-    """Each member's own rate and mask, drawn from its own generator as `nn.Dropout` on the
-    CPU draws it alone (bernoulli then scaled), so a member's masks do not depend on its batch."""
-    if not any(layer.p for layer in layers):
-        return x
-    masks = [
-        torch.empty(x.shape[1:], device=x.device).bernoulli_(1 - d.p, generator=g).div_(1 - d.p)
-        if d.p
-        else torch.ones(x.shape[1:], device=x.device)
-        for d, g in zip(layers, noise, strict=True)
-    ]
-    return x * torch.stack(masks)
-
-
 def forward_stacked(
     modules: Sequence[nn.Module], x: torch.Tensor, noise: Sequence[torch.Generator]
 ) -> torch.Tensor:
@@ -119,10 +100,10 @@ def forward_stacked(
     (`torch_family.train_members`): one batched product per layer instead of K small ones."""
     mlps = cast("list[MLP]", list(modules))
     for i, block in enumerate(mlps[0].body):
-        x = _stacked_linear([m.body[i][0] for m in mlps], x)
+        x = stacked_linear([m.body[i][0] for m in mlps], x)
         x = block[1](x)
-        x = _stacked_dropout([m.body[i][2] for m in mlps], x, noise)
-    return _stacked_linear([m.head for m in mlps], x).squeeze(-1)
+        x = stacked_dropout([m.body[i][2].p for m in mlps], x, noise)
+    return stacked_linear([m.head for m in mlps], x).squeeze(-1)
 
 
 class MLPOptions(base.Options):

@@ -100,6 +100,36 @@ StackedForward = Callable[
 ]
 
 
+def stacked_affine(
+    weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
+    """K affine maps on (K, rows, in): one batched product of the members' own weights
+    (stacked each step, so each member's gradient reaches its own parameters)."""
+    return torch.baddbmm(torch.stack(biases).unsqueeze(1), x, torch.stack(weights).transpose(1, 2))
+
+
+def stacked_linear(layers: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor:
+    """K Linear layers of one shape on (K, rows, in)."""
+    return stacked_affine([layer.weight for layer in layers], [layer.bias for layer in layers], x)
+
+
+def stacked_dropout(
+    rates: Sequence[float], x: torch.Tensor, noise: Sequence[torch.Generator]
+) -> torch.Tensor:
+    """Each member's own rate and mask on (K, ...), drawn from its own generator as
+    `nn.Dropout` on the CPU draws it alone (bernoulli then scaled), so a member's masks do not
+    depend on its batch."""
+    if not any(rates):
+        return x
+    masks = [
+        torch.empty(x.shape[1:], device=x.device).bernoulli_(1 - p, generator=g).div_(1 - p)
+        if p
+        else torch.ones(x.shape[1:], device=x.device)
+        for p, g in zip(rates, noise, strict=True)
+    ]
+    return x * torch.stack(masks)
+
+
 def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
