@@ -182,8 +182,9 @@ class TuneConfig(_Strict):
     pretrain_slots: int | None = Field(
         None,
         ge=1,
-        description="pretrainings running at once (default: half the cluster's CPUs), so "
-        "trials of cells already pretrained keep the rest",
+        description="pretrainings running at once, so trials of cells already pretrained "
+        "keep the rest of the cluster; default: half the cluster's CPUs, and a CPU that no "
+        "trial is ready for takes a pretraining too (a number set is a cap)",
     )
     max_failures: int = Field(
         1,

@@ -202,6 +202,23 @@ def test_pretrainings_run_in_slots_and_a_lost_one_fails_its_cells():
     assert lines[1].startswith("pretraining n200-r0 FAILED") and "2/2" in lines[1]
 
 
+def test_a_slot_no_trial_is_ready_for_takes_the_next_pretraining_when_borrowing():
+    """Pretraining slots 1 of 2 CPUs: the second CPU runs trials while any is ready, and else
+    the next pretraining (`borrow`, the default) rather than idle; a set slot count is a cap."""
+    cells = [Cell(0, 0), Cell(100, 0), Cell(300, 0)]
+    for borrow in (True, False):
+        pre = Pretrainings(["n100-r0", "n300-r0"], set(), 1, lambda line: None, borrow)
+        s = _searcher(cells, pre, [], per_cell=1)
+        assert unit(s.suggest("p")).keys == ["n100-r0"]
+        assert isinstance(unit(s.suggest("a")), Trial)  # a ready trial goes before a borrow
+        second = s.suggest("b")
+        if borrow:
+            assert unit(second).keys == ["n300-r0"]
+            assert s.suggest("c") is None  # nothing left to borrow for
+        else:
+            assert second is None  # the CPU idles until the pretraining ends
+
+
 def test_pretrainings_of_one_n_go_out_together_and_end_each_on_its_own():
     """`tune.pretrain_pack: 2`: the repetitions of one n share a unit (never two sizes), the
     unit takes one slot, and each pair's outcome ends that pair alone."""

@@ -2,7 +2,8 @@
 pretraining, fine-tuning trial and scoring -> the reducer's live fit (and, in a steered study,
 its decision of what to measure next, whose cells join the same experiment) -> report.
 
-Pretraining runs once per (n, r), small n first, `tune.pretrain_slots` at a time; the searcher
+Pretraining runs once per (n, r), small n first, `tune.pretrain_slots` at a time (by default
+more where a slot would idle); the searcher
 hands out only trials whose pretraining is done, so sizes interleave with no barrier and no
 trial idles. One Tune scheduler hands out the cluster and retries a job lost with its node.
 
@@ -398,7 +399,8 @@ def _tune(
     plan_ref = share_plan(plan)
     family = make_family(cfg)
     slots = cfg.tune.pretrain_slots or default_slots(cfg.tune.pretrain_resources)
-    pretrainings = Pretrainings(needed, folder.pretrained_keys(), slots, echo)
+    borrow = cfg.tune.pretrain_slots is None  # a number set is a cap (memory, policy)
+    pretrainings = Pretrainings(needed, folder.pretrained_keys(), slots, echo, borrow)
     progress = _Progress(echo)
     store = choose_store(folder, reducer)
     journal = optuna.storages.JournalStorage(

@@ -28,17 +28,24 @@ class Pretrainings:
     A network a previous attempt finished is on disk and never recomputed. The rest is handed
     out by the searcher, small n first, at most `slots` units at a time, so trials of the cells
     already pretrained keep the other CPUs and a slow large-n pretraining never holds them all;
-    a unit may be several pretrainings of one n, trained as one network.
+    a unit may be several pretrainings of one n, trained as one network. With `borrow`, a
+    slot that no trial or scoring is ready for takes the next pretraining too: otherwise it
+    idles while the pretrainings, one slot after another, are the study's critical path.
     """
 
     def __init__(
-        self, needed: list[str], on_disk: set[str], slots: int, echo: Callable[[str], None]
+        self,
+        needed: list[str],
+        on_disk: set[str],
+        slots: int,
+        echo: Callable[[str], None],
+        borrow: bool = False,
     ):
         self.loaded = [k for k in needed if k in on_disk]
         self._todo = [k for k in needed if k not in on_disk]
         self._done, self._running = set(self.loaded), list[set[str]]()  # keys, by unit
         self.failed: dict[str, str] = {}
-        self._slots, self._echo = slots, echo
+        self._slots, self._echo, self._borrow = slots, echo, borrow
         self._rate = Rate(len(self._todo), unit="pretrainings")
 
     def add(self, key: str) -> None:
@@ -47,10 +54,14 @@ class Pretrainings:
             self._todo.append(key)
             self._rate.total += 1
 
-    def next(self, most: int = 1, alike: Callable[[str], object] = str) -> list[str]:
-        """The next pretrainings to start as one unit, if a slot is free: the first waiting and
-        up to `most` - 1 more waiting that are `alike` it (of one n: they train as one)."""
-        if not self._todo or len(self._running) >= self._slots:
+    def next(
+        self, most: int = 1, alike: Callable[[str], object] = str, idle: bool = False
+    ) -> list[str]:
+        """The next pretrainings to start as one unit, if a slot is free (or, `idle`, one that
+        nothing else is ready for may be borrowed): the first waiting and up to `most` - 1 more
+        waiting that are `alike` it (of one n: they train as one)."""
+        free = len(self._running) < self._slots or (idle and self._borrow)
+        if not self._todo or not free:
             return []
         first = alike(self._todo[0])
         keys = [k for k in self._todo if alike(k) == first][:most]

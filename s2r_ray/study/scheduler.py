@@ -45,7 +45,9 @@ class StudySearcher(Searcher):
     to `on_cell_done` while the study runs), then a pretraining when a slot is free, then a trial
     of the first cell whose pretraining is done (plan order: baselines, then small n); None while
     nothing is ready (in a steered study, also while the next decision is awaited: `steer`
-    adds its cells). Its state is the journal and the ledger: nothing is checkpointed.
+    adds its cells); a slot no trial is ready for may take a pretraining beyond the
+    pretraining slots (`Pretrainings`' `borrow`). Its state is the journal and the ledger:
+    nothing is checkpointed.
 
     With `pack` > 1 a cell's trials go out as packs of up to `pack` (`units.Pack`) that share
     the batch size drawn for the first, each member told as the pack reports its end, and each
@@ -119,20 +121,26 @@ class StudySearcher(Searcher):
             return self._again.popleft()
         if self._to_score:
             return self._to_score.popleft()
-        if keys := self._pretrainings.next(self._pretrain_pack, lambda k: self._pairs[k].n):
-            return Pretraining(tuple(self._pairs[k] for k in keys))
+        if pretraining := self._pretraining(idle=False):
+            return pretraining
         for cell in list(self._open):
             error = self._pretrainings.error(cell)
             if error is not None:
                 self._record(failed_record(cell, f"pretraining failed: {error}"))
             elif self._tuners[cell.id].wants_more() and self._pretrainings.ready(cell):
                 return self._ask(cell)
+        if pretraining := self._pretraining(idle=True):
+            return pretraining
         if not self._decided and not self._open and not self._to_score:
             self._poll()  # the decision, once taken, adds cells (or stops) through `steer`
             if self._open:
                 return self._next()
         done = self._decided and not self._open and not self._to_score
         return Searcher.FINISHED if done else None
+
+    def _pretraining(self, idle: bool) -> Pretraining | None:
+        keys = self._pretrainings.next(self._pretrain_pack, lambda k: self._pairs[k].n, idle)
+        return Pretraining(tuple(self._pairs[k] for k in keys)) if keys else None
 
     def _ask(self, cell: Cell) -> Trial | Pack:
         tuner = self._tuners[cell.id]
