@@ -297,10 +297,13 @@ def test_attention_networks_trained_as_one_batch_equal_each_trained_alone(source
         np.testing.assert_allclose(got.curve, alone.curve, rtol=1e-4)
 
 
-def test_a_batched_attention_members_dropout_is_its_own(source):
-    """With dropout, a member's masks come from its own generator: the same member trained
-    beside other batch mates ends with the same curve, and a second seed differs."""
-    X, y = source
+def test_a_batched_attention_members_dropout_is_its_own():
+    """With dropout, a member's masks come from its own generator and are drawn over its own
+    compositions: the member ends with the same curve beside any batch mates (wider
+    compositions among them included); another seed differs."""
+    _, X = featurize([*random_formulas(198, seed=6), *["LiNaKMgCaSrFe2O9"] * 2])
+    X = X[np.random.default_rng(0).permutation(len(X))]  # batches with and without 8 elements
+    y = simulated_property(X)
     family = _family()
     hp = {
         "lr": 3e-3,
@@ -310,7 +313,7 @@ def test_a_batched_attention_members_dropout_is_its_own(source):
         "freeze": 0,
         "dropout": 0.1,
     }
-    split = (X[:200], y[:200], X[200:300], y[200:300])
+    split = (X[:150], y[:150], X[150:], y[150:])
     mates = [{**hp, "lr": 1e-3}, {**hp, "dropout": 0.0}]
     a = family.finetune_members(*split, hps=[hp, mates[0]], seeds=[7, 8])
     b = family.finetune_members(*split, hps=[hp, mates[1], mates[0]], seeds=[7, 9, 10])

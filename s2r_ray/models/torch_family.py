@@ -114,19 +114,27 @@ def stacked_linear(layers: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor
 
 
 def stacked_dropout(
-    rates: Sequence[float], x: torch.Tensor, noise: Sequence[torch.Generator]
+    rates: Sequence[float],
+    x: torch.Tensor,
+    noise: Sequence[torch.Generator],
+    extents: Sequence[Sequence[int]] | None = None,
 ) -> torch.Tensor:
     """Each member's own rate and mask on (K, ...), drawn from its own generator as
     `nn.Dropout` on the CPU draws it alone (bernoulli then scaled), so a member's masks do not
-    depend on its batch."""
+    depend on its batch. `extents`: the shape of each
+    member's own part of x (the rest is padding its batch mates need), where its mask is drawn."""
     if not any(rates):
         return x
-    masks = [
-        torch.empty(x.shape[1:], device=x.device).bernoulli_(1 - p, generator=g).div_(1 - p)
-        if p
-        else torch.ones(x.shape[1:], device=x.device)
-        for p, g in zip(rates, noise, strict=True)
-    ]
+    full = x.shape[1:]
+    masks = []
+    for i, (p, g) in enumerate(zip(rates, noise, strict=True)):
+        if not p:
+            masks.append(x.new_ones(full))
+            continue
+        own = tuple(extents[i]) if extents is not None else tuple(full)
+        mask = torch.empty(own, device=x.device).bernoulli_(1 - p, generator=g).div_(1 - p)
+        pads = [q for a, b in zip(reversed(own), reversed(full), strict=True) for q in (0, b - a)]
+        masks.append(nn.functional.pad(mask, pads, value=1.0) if own != tuple(full) else mask)
     return x * torch.stack(masks)
 
 
