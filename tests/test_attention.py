@@ -19,6 +19,7 @@ from s2r_ray.data.featurizers.composition import element_table
 from s2r_ray.models.attention import AttentionFamily, AttentionOptions, CompositionAttention
 from s2r_ray.models.base import Pretrained, Source
 from s2r_ray.models.hyperparameters import PretrainConfig
+from s2r_ray.models.torch_family import SMALL_NETWORK
 
 # stable, well-characterised elements: H to Bi without noble gases and lanthanides
 SYMBOLS = [e.symbol for e in Element if e.Z <= 83 and not (e.is_noble_gas or e.is_lanthanoid)]
@@ -320,3 +321,10 @@ def test_a_batched_attention_members_dropout_is_its_own():
     np.testing.assert_allclose(a[0].curve, b[0].curve, rtol=1e-4)
     c = family.finetune_members(*split, hps=[hp, mates[0]], seeds=[11, 8])
     assert not np.allclose(a[0].curve, c[0].curve, rtol=1e-3)
+
+
+def test_attention_pretrainings_are_not_packed_on_a_cpu_even_small():
+    """The parameter rule would pack this small network's pretrainings; measured slower."""
+    family = _family()
+    assert sum(p.numel() for p in family.build(16, 0.0).parameters()) < SMALL_NETWORK
+    assert not family.stacks_pretraining(16, "cpu")

@@ -252,6 +252,13 @@ class AttentionFamily(TorchFamily):
     def stacked(self) -> StackedForward:
         return forward_stacked
 
+    def stacks_pretraining(self, n_in: int, device: str) -> bool:
+        """Not on a CPU, small or not: three pretrainings as one batch ran 0.67x (d_model 32,
+        batch 64) and 0.69-0.90x (d_model 64, batch 256) the speed of one after another, as its
+        steps are arithmetic (the fused attention kernel, token-wise products) rather than
+        per-call cost. GPUs are unmeasured (benchmarks/gpu.py)."""
+        return False
+
     def fit_encoder(self, X: np.ndarray | Rows) -> Passthrough:
         return Passthrough()
 
