@@ -3,9 +3,9 @@ pretraining, fine-tuning trial and scoring -> the reducer's live fit (and, in a 
 its decision of what to measure next, whose cells join the same experiment) -> report.
 
 Pretraining runs once per (n, r), small n first, `tune.pretrain_slots` at a time (by default
-more where a slot would idle); the searcher
-hands out only trials whose pretraining is done, so sizes interleave with no barrier and no
-trial idles. One Tune scheduler hands out the cluster and retries a job lost with its node.
+more where a slot would idle); the searcher hands out only trials whose pretraining is done, so
+sizes interleave with no barrier and no trial idles. One Tune scheduler hands out the cluster
+and retries a job lost with its node.
 
 The study folder (`s2r_ray.folder`) holds all a later process needs, so the same command on the
 same folder resumes a killed study with the same MLflow runs. SIGTERM or SIGINT ends the runs in
