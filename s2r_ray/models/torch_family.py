@@ -94,7 +94,8 @@ class Member:
 
 
 # K modules of one shape, (K, batch, inputs) -> (K, batch), dropout drawn from each member's
-# own generator as its module would draw it from the global one when trained alone
+# own generator (the MLP's as its module would draw it from the global one when trained alone;
+# the attention's are its own but not those, see `attention.forward_stacked`)
 StackedForward = Callable[
     [Sequence[nn.Module], torch.Tensor, Sequence[torch.Generator]], torch.Tensor
 ]
@@ -121,8 +122,8 @@ def stacked_dropout(
 ) -> torch.Tensor:
     """Each member's own rate and mask on (K, ...), drawn from its own generator as
     `nn.Dropout` on the CPU draws it alone (bernoulli then scaled), so a member's masks do not
-    depend on its batch. `extents`: the shape of each
-    member's own part of x (the rest is padding its batch mates need), where its mask is drawn."""
+    depend on its batch. `extents`: the shape of each member's own part of x (the rest is
+    padding its batch mates need), where its mask is drawn."""
     if not any(rates):
         return x
     full = x.shape[1:]
@@ -289,7 +290,8 @@ def train_members(
     forward and backward (`stacked`) and each member's own AdamW step, so every member keeps its
     own settings, seed, rows, frozen layers and stop rule, and a member whose rule is met leaves
     the batch (the rest carry on smaller). Each result equals training that member alone, up to
-    the float order of the stacked matrix products. Without `stacked` (or for one member) the
+    the float order of the stacked matrix products (with dropout, where the family's stacked
+    forward draws the masks its module would: the MLP's). Without `stacked` (or for one member) the
     members are trained one after another on their modules' own forward. A member that
     diverges comes back as its `Diverged`, the others unaffected. `on_round`, after each
     round's evaluations, names the members (by index) that leave now: a decision that needs

@@ -72,8 +72,9 @@ def plot_scaling(report: dict, path: Path) -> Path:
     ax, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1.3])
     ci, sizes, curve = _ci(report), headline_sizes(report), report.get("curve")
     xs = {s["n"] for s in sizes} | {e["n"] for e in report.get("extrapolation", [])}
-    if len(xs | set(curve["n"] if curve else ())) == 1:  # a log axis has no span for one n
-        ax.set_xlim(min(xs) / 3, min(xs) * 3)  # before any artist: autoscaling one n warns
+    if len(xs := xs | set(curve["n"] if curve else ())) == 1:  # a log axis has no span for it
+        (x,) = xs
+        ax.set_xlim(x / 3, x * 3)  # before any artist: autoscaling a single n warns
     if curve:
         ax.plot(curve["n"], curve["mae"], color="C0", label="D·n^-α + C")
         if curve.get("lo"):
