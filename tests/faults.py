@@ -140,8 +140,10 @@ class Kill:
 
 def study_killing_trial_actors(cfg, out: Path, when: Callable[[], object]) -> tuple[dict, Kill]:
     """Run the study in this process (on the session's Ray) and kill -9 its trial actors'
-    processes (Ray titles a busy one by the method it runs) once `when()` is truthy, polled
-    until some were killed or the study ended, not for a fixed time."""
+    processes once `when()` is truthy, polled until some were killed or the study ended, not
+    for a fixed time. Every Tune actor goes, busy (Ray titles it `ImplicitFunc.train`) or
+    between two calls (`ImplicitFunc`: a pack reporting each round spends much of its time
+    there, and a kill of the busy ones alone missed it in 1 of 4 runs)."""
     from s2r_ray.study.driver import run_study
 
     kill, errors, ended, started = Kill(), [], threading.Event(), time.time()
@@ -151,7 +153,7 @@ def study_killing_trial_actors(cfg, out: Path, when: Callable[[], object]) -> tu
             while not kill.pids and not ended.is_set():
                 if what := when():
                     for pid, cmd in descendants(os.getpid()):
-                        if "ImplicitFunc.train" in cmd:
+                        if cmd.startswith("ray::ImplicitFunc"):
                             os.kill(pid, signal.SIGKILL)
                             kill.pids.append(pid)
                     kill.at, kill.what = time.time() - started, what

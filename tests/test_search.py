@@ -10,8 +10,9 @@ from s2r_ray.protocol import Cell
 from s2r_ray.study.halving import Rungs
 from s2r_ray.study.pretraining import Pretrainings
 from s2r_ray.study.scheduler import REQUEUES, Searcher, StudySearcher
-from s2r_ray.study.tuner import CellTuner
+from s2r_ray.study.tuner import CellTuner, run_ends
 from s2r_ray.study.units import (
+    ENDED,
     RESULT,
     Failure,
     MemberEnd,
@@ -158,6 +159,45 @@ def test_a_restarted_searcher_continues_each_cell_from_the_journal(tmp_path):
 
     third = _searcher(cells, pre, [], storage(), per_cell=2, recorded={"n0-mall-r0"})
     assert third.suggest("e") == Searcher.FINISHED  # the ledger holds the cell
+
+
+def test_a_trial_is_told_at_its_last_report_so_a_killed_study_never_runs_it_again(tmp_path):
+    """A trial's process ends its MLflow run FINISHED once its last report returns, and the
+    driver tells it before that: a driver killed between the two leaves it in the journal, so
+    the next process counts it and asks only for the one that was running."""
+    journal = str(tmp_path / "optuna.journal")
+    storage = lambda: optuna.storages.JournalStorage(  # noqa: E731
+        optuna.storages.journal.JournalFileBackend(journal)
+    )
+    cells, pre = [Cell(0, 0)], _pretrainings()
+    first = _searcher(cells, pre, [], storage(), per_cell=2)
+    a, b = unit(first.suggest("a")), unit(first.suggest("b"))
+    last = a.hp["epochs"]
+    first.on_trial_result("a", {"best_val_mae": 0.5, "epoch": 2})  # a rung's: nothing ends
+    ended = {"best_val_mae": 0.4, "epoch": last, "train_seconds": 1.0, ENDED: True}
+    first.on_trial_result("a", ended)
+    # the driver dies here, before Tune ends trial a, with b running: a's run, were its process
+    # killed before ending it, ends as the journal says
+    assert run_ends(storage()) == {a.key: "FINISHED"}
+
+    done: list[dict] = []
+    second = _searcher(cells, pre, done, storage(), per_cell=2)
+    c = unit(second.suggest("c"))
+    assert (b.key, c.key) == ("n0-mall-r0-t01", "n0-mall-r0-t02")  # c in b's place
+    assert second.suggest("d") is None  # a counts
+    second.on_trial_complete("c", {"best_val_mae": 0.6, "epoch": 5, ENDED: True})
+    score = unit(second.suggest("s"))
+    assert score.trial == a and score.stop_epoch == last and score.selection_val_mae == 0.4
+    assert c.hp["epochs"] > 5 and run_ends(storage()) == {a.key: "FINISHED", c.key: "KILLED"}
+    second.on_trial_complete("s", {RESULT: Scored({"cell": "n0-mall-r0", "status": "ok"})})
+    assert done[0]["trials"] == 2 and done[0]["trial_seconds"] == 1.0
+
+    # uninterrupted, Tune's end of the trial tells nothing twice
+    third = _searcher([Cell(0, 1)], pre, [], per_cell=1)
+    t = unit(third.suggest("t"))
+    third.on_trial_result("t", {"best_val_mae": 0.3, "epoch": 4, ENDED: True})
+    third.on_trial_complete("t", {"best_val_mae": 0.3, "epoch": 4, ENDED: True})
+    assert isinstance(unit(third.suggest("s")), Scoring) and t.key == "n0-mall-r1-t00"
 
 
 def test_a_pretraining_or_scoring_tune_gave_up_on_is_handed_out_again_a_few_times():

@@ -46,3 +46,34 @@ def test_a_curve_is_sent_every_few_seconds_and_whole_when_its_run_ends(tmp_path)
     assert all(m.timestamp <= ended_by for m in history[:3])  # stamped at its epoch, not sent
     assert client.get_metric_history(run.run_id, "best_val_mae") == []  # NaN is never sent
     assert client.get_run(run.run_id).info.status == "KILLED"
+
+
+def test_runs_left_running_end_as_the_work_the_study_folder_holds(tmp_path):
+    """A process killed between keeping its work (a trial told to the journal, a pretraining's
+    network on disk) and ending its run leaves the run RUNNING: it ends as that work ended, not
+    KILLED. A key's lost attempt whose retry ended, an older lost attempt, and work the folder
+    does not hold end KILLED."""
+    ctx = tracking.start_study(f"sqlite:///{tmp_path}/m.db", "e", "s", {}, [100], {})
+    cell = Cell(100, 0)
+
+    def run(kind: str, key: str) -> str:
+        time.sleep(0.002)  # the newest of a key's runs by start time
+        return tracking.open_run(ctx, cell, kind, key, {}).run_id
+
+    told, stopped = run("trial", "n100-mall-r0-t00"), run("trial", "n100-mall-r0-t01")
+    lost = run("trial", "n100-mall-r0-t02")
+    tracking.end(ctx, run("trial", "n100-mall-r0-t02"), "FINISHED")  # its retry
+    interrupted = run("trial", "n100-mall-r0-t03")
+    older, newer = run("pretrain", "n100-r0"), run("pretrain", "n100-r0")
+    ends = {
+        "n100-mall-r0-t00": "FINISHED",
+        "n100-mall-r0-t01": "KILLED",  # stopped at a rung
+        "n100-mall-r0-t02": "FINISHED",
+        "n100-r0": "FINISHED",
+    }
+    assert tracking.end_orphans(ctx, ends) == 6
+    status = {r: ctx.client.get_run(r).info.status for r in (told, stopped, lost, interrupted)}
+    assert status == {told: "FINISHED", stopped: "KILLED", lost: "KILLED", interrupted: "KILLED"}
+    assert ctx.client.get_run(newer).info.status == "FINISHED"
+    assert ctx.client.get_run(older).info.status == "KILLED"
+    assert tracking.end_orphans(ctx, ends) == 0

@@ -9,8 +9,9 @@ and retries a job lost with its node.
 
 The study folder (`s2r_ray.folder`) holds all a later process needs, so the same command on the
 same folder resumes a killed study with the same MLflow runs. SIGTERM or SIGINT ends the runs in
-flight as KILLED, writes the report ("interrupted") and raises `StudyInterrupted`; any other
-failure ends them FAILED. Either way Ray is shut down if this process started it.
+flight as KILLED (a run whose work the folder already holds, as that work ended), writes the
+report ("interrupted") and raises `StudyInterrupted`; any other failure ends them FAILED.
+Either way Ray is shut down if this process started it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # ours stops the stud
 # pretrainings and scorings report their result, not the trials' metric (study.units)
 os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 
-import optuna
 import psutil
 import ray
 from ray import tune
@@ -60,7 +60,7 @@ from s2r_ray.study.pretraining import Pretrainings, default_slots
 from s2r_ray.study.reducer import Reducer
 from s2r_ray.study.resources import MemorySampler, share_plan, stored_bytes
 from s2r_ray.study.scheduler import PerCellASHA, StudySearcher
-from s2r_ray.study.tuner import CellTuner
+from s2r_ray.study.tuner import CellTuner, open_journal, run_ends
 from s2r_ray.study.work import run_unit
 
 Echo = Callable[[str], None]
@@ -327,7 +327,7 @@ def _run(
                 "when it is created): set tracking.experiment to a new name, whose artifacts go "
                 "beside the store or to tracking.artifact_location"
             )
-        orphans = tracking.end_orphans(ctx)  # runs a killed attempt could not end
+        orphans = tracking.end_orphans(ctx, _run_ends(folder))  # a killed attempt's runs
         if "mlflow" not in state:
             tracking.log(ctx, ctx.study_run_id, params={"counts": counts})  # rejected rows too
         extra = {
@@ -362,7 +362,7 @@ def _run(
             report = folder_report(folder, status, {"timing": timing})
         if ctx is not None:
             tracking.log(ctx, ctx.study_run_id, used | memory.figures())  # what it used
-            tracking.end_orphans(ctx, "KILLED")
+            tracking.end_orphans(ctx, _run_ends(folder))
             run_status = {"complete": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
             tracking.end_study(ctx, run_status)
         folder.update_state(status=status, elapsed_seconds=round(wall, 2))
@@ -373,6 +373,12 @@ def _run(
     if status == "interrupted":
         raise StudyInterrupted(signals.signum or signal.SIGINT, report)
     return report
+
+
+def _run_ends(folder: StudyFolder) -> dict[str, str]:
+    """How the runs left RUNNING end, by key: as the work the study folder holds says."""
+    told = run_ends(open_journal(folder.journal_path())) if folder.journal_path().exists() else {}
+    return told | {key: "FINISHED" for key in folder.pretrained_keys()}
 
 
 def _pretrain_pack(cfg: StudyConfig, family: Family, plan: Plan) -> int:
@@ -403,9 +409,7 @@ def _tune(
     pretrainings = Pretrainings(needed, folder.pretrained_keys(), slots, echo, borrow)
     progress = _Progress(echo)
     store = choose_store(folder, reducer)
-    journal = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(folder.journal_path()))
-    )
+    journal = open_journal(folder.journal_path())
 
     # ASHA stops every trial that reaches its horizon: one past the longest trial, so that a
     # trial that completed all its epochs does not end KILLED
@@ -440,7 +444,7 @@ def _tune(
             echo(
                 f"resuming: {len(recorded)}/{len(plan.cells)} cells done, "
                 f"{len(pretrainings.loaded)} pretrainings on disk, {searcher.partly_tuned} cells "
-                f"partly tuned; {orphans} runs of the stopped attempt marked KILLED"
+                f"partly tuned; {orphans} runs the stopped attempt left open ended"
             )
         # Tune keeps one trial pending for a custom searcher, and gives it the first actor that
         # frees up, killing the one still starting for it: with units shorter than an actor's

@@ -17,7 +17,15 @@ from s2r_ray.protocol import Plan
 from s2r_ray.study import tracking
 from s2r_ray.study.pretrained import PretrainedStore
 from s2r_ray.study.tracking import TrackingContext
-from s2r_ray.study.units import RESULT, KeptNetwork, MemberEnd, Pack, PackProgress, Trial
+from s2r_ray.study.units import (
+    RESULT,
+    KeptNetwork,
+    MemberEnd,
+    Pack,
+    PackProgress,
+    Trial,
+    run_status,
+)
 from s2r_ray.study.workers import ray_node
 
 
@@ -34,7 +42,8 @@ class _Member:
     kept: KeptNetwork = field(default_factory=lambda: KeptNetwork([]))
     seconds: float = 0.0  # its share of each round it trained in
     best: float = float("inf")
-    ended: bool = False
+    status: str = ""  # how its run ends, once its end is kept
+    ended: bool = False  # its run ended
 
 
 class _Round:
@@ -60,11 +69,13 @@ def run_pack(
     store: PretrainedStore,
 ) -> None:
     """Train the pack's members together; after each round, halve at a rung and report the
-    members that ended (`PackProgress`), each one's network and end kept and MLflow run ended
-    first. A member that diverges leaves the pack, the others go on. Stopped by the study (a
-    SystemExit out of `tune.report`) or failed, the members still training end KILLED or FAILED
-    and are not reported: the driver counts them interrupted, or failed. Run again by Tune,
-    the pack reports the ends it kept at once and trains only the other members."""
+    members that ended (`PackProgress`), each one's network and end kept first and its MLflow
+    run ended once the report returns (the driver has told Optuna: a run never ends FINISHED
+    for a trial that a resumed study would run again). A member that diverges leaves the pack,
+    the others go on. Stopped by the study (a SystemExit out of `tune.report`) or failed, the
+    members whose runs have not ended end KILLED or FAILED: the driver counts them interrupted,
+    or failed. Run again by Tune, the pack reports the ends it kept at once and trains only the
+    other members."""
     rungs = pack.rungs.snapshot()
     kept = [store.load_trial(t.key) for t in pack.trials]
     ended = tuple(k.end for k in kept if k is not None and k.end is not None)
@@ -100,15 +111,17 @@ def run_pack(
         best = {members[i].trial.number: members[i].best for i in now.evaluated}
         halted = rungs.halve(now.epoch, best)
         stopped = {i for i in now.evaluated if members[i].trial.number in halted}
-        ended = [_end(members[i], now.epoch, store, error=str(e)) for i, e in diverged.items()]
+        ending = {i: _end(members[i], now.epoch, store, error=str(e)) for i, e in diverged.items()}
         for i in now.evaluated:
             member = members[i]
-            finished = now.epoch >= int(member.trial.hp["epochs"])  # not stopped: it ran out
-            if i in stopped or finished:
-                ended.append(_end(member, now.epoch, store, stopped=not finished))
+            if i in stopped or now.epoch >= int(member.trial.hp["epochs"]):  # or it ran out
+                ending[i] = _end(member, now.epoch, store)
         at_rung = now.epoch in rungs.milestones
         rung_values = tuple((now.epoch, k, v) for k, v in best.items()) if at_rung else ()
-        tune.report({RESULT: PackProgress(tuple(ended), rung_values)})
+        tune.report({RESULT: PackProgress(tuple(ending.values()), rung_values)})
+        for i in ending:
+            members[i].run.end(members[i].status)
+            members[i].ended = True
         now = _Round()  # the time blocked in Tune is not training
         return stopped
 
@@ -132,20 +145,14 @@ def run_pack(
 
 
 def _end(
-    member: _Member,
-    epoch: int,
-    store: PretrainedStore,
-    *,
-    stopped: bool = False,
-    error: str | None = None,
+    member: _Member, epoch: int, store: PretrainedStore, error: str | None = None
 ) -> MemberEnd:
-    """Keep the member's network with its end, then end its MLflow run (KILLED: stopped at a
-    rung, as ASHA's stops end), and say what the driver tells Optuna."""
-    member.ended = True
+    """Keep the member's network with its end, say how its run will end, and what the driver
+    tells Optuna."""
+    member.status = run_status(epoch, int(member.trial.hp["epochs"]), error)
     value = None if error else member.best
     end = MemberEnd(member.trial.number, value, epoch, member.seconds, error)
     member.kept.end = end
     # a diverged member is never scored: its end alone is kept
     store.save_trial(member.trial.key, KeptNetwork([], end=end) if error else member.kept.trimmed())
-    member.run.end("FAILED" if error else "KILLED" if stopped else "FINISHED")
     return end

@@ -17,6 +17,7 @@ from s2r_ray.study.halving import Rungs
 from s2r_ray.study.pretraining import Pretrainings
 from s2r_ray.study.tuner import CellTuner
 from s2r_ray.study.units import (
+    ENDED,
     EPOCH,
     METRIC,
     Failure,
@@ -155,10 +156,15 @@ class StudySearcher(Searcher):
         return self._cell_rungs.setdefault(cell.id, self._rungs.snapshot())
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """A pack's round: its ended members are told now, so the journal has them."""
+        """A pack's round or a trial's last report: what ended is told now, while its process
+        waits for the report to return, so the journal has it before its run ends."""
         unit = self._running.get(trial_id)
-        if isinstance(unit, Pack) and not self._stopping:
+        if self._stopping:
+            return
+        if isinstance(unit, Pack):
             self._pack_progress(unit, units.result_of(result))
+        elif isinstance(unit, Trial) and result.get(ENDED):
+            self._trial_ended(unit, result, error=False)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -223,7 +229,10 @@ class StudySearcher(Searcher):
             self._cell_tuned(pack.cell)
 
     def _trial_ended(self, trial: Trial, result: dict | None, error: bool) -> None:
+        """Told once: by its last report, else as Tune ends it (stopped at a rung, or failed)."""
         tuner = self._tuners[trial.cell.id]
+        if not tuner.is_live(trial):
+            return
         value = None if error or not result else result.get(METRIC)
         if value is None or not math.isfinite(value):
             tuner.tell(trial, None, error=(result or {}).get("diverged"))

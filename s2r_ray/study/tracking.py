@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Experiment, Metric, Param, RunTag
+from mlflow.entities import Experiment, Metric, Param, Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from s2r_ray.protocol import Cell, size_key
@@ -32,6 +32,7 @@ NOTE = "mlflow.note.content"  # a run's or experiment's description in the UI
 # MLflow's model-training experiment kind (mlflow/server/js: CUSTOM_MODEL_DEVELOPMENT): UI
 # versions that honour it open the experiment on its runs instead of the GenAI trace overview
 KIND_TAG, TRAINING = "mlflow.experimentKind", "custom_model_development"
+KEY_TAG = "s2r.key"  # a trial's or pretraining's key: what the study folder knows it by
 HEADLINE = "s2r.headline"  # the study's state and fit in one line, for the experiment's table
 CURVE_EVERY_S = 10.0  # how often a running trial's curve reaches the store (`Curve`)
 
@@ -360,19 +361,38 @@ def ids(ctx: TrackingContext) -> dict[str, Any]:
     return {k: v for k, v in asdict(ctx).items() if k != "tags"}
 
 
-def end_orphans(ctx: TrackingContext, status: str = "KILLED") -> int:
+def end_orphans(ctx: TrackingContext, ends: Mapping[str, str], status: str = "KILLED") -> int:
     """End the trial and pretraining runs still RUNNING under this study's size runs (a killed
-    process cannot end its own); returns how many."""
-    ended = 0
-    for size_run in ctx.size_run_ids.values():
+    process cannot end its own), each `status`; returns how many. A run whose work the study
+    folder holds (`ends`, by key: a pretraining on disk, a trial the journal counts) ends as
+    that work did: its process was killed between keeping the work and ending the run. Of a
+    key's runs, only one holds its work: one its process ended, else the newest."""
+    orphans = [
+        run
+        for size_run in ctx.size_run_ids.values()
         for run in ctx.client.search_runs(
             [ctx.experiment_id],
             f"tags.mlflow.parentRunId = '{size_run}' and attributes.status = 'RUNNING'",
             max_results=5000,
-        ):
-            end(ctx, run.info.run_id, status)
-            ended += 1
-    return ended
+        )
+    ]
+    seen: set[str] = set()
+    for run in sorted(orphans, key=lambda r: r.info.start_time, reverse=True):
+        key = run.data.tags.get(KEY_TAG, "")
+        holds = key in ends and key not in seen and not _ended_run(ctx, run, key)
+        seen.add(key)
+        end(ctx, run.info.run_id, ends[key] if holds else status)
+    return len(orphans)
+
+
+def _ended_run(ctx: TrackingContext, orphan: Run, key: str) -> bool:
+    """Whether a run of the same key beside `orphan` was ended by its process."""
+    parent = orphan.data.tags["mlflow.parentRunId"]
+    query = (
+        f"tags.mlflow.parentRunId = '{parent}' and tags.`{KEY_TAG}` = '{key}' "
+        "and attributes.status != 'RUNNING'"
+    )
+    return bool(ctx.client.search_runs([ctx.experiment_id], query, max_results=1))
 
 
 def end_study(ctx: TrackingContext, status: str) -> None:
@@ -386,10 +406,11 @@ def open_run(
     ctx: TrackingContext, cell: Cell, kind: str, name: str, params: dict[str, Any]
 ) -> Curve:
     """A run under the cell's size run, its `params` logged, to `end` by its owner through its
-    curve; named for people from the cell (`name`: the run's key; a trial's ends in its
+    curve; named for people from the cell, tagged with its key (`name`: a trial's ends in its
     number)."""
     label = notes.run_name(kind, cell.n, cell.m, cell.repetition, name)
-    run_id = create_run(ctx, ctx.size_run(cell.n), label, ctx.cell_tags(cell, kind))
+    tags = ctx.cell_tags(cell, kind) | {KEY_TAG: name}
+    run_id = create_run(ctx, ctx.size_run(cell.n), label, tags)
     log(ctx, run_id, params=params)
     return Curve(ctx, run_id)
 

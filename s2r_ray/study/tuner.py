@@ -10,6 +10,7 @@ half-tuned cell. A trial whose process died ends failed without an error of its 
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -17,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from s2r_ray.models.base import Family
 from s2r_ray.protocol import Cell
-from s2r_ray.study.units import Scoring, Trial
+from s2r_ray.study.units import Scoring, Trial, run_status
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -32,6 +33,28 @@ def interrupted(t: FrozenTrial) -> bool:
     return t.state == TrialState.FAIL and (
         t.user_attrs.get("interrupted", False) or "error" not in t.user_attrs
     )
+
+
+def open_journal(path: Path) -> optuna.storages.JournalStorage:
+    """The study folder's journal of every cell's Optuna study."""
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def run_ends(storage: optuna.storages.BaseStorage) -> dict[str, str]:
+    """The MLflow run status of every trial the journal has told (by trial key): a run that a
+    killed or stopped process left RUNNING ends as its trial counts, not as interrupted."""
+    ends = {}
+    for name in optuna.get_all_study_names(storage):
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+            config = t.user_attrs.get("config")
+            if config is None or t.state not in (TrialState.COMPLETE, TrialState.FAIL):
+                continue
+            if t.state == TrialState.COMPLETE:
+                stop = t.user_attrs.get("stop_epoch") or 0
+                ends[config["trial_key"]] = run_status(stop, int(config["hp"]["epochs"]))
+            elif not interrupted(t):
+                ends[config["trial_key"]] = "FAILED"
+    return ends
 
 
 class CellTuner:

@@ -4,9 +4,9 @@ a Tune config and a Tune result back into a typed result.
 Four kinds of unit share the study's one Tune experiment: a `Pretraining` of an (n, r) pair
 (or of several pairs of one n, trained as one network), a fine-tuning `Trial` of a cell (or a
 `Pack` of several), and the `Scoring` of a cell whose trials have all ended. Only trials report
-the scheduler's metric, at their rung epochs and their last (`EPOCH`); a pack reports its
-members' ends (`PackProgress`) as they happen, the other two once, each its typed result under
-`RESULT`; none of these enter an ASHA bracket.
+the scheduler's metric, at their rung epochs and once more as they end (`EPOCH`, `ENDED`); a
+pack reports its members' ends (`PackProgress`) as they happen, the other two once, each its
+typed result under `RESULT`; none of these enter an ASHA bracket.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from s2r_ray.study.halving import Rungs
 
 METRIC = "best_val_mae"  # a trial's best validation MAE so far: the scheduler's one metric
 EPOCH = "epoch"  # the epoch a trial reported at: the scheduler's time (a trial skips epochs)
+ENDED = "ended"  # on a trial's last report: its end, told to Optuna before its run ends
 RESULT = "s2r_result"  # a pretraining's or scoring's one result
 
 
@@ -80,6 +81,12 @@ class MemberEnd:
     stop_epoch: int = 0
     train_seconds: float = 0.0
     error: str | None = None
+
+
+def run_status(stop_epoch: int, epochs: int, error: str | None = None) -> str:
+    """How a trial's MLflow run ends: FAILED with an error, KILLED when stopped before its last
+    epoch (as ASHA's stops end), else FINISHED."""
+    return "FAILED" if error else "FINISHED" if stop_epoch >= epochs else "KILLED"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from s2r_ray.study.packed import run_pack, run_params
 from s2r_ray.study.pretrained import PretrainedStore
 from s2r_ray.study.tracking import TrackingContext
 from s2r_ray.study.units import (
+    ENDED,
     EPOCH,
     METRIC,
     RESULT,
@@ -99,8 +100,7 @@ def _pretrain(
             rep = plan.repetitions[pair.repetition]
             params = base | {"n": pair.n, "repetition": pair.repetition}
             params["holdout_rows"] = len(rep.holdout)
-            name = f"pretrain {pair.pretrain_id}"
-            curves.append(tracking.open_run(ctx, pair, "pretrain", name, params))
+            curves.append(tracking.open_run(ctx, pair, "pretrain", pair.pretrain_id, params))
             sources.append(Source(*plan.source_split(pair), rep.seed, ds.target_X[rep.train]))
         results = family.pretrain_members(sources, device)
     except BaseException as e:
@@ -152,17 +152,19 @@ def _finetune(
     store: PretrainedStore,
     rungs: tuple[int, ...],
 ) -> None:
-    """A trial reports to Tune only at its rung epochs and its last epoch (sent once training
-    ends, whatever a family calls an epoch): ASHA decides nothing in between, and each report
-    waits for the driver to take it (Tune's reporting is synchronous: 8-14% of a demo trial
-    actor's CPU, in py-spy, went into per-epoch reports; its curve goes to MLflow every epoch
-    regardless). Waiting there, a trial ASHA stops at a rung ends in that report (a
-    SystemExit), at the rung. `train_seconds` excludes logging and the time blocked in
-    `tune.report`, so the study can tell how much of its wall time went into training versus
-    orchestration. The trial's own network goes to the store as it ends, however it ends, so its
-    cell's scoring need not train it again."""
+    """A trial reports to Tune only at its rung epochs and once training ends (its last epoch,
+    whatever a family calls an epoch, marked `ENDED`): ASHA decides nothing in between, and each
+    report waits for the driver to take it (Tune's reporting is synchronous: 8-14% of a demo
+    trial actor's CPU, in py-spy, went into per-epoch reports; its curve goes to MLflow every
+    epoch regardless). Waiting there, a trial ASHA stops at a rung ends in that report (a
+    SystemExit), at the rung; and its last report returns once the driver has told Optuna, so
+    its run ends FINISHED only for a trial that a study stopped or killed then never runs again.
+    `train_seconds` excludes logging and the time blocked in `tune.report`, so the study can
+    tell how much of its wall time went into training versus orchestration. The trial's own
+    network goes to the store as it ends, however it ends, so its cell's scoring need not train
+    it again."""
     params, kept = run_params(trial, device), KeptNetwork([])
-    last: dict = {}  # the latest epoch's result until a report sends it
+    last: dict = {}  # the latest epoch's result
     try:
         with tracking.nested_run(ctx, trial.cell, "trial", trial.key, params) as run:
             start, overhead = time.perf_counter(), 0.0
@@ -173,13 +175,11 @@ def _finetune(
                 kept.reached = epoch
                 trained = t - start - overhead
                 run.add({"val_mae": val_mae, "best_val_mae": best}, step=epoch)
-                last.clear()
                 last.update(
                     {METRIC: best, "val_mae": val_mae, "train_seconds": trained, EPOCH: epoch}
                 )
                 if epoch in rungs:
                     tune.report(last.copy())
-                    last.clear()
                 overhead += time.perf_counter() - t
 
             try:
@@ -192,16 +192,15 @@ def _finetune(
                     on_epoch=on_epoch,
                     on_best=kept.add,
                 )
-                if last:  # its last epoch, unless that was a rung's
-                    tune.report(last)
             except Diverged:
                 raise  # a diverged trial is never scored from what it kept
             except BaseException:
                 _keep(store, trial, kept)  # stopped (SystemExit) or failed: what it reached
                 raise
             _keep(store, trial, kept)
+            tune.report(last | {ENDED: True})  # again at a rung's epoch: the end is this one
     except Diverged as e:  # not worth a retry: the same seed diverges again
-        tune.report({METRIC: math.inf, "diverged": str(e), EPOCH: kept.reached + 1})
+        tune.report({METRIC: math.inf, "diverged": str(e), EPOCH: kept.reached + 1, ENDED: True})
 
 
 def _keep(store: PretrainedStore, trial: Trial, kept: KeptNetwork) -> None:
