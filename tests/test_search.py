@@ -321,3 +321,37 @@ def test_a_pack_shares_a_batch_size_and_each_member_is_told_as_it_ends_once():
     (record,) = done
     assert record["trials"] == 4 and record["failed_trials"] == 2
     assert record["trial_seconds"] == 3.0
+
+
+def test_a_resumed_study_halves_a_cells_later_packs_against_the_rung_values_it_journaled(
+    tmp_path,
+):
+    """Packs of 2 over a cell of 4 trials: the first pack records its members' rung values and
+    one member ends, then the driver dies. The next process's pack carries those values (the
+    interrupted member's too, as ASHA keeps what reached a rung), as an uninterrupted study's
+    would."""
+    journal = str(tmp_path / "optuna.journal")
+
+    def searcher() -> StudySearcher:
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(journal)
+        )
+        return StudySearcher(
+            [Cell(0, 0)],
+            set(),
+            _tuners(storage, per_cell=4),
+            _pretrainings(),
+            [].append,
+            pack=2,
+            rungs=Rungs((2, 6), 3),
+        )
+
+    first = searcher()
+    assert [t.number for t in unit(first.suggest("p1")).trials] == [0, 1]
+    progress = PackProgress((MemberEnd(1, 0.6, 2, 1.0),), ((2, 0, 0.4), (2, 1, 0.6)))
+    first.on_trial_result("p1", {RESULT: progress})
+    # the driver dies here, member 0 training
+
+    later = unit(searcher().suggest("p2"))
+    assert [t.number for t in later.trials] == [2, 3]
+    assert later.rungs.values == {2: {0: 0.4, 1: 0.6}}

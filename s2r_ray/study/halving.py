@@ -9,7 +9,8 @@ values the cell recorded there before the pack started, other packs included, an
 pack-mates' values at the same rung. Ray's ASHA is as order-dependent: a trial is compared only
 with those that reached the rung before it. The values of packs running beside it at the same
 time are the ones a member misses; the driver records every member's rung values as the packs
-report them, so the next pack of the cell compares against all of them.
+report them (in the cell's journal too), so the next pack of the cell compares against all of
+them, in a resumed study as well.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ class StudySearcher(Searcher):
     With `pack` > 1 a cell's trials go out as packs of up to `pack` (`units.Pack`) that share
     the batch size drawn for the first, each member told as the pack reports its end, and each
     cell's `rungs` (a copy of the empty `rungs` given) record its members' rung values for the
-    cell's later packs. With `pretrain_pack` > 1, pretrainings of one n go out together."""
+    cell's later packs, in the journal too, so a resumed study's later packs halve alike. With
+    `pretrain_pack` > 1, pretrainings of one n go out together."""
 
     def __init__(
         self,
@@ -152,8 +153,14 @@ class StudySearcher(Searcher):
         return Pack((first, *mates), self._rungs_of(cell).snapshot())
 
     def _rungs_of(self, cell: Cell) -> Rungs:
-        assert self._rungs is not None
-        return self._cell_rungs.setdefault(cell.id, self._rungs.snapshot())
+        """The cell's rungs, with the values its journal holds (a resumed study's too)."""
+        if cell.id not in self._cell_rungs:
+            assert self._rungs is not None
+            rungs = self._cell_rungs[cell.id] = self._rungs.snapshot()
+            for epoch, values in self._tuners[cell.id].rung_values().items():
+                for number, value in values.items():
+                    rungs.record(epoch, number, value)
+        return self._cell_rungs[cell.id]
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         """A pack's round or a trial's last report: what ended is told now, while its process
@@ -211,9 +218,10 @@ class StudySearcher(Searcher):
         if not isinstance(progress, PackProgress):
             return
         rungs, tuner = self._rungs_of(pack.cell), self._tuners[pack.cell.id]
+        trials = {t.number: t for t in pack.trials}
         for epoch, number, value in progress.rung_values:
             rungs.record(epoch, number, value)
-        trials = {t.number: t for t in pack.trials}
+            tuner.record_rung(trials[number], epoch, value)
         ended = [e for e in progress.ended if tuner.is_live(trials[e.number])]
         for end in ended:
             if end.value is None:

@@ -21,6 +21,7 @@ from s2r_ray.protocol import Cell
 from s2r_ray.study.units import Scoring, Trial, run_status
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+RUNG = "rung "  # a trial's user attribute "rung 6": its best validation MAE at epoch 6
 
 
 def trial_seed(study_seed: int, trial_key: str) -> int:
@@ -140,6 +141,21 @@ class CellTuner:
         ot.set_user_attr("stop_epoch", stop_epoch)
         ot.set_user_attr("train_seconds", float(train_seconds))
         self._study.tell(ot, value)
+
+    def record_rung(self, trial: Trial, epoch: int, value: float) -> None:
+        """A live trial's best validation MAE at a pack's rung, journaled so that a resumed
+        study halves its cell's later packs against it (`rung_values`)."""
+        if trial.number in self._live:
+            self._live[trial.number].set_user_attr(f"{RUNG}{epoch}", value)
+
+    def rung_values(self) -> dict[int, dict[int, float]]:
+        """Every value the cell's trials recorded at a rung: {epoch: {trial number: value}}."""
+        values: dict[int, dict[int, float]] = {}
+        for t in self._study.get_trials(deepcopy=False):
+            for key, value in t.user_attrs.items():
+                if key.startswith(RUNG):
+                    values.setdefault(int(key[len(RUNG) :]), {})[t.number] = value
+        return values
 
     def interrupt(self) -> None:
         """The study stops: trials still running end failed, without an error of their own."""
