@@ -17,7 +17,7 @@ from s2r_ray.protocol import make_plan
 from s2r_ray.study import tracking, work
 from s2r_ray.study.driver import run_study
 from s2r_ray.study.pretrained import FolderStore
-from s2r_ray.study.units import EPOCH, METRIC, Trial, to_config
+from s2r_ray.study.units import ENDED, EPOCH, METRIC, Trial, to_config
 
 pytestmark = pytest.mark.ray
 
@@ -199,33 +199,40 @@ def test_a_target_size_axis_shares_pretraining_across_m(ray_session, tmp_path):
     _check_the_target_axis(report)
 
 
+@pytest.mark.parametrize(("epochs", "sent"), [(9, [2, 6, 9]), (6, [2, 6, 6])])
 def test_a_trial_reports_to_tune_at_its_rungs_and_last_epoch_and_logs_every_epoch(
-    ray_session, tmp_path, monkeypatch
+    ray_session, tmp_path, monkeypatch, epochs, sent
 ):
     """`run_unit` on a trial outside Tune, Tune's `report` recorded: ASHA decides only at rung
     epochs, and each report waits for the driver, so the others are not sent; the MLflow curve
-    (real SQLite store) still has every epoch."""
+    (real SQLite store) still has every epoch. The last report says the trial ended (again at
+    a rung's epoch), with its network already kept and its run still open: the driver tells
+    Optuna before the run can end FINISHED."""
     cfg = StudyConfig(name="t", sizes=[200], repetitions=1, model={"hidden": [16, 8]})
     plan = make_plan(cfg, make_synthetic(SyntheticData(n_source=400, n_target=300)))
     cell = next(c for c in plan.cells if c.is_baseline)
-    hp = {"lr": 3e-3, "weight_decay": 1e-4, "epochs": 9, "batch_size": 32, "freeze": 0}
+    hp = {"lr": 3e-3, "weight_decay": 1e-4, "epochs": epochs, "batch_size": 32, "freeze": 0}
+    trial = Trial(cell, 0, 5, hp)
     ctx = tracking.start_study(f"sqlite:///{tmp_path / 'm.db'}", "s2r-ray", "t", {}, [200], {})
-    reports: list[dict] = []
-    monkeypatch.setattr(work.tune, "report", reports.append)
     store = FolderStore(str(tmp_path / "out"))
+    reports: list[dict] = []
+
+    def report(result: dict) -> None:
+        (run,) = runs(tmp_path / "m.db", "trial")
+        kept = store.load_trial(trial.key) is not None
+        reports.append(result | {"kept": kept, "run": run.info.status})
+
+    monkeypatch.setattr(work.tune, "report", report)
     family = make_family(cfg)
     work.run_unit(
-        to_config(Trial(cell, 0, 5, hp)),
-        plan=plan,
-        store=store,
-        family=family,
-        cfg=cfg,
-        ctx=ctx,
-        rungs=(2, 6),
+        to_config(trial), plan=plan, store=store, family=family, cfg=cfg, ctx=ctx, rungs=(2, 6)
     )
-    assert [r[EPOCH] for r in reports] == [2, 6, 9]
+    assert [r[EPOCH] for r in reports] == sent
+    assert [r.get(ENDED, False) for r in reports] == [False, False, True]
+    assert reports[-1]["kept"] and reports[-1]["run"] == "RUNNING"
     (run,) = runs(tmp_path / "m.db", "trial")
+    assert run.info.status == "FINISHED"
     curve = ctx.client.get_metric_history(run.info.run_id, "best_val_mae")
-    assert [m.step for m in curve] == list(range(1, 10))
-    assert [r[METRIC] for r in reports] == [curve[e - 1].value for e in (2, 6, 9)]
+    assert [m.step for m in curve] == list(range(1, epochs + 1))
+    assert [r[METRIC] for r in reports] == [curve[e - 1].value for e in sent]
     assert np.isfinite(reports[-1]["train_seconds"])
