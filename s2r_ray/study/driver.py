@@ -61,7 +61,7 @@ from s2r_ray.study.reducer import Reducer
 from s2r_ray.study.resources import MemorySampler, share_plan, stored_bytes
 from s2r_ray.study.scheduler import PerCellASHA, StudySearcher
 from s2r_ray.study.tuner import CellTuner, open_journal, run_ends
-from s2r_ray.study.work import run_unit
+from s2r_ray.study.work import run_unit, score_kept
 
 Echo = Callable[[str], None]
 PENDING = "TUNE_MAX_PENDING_TRIALS_PG"
@@ -438,6 +438,7 @@ def _tune(
             pack=pack,
             rungs=rungs,
             pretrain_pack=cfg.tune.pretrain_pack or _pretrain_pack(cfg, family, plan),
+            score=lambda scoring: score_kept(plan, scoring, store, family, cfg),
         )
         progress.on_decision = lambda decision: searcher.steer(steer.decision_cells(cfg, decision))
         if recorded or pretrainings.loaded or searcher.partly_tuned or orphans:
