@@ -206,10 +206,10 @@ def test_a_trial_is_told_at_its_last_report_so_a_killed_study_never_runs_it_agai
     c = unit(second.suggest("c"))
     assert (b.key, c.key) == ("n0-mall-r0-t01", "n0-mall-r0-t02")  # c in b's place
     assert second.suggest("d") is None  # a counts
-    second.on_trial_complete("c", {"best_val_mae": 0.6, "epoch": 5, ENDED: True})
+    second.on_trial_complete("c", {"best_val_mae": 0.6, "epoch": 5})  # ASHA stopped it
     score = unit(second.suggest("s"))
     assert score.trial == a and score.stop_epoch == last and score.selection_val_mae == 0.4
-    assert c.hp["epochs"] > 5 and run_ends(storage()) == {a.key: "FINISHED", c.key: "KILLED"}
+    assert run_ends(storage()) == {a.key: "FINISHED", c.key: "KILLED"}  # as ASHA's stops end
     second.on_trial_complete("s", {RESULT: Scored({"cell": "n0-mall-r0", "status": "ok"})})
     assert done[0]["trials"] == 2 and done[0]["trial_seconds"] == 1.0
 
@@ -369,9 +369,11 @@ def test_a_resumed_study_halves_a_cells_later_packs_against_the_rung_values_it_j
 
     first = searcher()
     assert [t.number for t in unit(first.suggest("p1")).trials] == [0, 1]
-    progress = PackProgress((MemberEnd(1, 0.6, 2, 1.0),), ((2, 0, 0.4), (2, 1, 0.6)))
-    first.on_trial_result("p1", {RESULT: progress})
-    # the driver dies here, member 0 training
+    stopped = MemberEnd(1, 0.6, 2, 1.0, stopped=True)  # at the rung
+    first.on_trial_result("p1", {RESULT: PackProgress((stopped,), ((2, 0, 0.4), (2, 1, 0.6)))})
+    # the driver dies here, member 0 training; member 1's run, were it left open, ends KILLED
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+    assert run_ends(storage) == {"n0-mall-r0-t01": "KILLED"}
 
     later = unit(searcher().suggest("p2"))
     assert [t.number for t in later.trials] == [2, 3]

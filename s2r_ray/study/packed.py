@@ -24,7 +24,6 @@ from s2r_ray.study.units import (
     Pack,
     PackProgress,
     Trial,
-    run_status,
 )
 from s2r_ray.study.workers import ray_node
 
@@ -147,11 +146,12 @@ def run_pack(
 def _end(
     member: _Member, epoch: int, store: PretrainedStore, error: str | None = None
 ) -> MemberEnd:
-    """Keep the member's network with its end, say how its run will end, and what the driver
-    tells Optuna."""
-    member.status = run_status(epoch, int(member.trial.hp["epochs"]), error)
+    """Keep the member's network with its end, say how its run will end (KILLED: stopped at a
+    rung before its last epoch, as ASHA's stops end), and what the driver tells Optuna."""
+    stopped = not error and epoch < int(member.trial.hp["epochs"])
+    member.status = "FAILED" if error else "KILLED" if stopped else "FINISHED"
     value = None if error else member.best
-    end = MemberEnd(member.trial.number, value, epoch, member.seconds, error)
+    end = MemberEnd(member.trial.number, value, epoch, member.seconds, error, stopped)
     member.kept.end = end
     # a diverged member is never scored: its end alone is kept
     store.save_trial(member.trial.key, KeptNetwork([], end=end) if error else member.kept.trimmed())

@@ -233,6 +233,7 @@ class StudySearcher(Searcher):
                     end.value,
                     stop_epoch=end.stop_epoch,
                     train_seconds=end.train_seconds,
+                    stopped=end.stopped,
                 )
         if ended and tuner.tuned():
             self._cell_tuned(pack.cell)
@@ -247,7 +248,8 @@ class StudySearcher(Searcher):
             tuner.tell(trial, None, error=(result or {}).get("diverged"))
         else:
             it, seconds = result.get(EPOCH), result.get("train_seconds", 0.0)
-            tuner.tell(trial, value, stop_epoch=it, train_seconds=float(seconds))
+            stopped = not result.get(ENDED)  # by ASHA, at a rung
+            tuner.tell(trial, value, stop_epoch=it, train_seconds=float(seconds), stopped=stopped)
         if tuner.tuned():
             self._cell_tuned(trial.cell)
 

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from s2r_ray.models.base import Family
 from s2r_ray.protocol import Cell
-from s2r_ray.study.units import Scoring, Trial, run_status
+from s2r_ray.study.units import Scoring, Trial
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 RUNG = "rung "  # a trial's user attribute "rung 6": its best validation MAE at epoch 6
@@ -51,8 +51,8 @@ def run_ends(storage: optuna.storages.BaseStorage) -> dict[str, str]:
             if config is None or t.state not in (TrialState.COMPLETE, TrialState.FAIL):
                 continue
             if t.state == TrialState.COMPLETE:
-                stop = t.user_attrs.get("stop_epoch") or 0
-                ends[config["trial_key"]] = run_status(stop, int(config["hp"]["epochs"]))
+                stopped = t.user_attrs.get("stopped", False)  # at a rung: as ASHA's stops end
+                ends[config["trial_key"]] = "KILLED" if stopped else "FINISHED"
             elif not interrupted(t):
                 ends[config["trial_key"]] = "FAILED"
     return ends
@@ -130,8 +130,10 @@ class CellTuner:
         stop_epoch: int | None = None,
         train_seconds: float = 0.0,
         error: str | None = None,
+        stopped: bool = False,
     ) -> None:
-        """A trial ended: with its best validation MAE, or failed with `error`."""
+        """A trial ended: with its best validation MAE (`stopped` early, or run to its end), or
+        failed with `error`."""
         ot = self._live.pop(trial.number)
         if value is None:
             ot.set_user_attr("error", error or "raised (see Tune's log)")
@@ -140,6 +142,8 @@ class CellTuner:
         # Rebuild exactly the model this trial scored: same seed, epochs it completed.
         ot.set_user_attr("stop_epoch", stop_epoch)
         ot.set_user_attr("train_seconds", float(train_seconds))
+        if stopped:
+            ot.set_user_attr("stopped", True)
         self._study.tell(ot, value)
 
     def record_rung(self, trial: Trial, epoch: int, value: float) -> None:

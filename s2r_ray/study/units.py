@@ -73,20 +73,15 @@ class Pack:
 
 @dataclass(frozen=True)
 class MemberEnd:
-    """A pack member's end, as `CellTuner.tell` takes it: its best validation MAE, or None with
-    the `error` that ended it (diverged)."""
+    """A pack member's end, as `CellTuner.tell` takes it: its best validation MAE (`stopped`
+    before its last epoch, or not), or None with the `error` that ended it (diverged)."""
 
     number: int
     value: float | None = None
     stop_epoch: int = 0
     train_seconds: float = 0.0
     error: str | None = None
-
-
-def run_status(stop_epoch: int, epochs: int, error: str | None = None) -> str:
-    """How a trial's MLflow run ends: FAILED with an error, KILLED when stopped before its last
-    epoch (as ASHA's stops end), else FINISHED."""
-    return "FAILED" if error else "FINISHED" if stop_epoch >= epochs else "KILLED"
+    stopped: bool = False
 
 
 @dataclass(frozen=True)
