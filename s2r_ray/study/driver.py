@@ -55,7 +55,7 @@ from s2r_ray.report import folder_report
 from s2r_ray.study import tracking, units
 from s2r_ray.study.fanout import RayPool
 from s2r_ray.study.halving import Rungs
-from s2r_ray.study.pretrained import choose_store
+from s2r_ray.study.pretrained import FolderStore, choose_store
 from s2r_ray.study.pretraining import Pretrainings, default_slots
 from s2r_ray.study.reducer import Reducer
 from s2r_ray.study.resources import MemorySampler, share_plan, stored_bytes
@@ -408,7 +408,7 @@ def _tune(
     borrow = cfg.tune.pretrain_slots is None  # a number set is a cap (memory, policy)
     pretrainings = Pretrainings(needed, folder.pretrained_keys(), slots, echo, borrow)
     progress = _Progress(echo)
-    store = choose_store(folder, reducer)
+    store, here = choose_store(folder, reducer), FolderStore(str(folder.path))
     journal = open_journal(folder.journal_path())
 
     # ASHA stops every trial that reaches its horizon: one past the longest trial, so that a
@@ -438,7 +438,8 @@ def _tune(
             pack=pack,
             rungs=rungs,
             pretrain_pack=cfg.tune.pretrain_pack or _pretrain_pack(cfg, family, plan),
-            score=lambda scoring: score_kept(plan, scoring, store, family, cfg),
+            # the driver's node holds the folder (the reducer's store writes there): read it
+            score=lambda scoring: score_kept(plan, scoring, here, family, cfg),
         )
         progress.on_decision = lambda decision: searcher.steer(steer.decision_cells(cfg, decision))
         if recorded or pretrainings.loaded or searcher.partly_tuned or orphans:
