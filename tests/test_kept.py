@@ -9,20 +9,16 @@ from s2r_ray.config import StudyConfig, SyntheticData
 from s2r_ray.data.synthetic import make_synthetic
 from s2r_ray.models import make_family
 from s2r_ray.protocol import make_plan
-from s2r_ray.study.pretrained import FolderStore
 from s2r_ray.study.units import KeptNetwork, Scoring, Trial
-from s2r_ray.study.work import score_cell, score_kept
+from s2r_ray.study.work import score_cell
 
 HP = {"lr": 3e-3, "weight_decay": 1e-4, "epochs": 10, "batch_size": 32, "freeze": 0}
-
-
-CFG = {"name": "t", "sizes": [200], "repetitions": 1, "model": {"hidden": [16, 8]}}
 
 
 @pytest.fixture(scope="module")
 def cell_setup():
     torch.set_num_threads(1)
-    cfg = StudyConfig(**CFG)
+    cfg = StudyConfig(name="t", sizes=[200], repetitions=1, model={"hidden": [16, 8]})
     plan = make_plan(cfg, make_synthetic(SyntheticData(n_source=400, n_target=300)))
     cell = next(c for c in plan.cells if c.is_baseline)
     return make_family(cfg), plan, cell
@@ -79,24 +75,3 @@ def test_a_stop_outside_the_kept_window_is_replayed(cell_setup):
     record = score_cell(plan, Scoring(trial, 4, 0.0), None, family, 1, "cpu", kept)
     assert not record["trial_network_reused"]
     assert np.isfinite(record["mae"])
-
-
-def test_a_cell_that_trains_nothing_is_scored_in_the_driver_as_a_job_would(cell_setup, tmp_path):
-    """One seed and the trial's own network kept, on CPUs: the driver scores the cell itself,
-    with the record a scoring job reports; otherwise (nothing kept, an ensemble to train, GPU
-    trials) it leaves the scoring to a job (None)."""
-    family, plan, cell = cell_setup
-    trial, store = Trial(cell, 2, 13, HP), FolderStore(str(tmp_path))
-    unit, cfg = Scoring(trial, 6, 0.0), StudyConfig(**CFG)
-    assert score_kept(plan, unit, store, family, cfg) is None  # nothing kept: a job replays it
-    store.save_trial(trial.key, _trial_until(family, plan, trial, 6))
-    record = score_kept(plan, unit, store, family, cfg)
-    job = score_cell(plan, unit, None, family, 1, "cpu", store.load_trial(trial.key))
-    assert record["trial_network_reused"] and record["best_trial"] == trial.key
-    assert {k: record[k] for k in ("mae", "rmse", "val_mae")} == {
-        k: job[k] for k in ("mae", "rmse", "val_mae")
-    }
-    ensemble = StudyConfig(**CFG, finetune={"ensemble": 3})
-    gpu = StudyConfig(**CFG, tune={"resources": {"cpu": 1, "gpu": 1}})
-    assert score_kept(plan, unit, store, family, ensemble) is None
-    assert score_kept(plan, unit, store, family, gpu) is None

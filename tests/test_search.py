@@ -113,27 +113,6 @@ def test_searcher_waits_for_pretraining_scores_each_cell_once_and_first():
     assert s.suggest("f") == Searcher.FINISHED
 
 
-def test_a_cell_the_driver_can_score_itself_needs_no_scoring_unit():
-    """`score` gives a tuned cell's record (its scoring trains nothing): no unit goes out for
-    it; where it gives None, the scoring goes out as a unit."""
-    done: list[dict] = []
-    scored = {"n0-mall-r0": {"cell": "n0-mall-r0", "status": "ok", "mae": 0.4}}
-    s = StudySearcher(
-        [Cell(0, 0), Cell(0, 1)],
-        set(),
-        _tuners(per_cell=1),
-        _pretrainings(),
-        done.append,
-        score=lambda scoring: scored.get(scoring.cell.id),
-    )
-    a, b = unit(s.suggest("a")), unit(s.suggest("b"))
-    s.on_trial_complete("a", {"best_val_mae": 0.5, "epoch": 3, ENDED: True})
-    assert done == [scored[a.cell.id] | {"trials": 1, "failed_trials": 0, "trial_seconds": 0.0}]
-    s.on_trial_complete("b", {"best_val_mae": 0.5, "epoch": 3, ENDED: True})
-    score = unit(s.suggest("s"))
-    assert isinstance(score, Scoring) and score.cell == b.cell and len(done) == 1
-
-
 def test_a_failed_pretraining_fails_its_cells_without_trials():
     done = []
     s = _searcher([Cell(100, 0)], _pretrainings("n100-r0"), done)

@@ -55,13 +55,13 @@ from s2r_ray.report import folder_report
 from s2r_ray.study import tracking, units
 from s2r_ray.study.fanout import RayPool
 from s2r_ray.study.halving import Rungs
-from s2r_ray.study.pretrained import FolderStore, choose_store
+from s2r_ray.study.pretrained import choose_store
 from s2r_ray.study.pretraining import Pretrainings, default_slots
 from s2r_ray.study.reducer import Reducer
 from s2r_ray.study.resources import MemorySampler, share_plan, stored_bytes
 from s2r_ray.study.scheduler import PerCellASHA, StudySearcher
 from s2r_ray.study.tuner import CellTuner, open_journal, run_ends
-from s2r_ray.study.work import run_unit, score_kept
+from s2r_ray.study.work import run_unit
 
 Echo = Callable[[str], None]
 PENDING = "TUNE_MAX_PENDING_TRIALS_PG"
@@ -408,7 +408,7 @@ def _tune(
     borrow = cfg.tune.pretrain_slots is None  # a number set is a cap (memory, policy)
     pretrainings = Pretrainings(needed, folder.pretrained_keys(), slots, echo, borrow)
     progress = _Progress(echo)
-    store, here = choose_store(folder, reducer), FolderStore(str(folder.path))
+    store = choose_store(folder, reducer)
     journal = open_journal(folder.journal_path())
 
     # ASHA stops every trial that reaches its horizon: one past the longest trial, so that a
@@ -438,8 +438,6 @@ def _tune(
             pack=pack,
             rungs=rungs,
             pretrain_pack=cfg.tune.pretrain_pack or _pretrain_pack(cfg, family, plan),
-            # the driver's node holds the folder (the reducer's store writes there): read it
-            score=lambda scoring: score_kept(plan, scoring, here, family, cfg),
         )
         progress.on_decision = lambda decision: searcher.steer(steer.decision_cells(cfg, decision))
         if recorded or pretrainings.loaded or searcher.partly_tuned or orphans:

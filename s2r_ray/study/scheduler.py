@@ -68,7 +68,6 @@ class StudySearcher(Searcher):
         pack: int = 1,
         rungs: Rungs | None = None,
         pretrain_pack: int = 1,
-        score: Callable[[Scoring], dict | None] = lambda scoring: None,
     ):
         super().__init__(metric=METRIC, mode="min")
         if pack > 1 and rungs is None:
@@ -81,7 +80,7 @@ class StudySearcher(Searcher):
         # a steered study awaiting its decision fetches the reducer's results itself.
         self._poll = poll
         self._pairs = {c.pretrain_id: Cell(c.n, c.repetition) for c in cells if c.n}
-        self._on_cell_done, self._score = on_cell_done, score
+        self._on_cell_done = on_cell_done
         self._open = [c for c in cells if c.id not in recorded]  # neither recorded nor scoring
         self._tuners = {c.id: tuner(c) for c in self._open}
         self._running: dict[str, units.Unit] = {}  # Tune trial id -> unit
@@ -254,15 +253,12 @@ class StudySearcher(Searcher):
             self._cell_tuned(trial.cell)
 
     def _cell_tuned(self, cell: Cell) -> None:
-        """All trials of the cell ended: score it here when `score` can (it trains nothing),
-        else queue its scoring; or record it failed."""
+        """All trials of the cell ended: queue its scoring, or record it failed."""
         tuner = self._tuners[cell.id]
         if (scoring := tuner.scoring()) is None:
             self._record(
                 failed_record(cell, f"all trials failed: {tuner.errors()}") | tuner.counts()
             )
-        elif (record := self._score(scoring)) is not None:
-            self._record(record | tuner.counts())
         else:
             self._open.remove(cell)
             self._to_score.append(scoring)

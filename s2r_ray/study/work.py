@@ -208,26 +208,6 @@ def _keep(store: PretrainedStore, trial: Trial, kept: KeptNetwork) -> None:
         store.save_trial(trial.key, kept.trimmed())
 
 
-def score_kept(
-    plan: Plan, unit: units.Scoring, store: PretrainedStore, family: Family, cfg: StudyConfig
-) -> dict | None:
-    """The record of a cell whose scoring trains nothing (one seed, the trial's own network
-    kept, on CPUs), scored in the calling process, the driver, with the threads a job would
-    have (so the same sums): no Tune unit for it. None when it would train, or on any error:
-    the scoring then goes out as a Tune unit, which reports its own failure."""
-    if cfg.finetune.ensemble != 1 or cfg.tune.resources.gpu:
-        return None
-    try:
-        kept = store.load_trial(unit.trial.key)
-        if kept is None or kept.at(unit.stop_epoch) is None:
-            return None
-        device = setup_worker(cfg.tune.resources.cpu)
-        pre = None if unit.cell.is_baseline else store.load(unit.cell.pretrain_id)
-        return score_cell(plan, unit, pre, family, 1, device, kept)
-    except Exception:
-        return None
-
-
 def score_cell(
     plan: Plan,
     unit: units.Scoring,
