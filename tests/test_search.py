@@ -10,7 +10,7 @@ from s2r_ray.protocol import Cell
 from s2r_ray.study.halving import Rungs
 from s2r_ray.study.pretraining import Pretrainings
 from s2r_ray.study.scheduler import REQUEUES, Searcher, StudySearcher
-from s2r_ray.study.tuner import CellTuner, run_ends
+from s2r_ray.study.tuner import CellTuner, open_journal, run_ends
 from s2r_ray.study.units import (
     ENDED,
     RESULT,
@@ -134,10 +134,7 @@ def test_a_failed_pretraining_fails_its_cells_without_trials():
 def test_a_restarted_searcher_continues_each_cell_from_the_journal(tmp_path):
     """A killed driver's journal: one trial ended, one was running. The next process counts
     the ended one, marks the running one interrupted, and runs one more in its place."""
-    journal = str(tmp_path / "optuna.journal")
-    storage = lambda: optuna.storages.JournalStorage(  # noqa: E731
-        optuna.storages.journal.JournalFileBackend(journal)
-    )
+    storage = lambda: open_journal(tmp_path / "optuna.journal")  # noqa: E731
     cells, pre = [Cell(0, 0)], _pretrainings()
     first = _searcher(cells, pre, [], storage(), per_cell=2)
     a, b = unit(first.suggest("a")), unit(first.suggest("b"))
@@ -165,10 +162,7 @@ def test_a_trial_is_told_at_its_last_report_so_a_killed_study_never_runs_it_agai
     """A trial's process ends its MLflow run FINISHED once its last report returns, and the
     driver tells it before that: a driver killed between the two leaves it in the journal, so
     the next process counts it and asks only for the one that was running."""
-    journal = str(tmp_path / "optuna.journal")
-    storage = lambda: optuna.storages.JournalStorage(  # noqa: E731
-        optuna.storages.journal.JournalFileBackend(journal)
-    )
+    storage = lambda: open_journal(tmp_path / "optuna.journal")  # noqa: E731
     cells, pre = [Cell(0, 0)], _pretrainings()
     first = _searcher(cells, pre, [], storage(), per_cell=2)
     a, b = unit(first.suggest("a")), unit(first.suggest("b"))
@@ -330,12 +324,10 @@ def test_a_resumed_study_halves_a_cells_later_packs_against_the_rung_values_it_j
     one member ends, then the driver dies. The next process's pack carries those values (the
     interrupted member's too, as ASHA keeps what reached a rung), as an uninterrupted study's
     would."""
-    journal = str(tmp_path / "optuna.journal")
+    journal = tmp_path / "optuna.journal"
 
     def searcher() -> StudySearcher:
-        storage = optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(journal)
-        )
+        storage = open_journal(journal)
         return StudySearcher(
             [Cell(0, 0)],
             set(),
@@ -351,8 +343,7 @@ def test_a_resumed_study_halves_a_cells_later_packs_against_the_rung_values_it_j
     stopped = MemberEnd(1, 0.6, 2, 1.0, stopped=True)  # at the rung
     first.on_trial_result("p1", {RESULT: PackProgress((stopped,), ((2, 0, 0.4), (2, 1, 0.6)))})
     # the driver dies here, member 0 training; member 1's run, were it left open, ends KILLED
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
-    assert run_ends(storage) == {"n0-mall-r0-t01": "KILLED"}
+    assert run_ends(open_journal(journal)) == {"n0-mall-r0-t01": "KILLED"}
 
     later = unit(searcher().suggest("p2"))
     assert [t.number for t in later.trials] == [2, 3]
