@@ -11,7 +11,8 @@ What <out> holds, and when each part is written:
 - ``pretrained/<n>-r<r>.pkl``: each pretrained network, written by the driver as soon as its
   task has ended.
 - ``pretrained/trials/<trial key>.pkl``: a fine-tuning trial's own network (its last bests),
-  written as the trial ends, so that its cell's scoring reuses it instead of training it again.
+  written as the trial ends, so that its cell's scoring reuses it instead of training it again;
+  once the cell is in the ledger only its selected trial's is kept (the cell's model).
 - ``steering.jsonl``: a steered study's decisions (`s2r_ray.steer`), one per line, appended
   and fsynced before any cell a decision adds is handed out; a resumed study reads them back
   and never decides a taken one again.
@@ -264,6 +265,13 @@ class StudyFolder:
 
     def load_pretrained(self, key: str) -> Any:
         return pickle.loads(self._pretrained_path(key).read_bytes())
+
+    def prune_trial_networks(self, cell_id: str, keep: str | None) -> None:
+        """Delete a recorded cell's trial networks but the selected one (`keep`): nothing reads
+        them once the cell is in the ledger, and they add up (the band-gap grid kept 236 MB)."""
+        for path in (self.path / PRETRAINED / "trials").glob(f"{cell_id}-t*.pkl"):
+            if path.stem != keep:
+                path.unlink(missing_ok=True)
 
     def pretrained_keys(self) -> set[str]:
         folder = self.path / PRETRAINED

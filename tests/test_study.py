@@ -113,6 +113,9 @@ def test_ledger_has_one_record_per_cell_with_the_selected_model(study):
         assert r["trials"] == cfg.tune.trials_per_cell
         if r["n"]:
             assert r["zero_shot_mae"] > 0 and r["source_val_mae"] > 0
+    # once recorded, a cell keeps only its selected trial's network: the cell's model
+    kept = {p.stem for p in (out / "pretrained" / "trials").glob("*.pkl")}
+    assert kept == {r["best_trial"] for r in records}
     cell_lines = [ln for ln in lines if "cells]" in ln]
     pretraining_lines = [ln for ln in lines if ln.startswith("pretraining ")]
     assert len(cell_lines) == len(records)

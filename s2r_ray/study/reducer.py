@@ -64,6 +64,7 @@ class Reducer:
         record = {**record, "finished_at": round(time.time(), 3)}
         self._records.append(record)
         self._folder.append_cell(record)
+        self._folder.prune_trial_networks(record["cell"], record.get("best_trial"))
         n = record["n"]
         self._arrived[n] += 1
         self._rate.add(record["finished_at"])
