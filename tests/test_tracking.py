@@ -71,9 +71,13 @@ def test_runs_left_running_end_as_the_work_the_study_folder_holds(tmp_path):
         "n100-mall-r0-t02": "FINISHED",
         "n100-r0": "FINISHED",
     }
-    assert tracking.end_orphans(ctx, ends) == 6
+    assert tracking.end_orphans(ctx, lambda: ends) == 6
     status = {r: ctx.client.get_run(r).info.status for r in (told, stopped, lost, interrupted)}
     assert status == {told: "FINISHED", stopped: "KILLED", lost: "KILLED", interrupted: "KILLED"}
     assert ctx.client.get_run(newer).info.status == "FINISHED"
     assert ctx.client.get_run(older).info.status == "KILLED"
-    assert tracking.end_orphans(ctx, ends) == 0
+
+    def unread() -> dict[str, str]:
+        raise AssertionError("the folder's work is read only when a run was left open")
+
+    assert tracking.end_orphans(ctx, unread) == 0

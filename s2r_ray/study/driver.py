@@ -327,7 +327,7 @@ def _run(
                 "when it is created): set tracking.experiment to a new name, whose artifacts go "
                 "beside the store or to tracking.artifact_location"
             )
-        orphans = tracking.end_orphans(ctx, _run_ends(folder))  # a killed attempt's runs
+        orphans = tracking.end_orphans(ctx, lambda: _run_ends(folder))  # a killed attempt's
         if "mlflow" not in state:
             tracking.log(ctx, ctx.study_run_id, params={"counts": counts})  # rejected rows too
         extra = {
@@ -362,7 +362,7 @@ def _run(
             report = folder_report(folder, status, {"timing": timing})
         if ctx is not None:
             tracking.log(ctx, ctx.study_run_id, used | memory.figures())  # what it used
-            tracking.end_orphans(ctx, _run_ends(folder))
+            tracking.end_orphans(ctx, lambda: _run_ends(folder))
             run_status = {"complete": "FINISHED", "interrupted": "KILLED"}.get(status, "FAILED")
             tracking.end_study(ctx, run_status)
         folder.update_state(status=status, elapsed_seconds=round(wall, 2))

@@ -24,6 +24,7 @@ from s2r_ray.study.units import (
     Pack,
     PackProgress,
     Trial,
+    run_status,
 )
 from s2r_ray.study.workers import ray_node
 
@@ -146,10 +147,10 @@ def run_pack(
 def _end(
     member: _Member, epoch: int, store: PretrainedStore, error: str | None = None
 ) -> MemberEnd:
-    """Keep the member's network with its end, say how its run will end (KILLED: stopped at a
-    rung before its last epoch, as ASHA's stops end), and what the driver tells Optuna."""
+    """Keep the member's network with its end, say how its run will end (stopped: at a rung
+    before its last epoch), and what the driver tells Optuna."""
     stopped = not error and epoch < int(member.trial.hp["epochs"])
-    member.status = "FAILED" if error else "KILLED" if stopped else "FINISHED"
+    member.status = run_status(stopped, failed=error is not None)
     value = None if error else member.best
     end = MemberEnd(member.trial.number, value, epoch, member.seconds, error, stopped)
     member.kept.end = end

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -361,12 +361,15 @@ def ids(ctx: TrackingContext) -> dict[str, Any]:
     return {k: v for k, v in asdict(ctx).items() if k != "tags"}
 
 
-def end_orphans(ctx: TrackingContext, ends: Mapping[str, str], status: str = "KILLED") -> int:
+def end_orphans(
+    ctx: TrackingContext, ends: Callable[[], Mapping[str, str]], status: str = "KILLED"
+) -> int:
     """End the trial and pretraining runs still RUNNING under this study's size runs (a killed
     process cannot end its own), each `status`; returns how many. A run whose work the study
-    folder holds (`ends`, by key: a pretraining on disk, a trial the journal counts) ends as
-    that work did: its process was killed between keeping the work and ending the run. Of a
-    key's runs, only one holds its work: one its process ended, else the newest."""
+    folder holds (`ends()`, by key, read only when a run is left: a pretraining on disk, a
+    trial the journal counts) ends as that work did: its process was killed between keeping the
+    work and ending the run. Of a key's runs, only one holds its work: one its process ended,
+    else the newest."""
     orphans = [
         run
         for size_run in ctx.size_run_ids.values()
@@ -376,12 +379,12 @@ def end_orphans(ctx: TrackingContext, ends: Mapping[str, str], status: str = "KI
             max_results=5000,
         )
     ]
-    seen: set[str] = set()
+    held, seen = ends() if orphans else {}, set()
     for run in sorted(orphans, key=lambda r: r.info.start_time, reverse=True):
         key = run.data.tags.get(KEY_TAG, "")
-        holds = key in ends and key not in seen and not _ended_run(ctx, run, key)
+        holds = key in held and key not in seen and not _ended_run(ctx, run, key)
         seen.add(key)
-        end(ctx, run.info.run_id, ends[key] if holds else status)
+        end(ctx, run.info.run_id, held[key] if holds else status)
     return len(orphans)
 
 

@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from s2r_ray.models.base import Family
 from s2r_ray.protocol import Cell
-from s2r_ray.study.units import Scoring, Trial
+from s2r_ray.study.units import Scoring, Trial, run_status
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 RUNG = "rung "  # a trial's user attribute "rung 6": its best validation MAE at epoch 6
@@ -51,10 +51,9 @@ def run_ends(storage: optuna.storages.BaseStorage) -> dict[str, str]:
             if config is None or t.state not in (TrialState.COMPLETE, TrialState.FAIL):
                 continue
             if t.state == TrialState.COMPLETE:
-                stopped = t.user_attrs.get("stopped", False)  # at a rung: as ASHA's stops end
-                ends[config["trial_key"]] = "KILLED" if stopped else "FINISHED"
+                ends[config["trial_key"]] = run_status(t.user_attrs.get("stopped", False))
             elif not interrupted(t):
-                ends[config["trial_key"]] = "FAILED"
+                ends[config["trial_key"]] = run_status(False, failed=True)
     return ends
 
 

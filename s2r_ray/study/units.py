@@ -84,6 +84,11 @@ class MemberEnd:
     stopped: bool = False
 
 
+def run_status(stopped: bool, failed: bool = False) -> str:
+    """How an ended trial's MLflow run ends: KILLED when stopped early, as ASHA's stops end."""
+    return "FAILED" if failed else "KILLED" if stopped else "FINISHED"
+
+
 @dataclass(frozen=True)
 class PackProgress:
     """What a pack reports after a round: the members that ended in it, and the values its
