@@ -70,10 +70,14 @@ def _once(family, split, mode: str, hps: list[dict], seeds: list[int]) -> float:
         for hp, seed in zip(hps, seeds, strict=True):
             family.finetune(*split, hp=hp, seed=seed)
     elif mode == "batched":
-        family.finetune_members(*split, hps=hps, seeds=seeds)
+        from s2r_ray.models.base import Target
+
+        family.finetune_members([Target(*split)] * len(hps), hps=hps, seeds=seeds)
     else:  # vmap: the same loop, the stacked forward through torch.func
         import torch
         from torch.func import functional_call, vmap
+
+        from s2r_ray.models.base import Target
 
         def stacked(modules, x, noise):
             names = [n for n, _ in modules[0].named_parameters()]
@@ -83,7 +87,7 @@ def _once(family, split, mode: str, hps: list[dict], seeds: list[int]) -> float:
             return vmap(lambda p, xb: functional_call(modules[0], p, (xb,)))(params, x)
 
         family.stacked = lambda: stacked  # type: ignore[method-assign]
-        family.finetune_members(*split, hps=hps, seeds=seeds)
+        family.finetune_members([Target(*split)] * len(hps), hps=hps, seeds=seeds)
     return time.perf_counter() - start
 
 

@@ -45,7 +45,7 @@ from torch import nn
 from s2r_ray.config import PretrainConfig, SyntheticData, load_config
 from s2r_ray.data.synthetic import make_synthetic
 from s2r_ray.folder import StudyFolder
-from s2r_ray.models.base import Source
+from s2r_ray.models.base import Source, Target
 from s2r_ray.models.mlp import MLP, MLPFamily, MLPOptions, Scaler
 from s2r_ray.models.torch_family import Network
 from s2r_ray.study.driver import run_study
@@ -250,7 +250,7 @@ def _finetune_pack(config: dict, data: tuple) -> None:
         return []  # no member leaves before its epochs are done
 
     MLPFamily(MLPOptions(hidden=config["hidden"]), PretrainConfig()).finetune_members(
-        *data,
+        [Target(*data)] * k,
         hps=[FT_HP | {"epochs": config["epochs"]}] * k,
         seeds=[config["seed"] * k + i for i in range(k)],
         device=device,

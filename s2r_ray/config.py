@@ -195,10 +195,11 @@ class TuneConfig(_Strict):
     pack: int = Field(
         1,
         ge=1,
-        description="fine-tuning trials of a cell trained as one network in one Tune trial, each "
-        "still its own Optuna trial, MLflow run and early stop (successive halving at ASHA's "
-        "rungs); 1 (measured best on CPUs; GPUs unmeasured: benchmarks/pack.md): one trial "
-        "per Tune trial",
+        description="fine-tuning trials trained as one network in one Tune trial: a trial of "
+        "each ready cell of the same n and m (its repetitions) in turn, each on its own cell's "
+        "rows from its own pretrained network, and each still its own Optuna trial, MLflow run "
+        "and early stop (successive halving at ASHA's rungs, within its cell); 1 (measured "
+        "best on CPUs; GPUs unmeasured: benchmarks/pack.md): one trial per Tune trial",
     )
     pretrain_pack: int | None = Field(
         None,

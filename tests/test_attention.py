@@ -17,7 +17,7 @@ from s2r_ray.data import load_dataset
 from s2r_ray.data.featurizers import make_featurizer
 from s2r_ray.data.featurizers.composition import element_table
 from s2r_ray.models.attention import AttentionFamily, AttentionOptions, CompositionAttention
-from s2r_ray.models.base import Pretrained, Source
+from s2r_ray.models.base import Pretrained, Source, Target
 from s2r_ray.models.hyperparameters import PretrainConfig
 from s2r_ray.models.torch_family import SMALL_NETWORK
 
@@ -291,7 +291,8 @@ def test_attention_networks_trained_as_one_batch_equal_each_trained_alone(source
     }
     hps = [hp, {**hp, "lr": 1e-3, "freeze": 1}, {**hp, "freeze": 2, "epochs": 3}]
     split = (X[1000:1200], real_property(X[1000:1200]), X[1200:1300], real_property(X[1200:1300]))
-    together = family.finetune_members(*split, hps=hps, seeds=[1, 2, 3], pretrained=state)
+    target = Target(*split, pretrained=state)
+    together = family.finetune_members([target] * 3, hps=hps, seeds=[1, 2, 3])
     for hp_, seed, got in zip(hps, [1, 2, 3], together, strict=True):
         alone = family.finetune(*split, hp=hp_, seed=seed, pretrained=state)
         assert len(got.curve) == len(alone.curve) == hp_["epochs"]
@@ -316,10 +317,11 @@ def test_a_batched_attention_members_dropout_is_its_own():
     }
     split = (X[:150], y[:150], X[150:], y[150:])
     mates = [{**hp, "lr": 1e-3}, {**hp, "dropout": 0.0}]
-    a = family.finetune_members(*split, hps=[hp, mates[0]], seeds=[7, 8])
-    b = family.finetune_members(*split, hps=[hp, mates[1], mates[0]], seeds=[7, 9, 10])
+    target = Target(*split)
+    a = family.finetune_members([target] * 2, hps=[hp, mates[0]], seeds=[7, 8])
+    b = family.finetune_members([target] * 3, hps=[hp, mates[1], mates[0]], seeds=[7, 9, 10])
     np.testing.assert_allclose(a[0].curve, b[0].curve, rtol=1e-4)
-    c = family.finetune_members(*split, hps=[hp, mates[0]], seeds=[11, 8])
+    c = family.finetune_members([target] * 2, hps=[hp, mates[0]], seeds=[11, 8])
     assert not np.allclose(a[0].curve, c[0].curve, rtol=1e-3)
 
 

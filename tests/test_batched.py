@@ -7,7 +7,7 @@ import torch
 from s2r_ray.config import StudyConfig, SyntheticData
 from s2r_ray.data.synthetic import make_synthetic
 from s2r_ray.models import make_family
-from s2r_ray.models.base import Diverged, FineTuned, Pretrained, Source
+from s2r_ray.models.base import Diverged, FineTuned, Pretrained, Source, Target
 from s2r_ray.protocol import make_plan
 
 HP = {"lr": 3e-3, "weight_decay": 1e-4, "epochs": 12, "batch_size": 32, "freeze": 0, "dropout": 0.0}
@@ -49,7 +49,7 @@ def test_members_trained_as_one_equal_each_trained_alone(setup):
     family, split, state, X_test = setup
     seeds, stops = [5, 6, 7, 8], [None, 7, None, None]
     together = family.finetune_members(
-        *split, hps=HPS, seeds=seeds, pretrained=state, stop_epochs=stops
+        [Target(*split, pretrained=state)] * 4, hps=HPS, seeds=seeds, stop_epochs=stops
     )
     for hp, seed, stop, got in zip(HPS, seeds, stops, together, strict=True):
         alone = family.finetune(*split, hp=hp, seed=seed, pretrained=state, stop_epoch=stop)
@@ -63,7 +63,8 @@ def test_members_trained_as_one_equal_each_trained_alone(setup):
 
 def test_frozen_layers_of_a_batched_member_do_not_move(setup):
     family, split, state, _ = setup
-    _, frozen = family.finetune_members(*split, hps=[HP, HPS[2]], seeds=[1, 2], pretrained=state)
+    target = Target(*split, pretrained=state)
+    _, frozen = family.finetune_members([target] * 2, hps=[HP, HPS[2]], seeds=[1, 2])
     after = frozen.predictor.state()["weights"]
     np.testing.assert_array_equal(after["body.0.0.weight"], state["weights"]["body.0.0.weight"])
     assert not np.array_equal(after["body.1.0.weight"], state["weights"]["body.1.0.weight"])
@@ -72,7 +73,8 @@ def test_frozen_layers_of_a_batched_member_do_not_move(setup):
 def test_a_member_that_diverges_leaves_the_others_training(setup):
     family, split, state, _ = setup
     wild = {**HP, "lr": 1e30}
-    ok, bad = family.finetune_members(*split, hps=[HP, wild], seeds=[3, 4], pretrained=state)
+    target = Target(*split, pretrained=state)
+    ok, bad = family.finetune_members([target] * 2, hps=[HP, wild], seeds=[3, 4])
     alone = family.finetune(*split, hp=HP, seed=3, pretrained=state)
     assert isinstance(bad, Diverged)
     np.testing.assert_allclose(ok.curve, alone.curve, rtol=1e-4)
@@ -85,7 +87,7 @@ def test_members_of_one_setting_share_an_optimiser_and_leave_it_one_by_one(setup
     hp = {**HP, "dropout": 0.1, "freeze": 1}
     seeds, stops = [21, 22, 23], [None, 4, 8]
     together = family.finetune_members(
-        *split, hps=[hp] * 3, seeds=seeds, pretrained=state, stop_epochs=stops
+        [Target(*split, pretrained=state)] * 3, hps=[hp] * 3, seeds=seeds, stop_epochs=stops
     )
     for seed, stop, got in zip(seeds, stops, together, strict=True):
         alone = family.finetune(*split, hp=hp, seed=seed, pretrained=state, stop_epoch=stop)

@@ -5,6 +5,7 @@ members. Real local Ray, real SQLite MLflow, real `s2r run` processes for the ki
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from s2r_ray.config import StudyConfig, SyntheticData, build_config
 from s2r_ray.data.synthetic import make_synthetic
 from s2r_ray.folder import StudyFolder
 from s2r_ray.models import make_family
+from s2r_ray.models.base import Source
 from s2r_ray.protocol import make_plan
 from s2r_ray.study import tracking
 from s2r_ray.study.driver import run_study
@@ -148,7 +150,7 @@ def test_a_member_that_diverges_leaves_and_the_others_train_as_if_alone(tmp_path
     )
     ctx = tracking.start_study(f"sqlite:///{tmp_path / 'm.db'}", "s2r-ray", "t", {}, [200], {})
     store = FolderStore(str(tmp_path / "out"))
-    run_pack(Pack(trials, Rungs((99,), 3)), plan, None, family, ctx, "cpu", store)
+    run_pack(Pack(trials, {cell.id: Rungs((99,), 3)}), plan, family, ctx, "cpu", store)
     by_key = {r.data.params["trial_key"]: r for r in runs(tmp_path / "m.db", "trial")}
     assert by_key[trials[1].key].info.status == "FAILED"
     diverged = store.load_trial(trials[1].key)  # its end alone, for a pack run again
@@ -162,15 +164,53 @@ def test_a_member_that_diverges_leaves_and_the_others_train_as_if_alone(tmp_path
         assert store.load_trial(t.key).reached == 7
 
 
-def test_a_study_killed_mid_pack_reruns_only_the_unfinished_members(ray_session, tmp_path):
-    """kill -9 once members of a pack have stopped at a rung (and were told to Optuna) while
-    others train on: the resumed study keeps the stopped members (one MLflow run, one complete
-    Optuna trial each) and asks again for the interrupted ones only."""
+def test_members_of_cells_that_share_n_and_m_each_train_on_their_own_cell(tmp_path):
+    """A pack across two repetitions of one n (trial numbers alike): each member trains on its
+    own cell's rows from its own cell's pretrained network, as it would alone, and halves
+    against its own cell's rung values only. No Tune: `run_pack` called directly."""
+    torch.set_num_threads(1)
+    cfg = StudyConfig(name="t", sizes=[200], repetitions=2, model={"hidden": [16, 8]})
+    plan = make_plan(cfg, make_synthetic(SyntheticData(n_source=600, n_target=300)))
+    c0, c1 = sorted((c for c in plan.cells if c.n == 200), key=lambda c: c.repetition)
+    family, store = make_family(cfg), FolderStore(str(tmp_path / "out"))
+    for cell in (c0, c1):
+        rep = plan.repetitions[cell.repetition]
+        source = Source(*plan.source_split(cell), rep.seed, plan.dataset.target_X[rep.train])
+        (pre,) = family.pretrain_members([source])
+        store.save(cell.pretrain_id, pre)
+    hp = {"lr": 3e-3, "weight_decay": 1e-4, "epochs": 7, "batch_size": 32, "freeze": 0}
+    trials = (Trial(c0, 0, 5, hp), Trial(c1, 0, 6, hp), Trial(c0, 1, 7, {**hp, "lr": 1e-3}))
+    rungs = {c0.id: Rungs((3,), 3, {3: {9: 0.0}}), c1.id: Rungs((3,), 3)}  # c0 has a 0.0 there
+    ctx = tracking.start_study(f"sqlite:///{tmp_path / 'm.db'}", "s2r-ray", "t", {}, [200], {})
+    run_pack(Pack(trials, rungs), plan, family, ctx, "cpu", store)
+    by_key = {r.data.params["trial_key"]: r for r in runs(tmp_path / "m.db", "trial")}
+    for t in trials:
+        kept = store.load_trial(t.key)
+        # c0's members lose to its recorded 0.0 at the rung; c1's member has no one to lose to
+        stop = 3 if t.cell == c0 else 7
+        assert kept.end.key == t.key and kept.end.stop_epoch == stop
+        assert by_key[t.key].info.status == ("KILLED" if stop == 3 else "FINISHED")
+        curve = [
+            m.value for m in ctx.client.get_metric_history(by_key[t.key].info.run_id, "val_mae")
+        ]
+        state = store.load(t.cell.pretrain_id).state
+        alone = family.finetune(*plan.target_split(t.cell), hp=t.hp, seed=t.seed, pretrained=state)
+        np.testing.assert_allclose(curve, alone.curve[:stop], rtol=1e-4)
+
+
+@pytest.mark.parametrize("stop", ["kill -9", "SIGTERM"])
+def test_a_study_stopped_mid_pack_reruns_only_the_unfinished_members(ray_session, tmp_path, stop):
+    """kill -9 of the study's process group, or SIGTERM to it (a clean stop: no run left
+    RUNNING), once members of a pack (two trials of each of two repetitions) have stopped at a
+    rung (and were told to Optuna) while others train on: the resumed study keeps the stopped
+    members (one MLflow run, one complete Optuna trial each) and asks again for the
+    interrupted ones only."""
     raw = {
         **PACKED,
         "sizes": [40],
+        "repetitions": 2,
         "finetune": {"epochs": [300, 300], "batch_size": [16]},
-        "tune": {"trials_per_cell": 4, "startup_trials": 4, "grace_period": 2, "pack": 4},
+        "tune": {"trials_per_cell": 2, "startup_trials": 2, "grace_period": 2, "pack": 4},
     }
     config, out, db = write_yaml(tmp_path / "c.yaml", raw), tmp_path / "out", tmp_path / "m.db"
     complete, running = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING
@@ -186,8 +226,14 @@ def test_a_study_killed_mid_pack_reruns_only_the_unfinished_members(ray_session,
             return any({complete, running} <= s for s in states.values())
 
         wait_for(mid_pack, 300, "members told while others train", killed)
-        killed.kill_group()
-        kill_ray_processes(killed.ray_tmp)
+        if stop == "SIGTERM":
+            killed.proc.send_signal(signal.SIGTERM)
+            code, _, stderr = killed.wait(timeout=300, what=" after SIGTERM")
+            assert code == 128 + signal.SIGTERM, stderr[-3000:]
+            assert not runs(db, "trial", "RUNNING")
+        else:
+            killed.kill_group()
+            kill_ray_processes(killed.ray_tmp)
         before = _trials(out)
         assert not ledger_lines(out)
         resumed = StudyProcess(config, out, db)
@@ -204,26 +250,30 @@ def test_a_study_killed_mid_pack_reruns_only_the_unfinished_members(ray_session,
     keys = [r.data.params.get("trial_key") for r in runs(db, "trial")]
     assert all(keys.count(k) == 1 and after[k].state == complete for k in done), keys
     assert all(after[k].state == optuna.trial.TrialState.FAIL for k in unfinished)
-    for record in StudyFolder(out).ledger():
-        assert record["status"] == "ok" and record["trials"] == 4, record
+    records = StudyFolder(out).ledger()
+    assert len(records) == 4
+    for record in records:
+        assert record["status"] == "ok" and record["trials"] == 2, record
         mine = [t for k, t in after.items() if k.startswith(record["cell"] + "-t")]
         # failed without an error (interrupted, with those asked for a pack not yet started):
         # asked again, not counted
         interrupted = [t for t in mine if t.state == optuna.trial.TrialState.FAIL]
         assert not [t for t in interrupted if "error" in t.user_attrs]
-        assert len(mine) == 4 + len(interrupted)
+        assert len(mine) == 2 + len(interrupted)
 
 
 def test_a_pack_whose_process_dies_reruns_only_its_unfinished_members(ray_session, tmp_path):
-    """kill -9 of the pack's actor process once members of it have ended (their networks and
-    ends kept, their MLflow runs ended) while others train on: Tune runs the pack again, which
-    reports the kept ends at once and trains only the members that had not ended."""
+    """kill -9 of the pack's actor process (a pack of two trials of each of two repetitions)
+    once members of it have ended (their networks and ends kept, their MLflow runs ended)
+    while others train on: Tune runs the pack again, which reports the kept ends at once and
+    trains only the members that had not ended."""
     raw = {
         **PACKED,
         "sizes": [40],
+        "repetitions": 2,
         # long enough that the members still training are caught by the kill, not done by it
         "finetune": {"epochs": [3000, 3000], "batch_size": [16]},
-        "tune": {"trials_per_cell": 4, "startup_trials": 4, "grace_period": 2, "pack": 4},
+        "tune": {"trials_per_cell": 2, "startup_trials": 2, "grace_period": 2, "pack": 4},
         "tracking": {"uri": f"sqlite:///{tmp_path / 'm.db'}"},
     }
     out, db = tmp_path / "out", tmp_path / "m.db"
@@ -251,8 +301,14 @@ def test_a_pack_whose_process_dies_reruns_only_its_unfinished_members(ray_sessio
     assert len(trials) == 8 and all(
         t.state == optuna.trial.TrialState.COMPLETE for t in trials.values()
     )
-    for record in StudyFolder(out).ledger():
-        assert record["status"] == "ok" and record["trials"] == 4, record
+    cells_of: dict[str, set] = {}
+    for r in runs(db, "trial"):
+        cells_of.setdefault(r.data.params["pack"], set()).add(r.data.tags["s2r.cell"])
+    assert any(len(cells) == 2 for cells in cells_of.values()), cells_of  # across repetitions
+    records = StudyFolder(out).ledger()
+    assert len(records) == 4
+    for record in records:
+        assert record["status"] == "ok" and record["trials"] == 2, record
 
 
 def test_pretrainings_of_one_n_train_as_one_each_its_own_run_and_network(ray_session, tmp_path):

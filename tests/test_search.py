@@ -297,16 +297,18 @@ def test_a_pack_shares_a_batch_size_and_each_member_is_told_as_it_ends_once():
     first = unit(s.suggest("p1"))
     assert isinstance(first, Pack) and [t.number for t in first.trials] == [0, 1, 2]
     assert len({t.hp["batch_size"] for t in first.trials}) == 1
+    t0, t1, t2 = (t.key for t in first.trials)
     progress = PackProgress(
-        (MemberEnd(1, 0.6, 2, 1.0), MemberEnd(2, None, error="fine-tuning diverged at 1")),
-        ((2, 0, 0.4), (2, 1, 0.6)),
+        (MemberEnd(t1, 0.6, 2, 1.0), MemberEnd(t2, None, error="fine-tuning diverged at 1")),
+        ((t0, 2, 0.4), (t1, 2, 0.6)),
     )
     for _ in range(2):  # Tune hands the last result again as the trial ends
         s.on_trial_result("p1", {RESULT: progress})
     second = unit(s.suggest("p2"))  # one trial left to ask: a pack of one
     assert [t.number for t in second.trials] == [3]
-    assert second.rungs.values == {2: {0: 0.4, 1: 0.6}}
-    s.on_trial_complete("p2", {RESULT: PackProgress((MemberEnd(3, 0.5, 6, 2.0),))})
+    assert second.rungs["n0-mall-r0"].values == {2: {0: 0.4, 1: 0.6}}
+    t3 = second.trials[0].key
+    s.on_trial_complete("p2", {RESULT: PackProgress((MemberEnd(t3, 0.5, 6, 2.0),))})
     s.on_trial_complete("p1", None, error=True)  # member 0 never reported: it fails
     score = unit(s.suggest("s"))
     assert isinstance(score, Scoring) and score.trial == second.trials[0]
@@ -315,6 +317,43 @@ def test_a_pack_shares_a_batch_size_and_each_member_is_told_as_it_ends_once():
     (record,) = done
     assert record["trials"] == 4 and record["failed_trials"] == 2
     assert record["trial_seconds"] == 3.0
+
+
+def test_a_pack_takes_a_trial_of_each_ready_cell_that_shares_its_n_and_m_in_turn():
+    """Three repetitions of n = 100 (one pretrained later) and a baseline, 2 trials each, packs
+    of up to 4: a trial of each ready repetition, then a second of each; one batch size; each
+    member told and its rung value recorded in its own cell, as the cell's later pack sees."""
+    done: list[dict] = []
+    cells = [Cell(0, 0), Cell(100, 0), Cell(100, 1), Cell(100, 2)]
+    pretrainings = _pretrainings("n100-r0", "n100-r1", "n100-r2", slots=3)
+    s = StudySearcher(
+        cells, set(), _tuners(), pretrainings, done.append, pack=4, rungs=Rungs((2, 6), 3)
+    )
+    for i, name in enumerate(("n100-r0", "n100-r1", "n100-r2")):
+        assert unit(s.suggest(f"pre{i}")).keys == [name]
+    for i in range(2):  # r2's pretraining is not done yet
+        s.on_trial_complete(f"pre{i}", {RESULT: (SUMMARY,)})
+    baseline = unit(s.suggest("b"))  # cells in plan order: the baseline, alone at its n
+    assert [t.key for t in baseline.trials] == ["n0-mall-r0-t00", "n0-mall-r0-t01"]
+    pack = unit(s.suggest("p1"))
+    assert [t.key for t in pack.trials] == [
+        "n100-mall-r0-t00",
+        "n100-mall-r1-t00",
+        "n100-mall-r0-t01",
+        "n100-mall-r1-t01",
+    ]
+    assert len({t.hp["batch_size"] for t in pack.trials}) == 1
+    assert sorted(pack.rungs) == ["n100-mall-r0", "n100-mall-r1"]
+    r0, r1 = pack.trials[0].key, pack.trials[1].key
+    ends = (MemberEnd(r0, 0.5, 2, 1.0, stopped=True), MemberEnd(r1, 0.7, 2, 1.0, stopped=True))
+    s.on_trial_result("p1", {RESULT: PackProgress(ends, ((r0, 2, 0.5), (r1, 2, 0.7)))})
+    s.on_trial_complete("pre2", {RESULT: (SUMMARY,)})
+    later = unit(s.suggest("p2"))  # r2 alone wants trials now
+    assert [t.key for t in later.trials] == ["n100-mall-r2-t00", "n100-mall-r2-t01"]
+    assert later.rungs == {"n100-mall-r2": Rungs((2, 6), 3)}
+    # each cell's own rungs hold its own member's value: r1's later packs never see r0's
+    assert s._rungs_of(Cell(100, 0)).values == {2: {0: 0.5}}
+    assert s._rungs_of(Cell(100, 1)).values == {2: {0: 0.7}}
 
 
 def test_a_resumed_study_halves_a_cells_later_packs_against_the_rung_values_it_journaled(
@@ -339,12 +378,13 @@ def test_a_resumed_study_halves_a_cells_later_packs_against_the_rung_values_it_j
         )
 
     first = searcher()
-    assert [t.number for t in unit(first.suggest("p1")).trials] == [0, 1]
-    stopped = MemberEnd(1, 0.6, 2, 1.0, stopped=True)  # at the rung
-    first.on_trial_result("p1", {RESULT: PackProgress((stopped,), ((2, 0, 0.4), (2, 1, 0.6)))})
+    t0, t1 = (t.key for t in unit(first.suggest("p1")).trials)
+    assert (t0, t1) == ("n0-mall-r0-t00", "n0-mall-r0-t01")
+    stopped = MemberEnd(t1, 0.6, 2, 1.0, stopped=True)  # at the rung
+    first.on_trial_result("p1", {RESULT: PackProgress((stopped,), ((t0, 2, 0.4), (t1, 2, 0.6)))})
     # the driver dies here, member 0 training; member 1's run, were it left open, ends KILLED
     assert run_ends(open_journal(journal)) == {"n0-mall-r0-t01": "KILLED"}
 
     later = unit(searcher().suggest("p2"))
     assert [t.number for t in later.trials] == [2, 3]
-    assert later.rungs.values == {2: {0: 0.4, 1: 0.6}}
+    assert later.rungs["n0-mall-r0"].values == {2: {0: 0.4, 1: 0.6}}

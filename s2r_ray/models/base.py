@@ -65,6 +65,19 @@ class Source:
     X_extra: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class Target:
+    """One fine-tuning's rows and start: a cell's target train and validation rows, and the
+    pretrained state it starts from (None: from scratch). Members trained together may each
+    have their own (cells of one n and m: as many rows)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    X_val: np.ndarray
+    y_val: np.ndarray
+    pretrained: dict | None = None
+
+
 @dataclass
 class FineTuned:
     predictor: Predictor
@@ -162,28 +175,25 @@ class Family(ABC):
 
     def finetune_members(
         self,
-        X: np.ndarray,
-        y: np.ndarray,
-        X_val: np.ndarray,
-        y_val: np.ndarray,
+        targets: Sequence[Target],
         *,
         hps: Sequence[dict],
         seeds: Sequence[int],
-        pretrained: dict | None = None,
         device: str = "cpu",
         stop_epochs: Sequence[int | None] | None = None,
         on_epochs: Sequence[OnEpoch | None] | None = None,
         on_bests: Sequence[OnBest | None] | None = None,
         on_round: OnRound | None = None,
     ) -> list[FineTuned | Diverged]:
-        """`finetune` of each (hp, seed) on the same rows (a scoring ensemble, a pack of
-        trials); a family that can trains them together (`packs`: then it also honours
-        `on_round`). A member that diverged comes back as its `Diverged`."""
+        """`finetune` of each (target, hp, seed) (a scoring ensemble, a pack of trials); a
+        family that can trains them together (`packs`: then it also honours `on_round`). A
+        member that diverged comes back as its `Diverged`."""
         if on_round is not None:
             raise NotImplementedError(f"{type(self).__name__} does not train members together")
         k = len(hps)
         out: list[FineTuned | Diverged] = []
-        for hp, seed, stop, on_epoch, on_best in zip(
+        for target, hp, seed, stop, on_epoch, on_best in zip(
+            targets,
             hps,
             seeds,
             stop_epochs or [None] * k,
@@ -194,13 +204,13 @@ class Family(ABC):
             try:
                 out.append(
                     self.finetune(
-                        X,
-                        y,
-                        X_val,
-                        y_val,
+                        target.X,
+                        target.y,
+                        target.X_val,
+                        target.y_val,
                         hp=hp,
                         seed=seed,
-                        pretrained=pretrained,
+                        pretrained=target.pretrained,
                         device=device,
                         stop_epoch=stop,
                         on_epoch=on_epoch,

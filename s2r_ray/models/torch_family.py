@@ -35,6 +35,7 @@ from s2r_ray.models.base import (
     OnRound,
     Pretrained,
     Source,
+    Target,
     mae,
 )
 from s2r_ray.models.hyperparameters import FinetuneSpace
@@ -562,36 +563,33 @@ class TorchFamily(Family):
 
     def finetune_members(
         self,
-        X: np.ndarray,
-        y: np.ndarray,
-        X_val: np.ndarray,
-        y_val: np.ndarray,
+        targets: Sequence[Target],
         *,
         hps: Sequence[dict],
         seeds: Sequence[int],
-        pretrained: dict | None = None,
         device: str = "cpu",
         stop_epochs: Sequence[int | None] | None = None,
         on_epochs: Sequence[OnEpoch | None] | None = None,
         on_bests: Sequence[OnBest | None] | None = None,
         on_round: OnRound | None = None,
     ) -> list[FineTuned | Diverged]:
-        """`finetune` of several (hp, seed) on the same rows, those of one batch size trained
-        as one batch (`train_members`), one batch size after another."""
+        """`finetune` of several (target, hp, seed): those of one batch size and as many rows
+        trained as one batch (`train_members`), one such group after another."""
         k = len(hps)
         members = [
             Member(
-                self._start(X, hp, pretrained),
-                X,
-                y,
-                X_val,
-                y_val,
+                self._start(t.X, hp, t.pretrained),
+                t.X,
+                t.y,
+                t.X_val,
+                t.y_val,
                 self._plan(hp, stop),
                 seed,
                 on_epoch,
                 on_best,
             )
-            for hp, seed, stop, on_epoch, on_best in zip(
+            for t, hp, seed, stop, on_epoch, on_best in zip(
+                targets,
                 hps,
                 seeds,
                 stop_epochs or [None] * k,
@@ -601,8 +599,8 @@ class TorchFamily(Family):
             )
         ]
         results: dict[int, Trained | Diverged] = {}
-        for bs in sorted({m.plan.batch_size for m in members}):
-            group = [i for i, m in enumerate(members) if m.plan.batch_size == bs]
+        for shape in sorted({(m.plan.batch_size, len(m.y)) for m in members}):
+            group = [i for i, m in enumerate(members) if (m.plan.batch_size, len(m.y)) == shape]
             runs = train_members(
                 [members[i] for i in group],
                 device=device,

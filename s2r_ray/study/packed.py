@@ -1,9 +1,11 @@
 """A pack of fine-tuning trials (`units.Pack`, `tune.pack`) run as one Tune trial: its members
-train as one network (`Family.finetune_members`), and each stays a trial of its own: its own
-MLflow run and curve, its own stop at the cell's rungs (`s2r_ray.study.halving`), its own
-kept network for scoring, its own Optuna result, reported the round it ends so that the driver
-tells (and journals) it at once: a pack killed in flight leaves its ended members done, and a
-resumed study asks again only for the others."""
+(of one cell, or of the cells that share its n and m) train as one network
+(`Family.finetune_members`), each on its own cell's rows from its own cell's pretrained
+network, and each stays a trial of its own: its own MLflow run and curve, its own stop at its
+cell's rungs (`s2r_ray.study.halving`), its own kept network for scoring, its own Optuna
+result, reported the round it ends so that the driver tells (and journals) it at once: a pack
+killed in flight leaves its ended members done, and a resumed study asks again only for the
+others."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ray import tune
 
-from s2r_ray.models.base import Diverged, Family, OnEpoch
+from s2r_ray.models.base import Diverged, Family, OnEpoch, Target
 from s2r_ray.protocol import Plan
 from s2r_ray.study import tracking
 from s2r_ray.study.pretrained import PretrainedStore
@@ -62,29 +64,37 @@ class _Round:
 def run_pack(
     pack: Pack,
     plan: Plan,
-    state: dict | None,
     family: Family,
     ctx: TrackingContext,
     device: str,
     store: PretrainedStore,
 ) -> None:
-    """Train the pack's members together; after each round, halve at a rung and report the
-    members that ended (`PackProgress`), each one's network and end kept first and its MLflow
-    run ended once the report returns (the driver has told Optuna: a run never ends FINISHED
-    for a trial that a resumed study would run again). A member that diverges leaves the pack,
-    the others go on. Stopped by the study (a SystemExit out of `tune.report`) or failed, the
-    members whose runs have not ended end KILLED or FAILED: the driver counts them interrupted,
-    or failed. Run again by Tune, the pack reports the ends it kept at once and trains only the
-    other members."""
-    rungs = pack.rungs.snapshot()
+    """Train the pack's members together; after each round, halve at a rung (each member
+    against its own cell's values) and report the members that ended (`PackProgress`), each
+    one's network and end kept first and its MLflow run ended once the report returns (the
+    driver has told Optuna: a run never ends FINISHED for a trial that a resumed study would
+    run again). A member that diverges leaves the pack, the others go on. Stopped by the study
+    (a SystemExit out of `tune.report`) or failed, the members whose runs have not ended end
+    KILLED or FAILED: the driver counts them interrupted, or failed. Run again by Tune, the
+    pack reports the ends it kept at once and trains only the other members."""
+    rungs = {cell: r.snapshot() for cell, r in pack.rungs.items()}
     kept = [store.load_trial(t.key) for t in pack.trials]
     ended = tuple(k.end for k in kept if k is not None and k.end is not None)
     if ended:
         tune.report({RESULT: PackProgress(ended, ())})
-    done = {end.number for end in ended}
-    trials = [t for t in pack.trials if t.number not in done]
+    done = {end.key for end in ended}
+    trials = [t for t in pack.trials if t.key not in done]
     if not trials:
         return
+    states = {
+        t.cell.pretrain_id: store.load(t.cell.pretrain_id).state
+        for t in trials
+        if not t.cell.is_baseline
+    }
+    targets = [
+        Target(*plan.target_split(t.cell), pretrained=states.get(t.cell.pretrain_id))
+        for t in trials
+    ]
     extra = {"pack": pack.key, "pack_size": len(pack.trials)}
     members = [
         _Member(t, tracking.open_run(ctx, t.cell, "trial", t.key, run_params(t, device) | extra))
@@ -108,16 +118,22 @@ def run_pack(
         share = now.trained(len(now.evaluated) + len(diverged))
         for i in [*now.evaluated, *diverged]:
             members[i].seconds += share
-        best = {members[i].trial.number: members[i].best for i in now.evaluated}
-        halted = rungs.halve(now.epoch, best)
-        stopped = {i for i in now.evaluated if members[i].trial.number in halted}
+        stopped: set[int] = set()
+        for cell, cell_rungs in rungs.items():
+            mine = [i for i in now.evaluated if members[i].trial.cell.id == cell]
+            halted = cell_rungs.halve(
+                now.epoch, {members[i].trial.number: members[i].best for i in mine}
+            )
+            stopped |= {i for i in mine if members[i].trial.number in halted}
         ending = {i: _end(members[i], now.epoch, store, error=str(e)) for i, e in diverged.items()}
         for i in now.evaluated:
             member = members[i]
             if i in stopped or now.epoch >= int(member.trial.hp["epochs"]):  # or it ran out
                 ending[i] = _end(member, now.epoch, store)
-        at_rung = now.epoch in rungs.milestones
-        rung_values = tuple((now.epoch, k, v) for k, v in best.items()) if at_rung else ()
+        at_rung = any(now.epoch in r.milestones for r in rungs.values())
+        rung_values = tuple(
+            (members[i].trial.key, now.epoch, members[i].best) for i in now.evaluated if at_rung
+        )
         tune.report({RESULT: PackProgress(tuple(ending.values()), rung_values)})
         for i in ending:
             members[i].run.end(members[i].status)
@@ -127,10 +143,9 @@ def run_pack(
 
     try:
         family.finetune_members(
-            *plan.target_split(pack.cell),
+            targets,
             hps=[t.hp for t in trials],
             seeds=[t.seed for t in trials],
-            pretrained=state,
             device=device,
             on_epochs=[on_epoch(i) for i in range(len(members))],
             on_bests=[m.kept.add for m in members],
@@ -152,7 +167,7 @@ def _end(
     stopped = not error and epoch < int(member.trial.hp["epochs"])
     member.status = run_status(stopped, failed=error is not None)
     value = None if error else member.best
-    end = MemberEnd(member.trial.number, value, epoch, member.seconds, error, stopped)
+    end = MemberEnd(member.trial.key, value, epoch, member.seconds, error, stopped)
     member.kept.end = end
     # a diverged member is never scored: its end alone is kept
     store.save_trial(member.trial.key, KeptNetwork([], end=end) if error else member.kept.trimmed())

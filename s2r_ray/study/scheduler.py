@@ -50,11 +50,12 @@ class StudySearcher(Searcher):
     pretraining slots (`Pretrainings`' `borrow`). Its state is the journal and the ledger:
     nothing is checkpointed.
 
-    With `pack` > 1 a cell's trials go out as packs of up to `pack` (`units.Pack`) that share
-    the batch size drawn for the first, each member told as the pack reports its end, and each
-    cell's `rungs` (a copy of the empty `rungs` given) record its members' rung values for the
-    cell's later packs, in the journal too, so a resumed study's later packs halve alike. With
-    `pretrain_pack` > 1, pretrainings of one n go out together."""
+    With `pack` > 1 trials go out as packs of up to `pack` (`units.Pack`): a trial of each
+    ready cell that shares the first one's n and m (its repetitions) in turn, then another of
+    each, all of the batch size drawn for the first; each member is told as the pack reports
+    its end, and each cell's `rungs` (a copy of the empty `rungs` given) record its members'
+    rung values for the cell's later packs, in the journal too, so a resumed study's later
+    packs halve alike. With `pretrain_pack` > 1, pretrainings of one n go out together."""
 
     def __init__(
         self,
@@ -129,7 +130,7 @@ class StudySearcher(Searcher):
             error = self._pretrainings.error(cell)
             if error is not None:
                 self._record(failed_record(cell, f"pretraining failed: {error}"))
-            elif self._tuners[cell.id].wants_more() and self._pretrainings.ready(cell):
+            elif self._can_ask(cell):
                 return self._ask(cell)
         if pretraining := self._pretraining(idle=True):
             return pretraining
@@ -144,13 +145,20 @@ class StudySearcher(Searcher):
         keys = self._pretrainings.next(self._pretrain_pack, lambda k: self._pairs[k].n, idle)
         return Pretraining(tuple(self._pairs[k] for k in keys)) if keys else None
 
+    def _can_ask(self, cell: Cell) -> bool:
+        return self._tuners[cell.id].wants_more() and self._pretrainings.ready(cell)
+
     def _ask(self, cell: Cell) -> Trial | Pack:
-        tuner = self._tuners[cell.id]
         if self._pack == 1:
-            return tuner.ask()
-        size, first = min(self._pack, tuner.wanted()), tuner.ask()
-        mates = [tuner.ask(batch_of=first) for _ in range(size - 1)]
-        return Pack((first, *mates), self._rungs_of(cell).snapshot())
+            return self._tuners[cell.id].ask()
+        mates = [c for c in self._open if (c.n, c.m) == (cell.n, cell.m) and c != cell]
+        trials: list[Trial] = []
+        while len(trials) < self._pack and (
+            asking := [c for c in [cell, *mates] if self._can_ask(c)]
+        ):
+            for c in asking[: self._pack - len(trials)]:
+                trials.append(self._tuners[c.id].ask(batch_of=trials[0] if trials else None))
+        return Pack(tuple(trials), {t.cell.id: self._rungs_of(t.cell).snapshot() for t in trials})
 
     def _rungs_of(self, cell: Cell) -> Rungs:
         """The cell's rungs, with the values its journal holds (a resumed study's too)."""
@@ -198,8 +206,8 @@ class StudySearcher(Searcher):
             self._trial_ended(unit, result, error)
         elif isinstance(unit, Pack) and not self._stopping:
             self._pack_progress(unit, None if error else units.result_of(result))
-            failed = [t for t in unit.trials if self._tuners[unit.cell.id].is_live(t)]
-            self._pack_progress(unit, PackProgress(tuple(MemberEnd(t.number) for t in failed)))
+            failed = [t for t in unit.trials if self._tuners[t.cell.id].is_live(t)]
+            self._pack_progress(unit, PackProgress(tuple(MemberEnd(t.key) for t in failed)))
 
     def _requeue(self, unit: units.Unit | None) -> bool:
         """Hand a lost pretraining or scoring out again, up to `REQUEUES` times."""
@@ -214,28 +222,31 @@ class StudySearcher(Searcher):
 
     def _pack_progress(self, pack: Pack, progress: object) -> None:
         """Tell the members that ended (a repeated report, or one of a retried pack, tells
-        nothing twice) and record its rung values."""
+        nothing twice) and record their rung values, each to its own cell."""
         if not isinstance(progress, PackProgress):
             return
-        rungs, tuner = self._rungs_of(pack.cell), self._tuners[pack.cell.id]
-        trials = {t.number: t for t in pack.trials}
-        for epoch, number, value in progress.rung_values:
-            rungs.record(epoch, number, value)
-            tuner.record_rung(trials[number], epoch, value)
-        ended = [e for e in progress.ended if tuner.is_live(trials[e.number])]
-        for end in ended:
+        trials = {t.key: t for t in pack.trials}
+        for key, epoch, value in progress.rung_values:
+            trial = trials[key]
+            self._rungs_of(trial.cell).record(epoch, trial.number, value)
+            self._tuners[trial.cell.id].record_rung(trial, epoch, value)
+        for end in progress.ended:
+            trial = trials[end.key]
+            tuner = self._tuners[trial.cell.id]
+            if not tuner.is_live(trial):
+                continue
             if end.value is None:
-                tuner.tell(trials[end.number], None, error=end.error)
+                tuner.tell(trial, None, error=end.error)
             else:
                 tuner.tell(
-                    trials[end.number],
+                    trial,
                     end.value,
                     stop_epoch=end.stop_epoch,
                     train_seconds=end.train_seconds,
                     stopped=end.stopped,
                 )
-        if ended and tuner.tuned():
-            self._cell_tuned(pack.cell)
+            if tuner.tuned():
+                self._cell_tuned(trial.cell)
 
     def _trial_ended(self, trial: Trial, result: dict | None, error: bool) -> None:
         """Told once: by its last report, else as Tune ends it (stopped at a rung, or failed)."""

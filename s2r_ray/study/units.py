@@ -55,12 +55,14 @@ class Trial:
 
 @dataclass(frozen=True)
 class Pack:
-    """Fine-tuning trials of one cell trained as one network (`tune.pack`), each still its own
-    Optuna trial, MLflow run and stop: `rungs` is the cell's successive halving as recorded when
-    the pack was handed out (`s2r_ray.study.halving`)."""
+    """Fine-tuning trials trained as one network (`tune.pack`): of one cell, or of the cells
+    that share its n and m (its repetitions: as many rows, each member on its own cell's rows
+    from its own pretrained start). Each member is still its own Optuna trial, MLflow run and
+    stop: `rungs` holds each cell's successive halving (by cell id) as recorded when the pack
+    was handed out (`s2r_ray.study.halving`)."""
 
     trials: tuple[Trial, ...]
-    rungs: Rungs
+    rungs: dict[str, Rungs]
 
     @property
     def cell(self) -> Cell:
@@ -73,10 +75,11 @@ class Pack:
 
 @dataclass(frozen=True)
 class MemberEnd:
-    """A pack member's end, as `CellTuner.tell` takes it: its best validation MAE (`stopped`
-    before its last epoch, or not), or None with the `error` that ended it (diverged)."""
+    """A pack member's end (by trial key), as `CellTuner.tell` takes it: its best validation
+    MAE (`stopped` before its last epoch, or not), or None with the `error` that ended it
+    (diverged)."""
 
-    number: int
+    key: str
     value: float | None = None
     stop_epoch: int = 0
     train_seconds: float = 0.0
@@ -92,11 +95,11 @@ def run_status(stopped: bool, failed: bool = False) -> str:
 @dataclass(frozen=True)
 class PackProgress:
     """What a pack reports after a round: the members that ended in it, and the values its
-    members recorded at a rung (epoch, Optuna number, best validation MAE) for the cell's later
+    members recorded at a rung (trial key, epoch, best validation MAE) for their cells' later
     packs."""
 
     ended: tuple[MemberEnd, ...]
-    rung_values: tuple[tuple[int, int, float], ...] = ()
+    rung_values: tuple[tuple[str, int, float], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 from ray import tune
 
 from s2r_ray.config import StudyConfig
-from s2r_ray.models.base import Diverged, Family, Pretrained, Source, mae, rmse
+from s2r_ray.models.base import Diverged, Family, Pretrained, Source, Target, mae, rmse
 from s2r_ray.protocol import Plan
 from s2r_ray.study import tracking, units
 from s2r_ray.study.packed import run_pack, run_params
@@ -56,13 +56,13 @@ def run_unit(
         tune.report({RESULT: _pretrain(unit, plan, store, family, cfg, ctx)})
         return
     device = setup_worker(cfg.tune.resources.cpu)
+    if isinstance(unit, Pack):
+        run_pack(unit, plan, family, ctx, device, store)
+        return
     pre = None if unit.cell.is_baseline else store.load(unit.cell.pretrain_id)
     state = None if pre is None else pre.state
     if isinstance(unit, Trial):
         _finetune(unit, plan, state, family, ctx, device, store, rungs)
-        return
-    if isinstance(unit, Pack):
-        run_pack(unit, plan, state, family, ctx, device, store)
         return
     try:
         kept = store.load_trial(unit.trial.key)
@@ -232,12 +232,12 @@ def score_cell(
         preds.append(family.load(own[0]).predict(X_test, device))
         vals.append(own[1])
     seeds = [trial.seed + i for i in range(len(preds), ensemble)]
+    target = Target(*plan.target_split(cell), pretrained=state)
     for ft in family.finetune_members(
-        *plan.target_split(cell),
+        [target] * len(seeds),
         hps=[trial.hp] * len(seeds),
         seeds=seeds,
         stop_epochs=[unit.stop_epoch] * len(seeds),
-        pretrained=state,
         device=device,
     ):
         if isinstance(ft, Diverged):
