@@ -46,7 +46,6 @@ from s2r_ray import steer
 from s2r_ray.config import ConfigError, Resources, StudyConfig, UserError
 from s2r_ray.data import load_dataset
 from s2r_ray.folder import StudyFolder
-from s2r_ray.local_servers import LOOPBACK
 from s2r_ray.models import make_family
 from s2r_ray.models.base import Family
 from s2r_ray.protocol import Plan, make_plan
@@ -55,7 +54,7 @@ from s2r_ray.report import folder_report
 from s2r_ray.study import tracking, units
 from s2r_ray.study.fanout import RayPool
 from s2r_ray.study.halving import Rungs
-from s2r_ray.study.pretrained import choose_store
+from s2r_ray.study.pretrained import ServedStore
 from s2r_ray.study.pretraining import Pretrainings, default_slots
 from s2r_ray.study.reducer import Reducer
 from s2r_ray.study.resources import MemorySampler, share_plan, stored_bytes
@@ -136,17 +135,16 @@ def init_ray(address: str | None, data_bytes: int = 0) -> bool:
 
 
 def start_local_ray(**options: object) -> None:
-    """A new Ray on this machine only (never a cluster a `ray_current_cluster` file names), on
-    loopback. Ray binds its gRPC ports on every interface anyway, so token authentication stays
-    on (Ray's default; its note about ~/.ray/auth_token is left out); no usage stats unless
-    opted in."""
+    """A new Ray on this machine only (never a cluster a `ray_current_cluster` file names). Ray
+    binds its gRPC ports on every interface and advertises the machine's address (a loopback
+    `_node_ip_address` is replaced with it), so token authentication stays on (Ray's default;
+    its note about ~/.ray/auth_token is left out); no usage stats unless opted in."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR
     )
     ray.init(
         address="local",
-        _node_ip_address=LOOPBACK,
         include_dashboard=False,
         logging_level=logging.WARNING,
         **options,
@@ -408,7 +406,7 @@ def _tune(
     borrow = cfg.tune.pretrain_slots is None  # a number set is a cap (memory, policy)
     pretrainings = Pretrainings(needed, folder.pretrained_keys(), slots, echo, borrow)
     progress = _Progress(echo)
-    store = choose_store(folder, reducer)
+    store = ServedStore(reducer, str(folder.path))
     journal = open_journal(folder.journal_path())
 
     # ASHA stops every trial that reaches its horizon: one past the longest trial, so that a

@@ -1,9 +1,11 @@
-"""Where pretrained networks live while a study runs: one interface, chosen in one place.
+"""Where pretrained networks live while a study runs: one interface.
 
-A network is written to the study folder the moment it exists. On a local Ray jobs read and
-write the folder themselves; on a cluster they go through the reducer, on the driver's node, so
-the folder need not be shared. Either way a reused trial actor keeps the last few networks it
-read: it usually runs several trials of the same cell in a row.
+A network is written to the study folder the moment it exists. A study's jobs go through the
+reducer, on the driver's node, so the folder need not be shared: nodes may join a cluster at
+any time, and even a local Ray advertises the machine's address (Ray 2.60 replaces a loopback
+node address with it), so no rule can tell that no other machine will join. Units run without
+Ray (a debugger, the tests) read and write the folder itself. Either way a reused trial actor
+keeps the last few networks it read: it usually runs several trials of the same cell in a row.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Protocol
 import ray
 
 from s2r_ray.folder import StudyFolder, trial_network_key
-from s2r_ray.local_servers import LOOPBACK
 from s2r_ray.models.base import Pretrained
 from s2r_ray.study.units import KeptNetwork
 
@@ -34,7 +35,7 @@ class PretrainedStore(Protocol):
 
 
 class FolderStore:
-    """The study folder itself: for jobs that run where it is."""
+    """The study folder itself: for units run without Ray, where it is."""
 
     def __init__(self, path: str):
         self._path = path
@@ -75,16 +76,6 @@ class ServedStore:
             return ray.get(self._reducer.pretrained.remote(trial_network_key(key)))
         except FileNotFoundError:  # Ray re-raises the actor's error as a subclass of it
             return None
-
-
-def choose_store(folder: StudyFolder, reducer: ray.actor.ActorHandle) -> PretrainedStore:
-    """The folder when every node listens on loopback (a local Ray: no other machine can ever
-    join it), else the reducer: on a cluster, nodes may join at any time and need not mount
-    the folder."""
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    if all(n["NodeManagerAddress"] == LOOPBACK for n in nodes):
-        return FolderStore(str(folder.path))
-    return ServedStore(reducer, str(folder.path))
 
 
 # (the study folder, the key): a worker process may serve several studies, whose keys repeat
