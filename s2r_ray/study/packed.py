@@ -131,8 +131,10 @@ def run_pack(
             if i in stopped or now.epoch >= int(member.trial.hp["epochs"]):  # or it ran out
                 ending[i] = _end(member, now.epoch, store)
         at_rung = any(now.epoch in r.milestones for r in rungs.values())
-        rung_values = tuple(
-            (members[i].trial.key, now.epoch, members[i].best) for i in now.evaluated if at_rung
+        rung_values = (
+            tuple((members[i].trial.key, now.epoch, members[i].best) for i in now.evaluated)
+            if at_rung
+            else ()
         )
         tune.report({RESULT: PackProgress(tuple(ending.values()), rung_values)})
         for i in ending:

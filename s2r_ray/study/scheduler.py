@@ -158,7 +158,8 @@ class StudySearcher(Searcher):
         ):
             for c in asking[: self._pack - len(trials)]:
                 trials.append(self._tuners[c.id].ask(batch_of=trials[0] if trials else None))
-        return Pack(tuple(trials), {t.cell.id: self._rungs_of(t.cell).snapshot() for t in trials})
+        cells = dict.fromkeys(t.cell for t in trials)  # each once, in the pack's order
+        return Pack(tuple(trials), {c.id: self._rungs_of(c).snapshot() for c in cells})
 
     def _rungs_of(self, cell: Cell) -> Rungs:
         """The cell's rungs, with the values its journal holds (a resumed study's too)."""
