@@ -127,3 +127,60 @@ def test_pretrainings_trained_as_one_equal_each_trained_alone():
             [v for _, v in got.curve], [v for _, v in alone.curve], rtol=1e-4
         )
     assert len({got.source_val_mae for got in together}) == 3  # three networks, not one
+
+
+def test_one_step_of_all_members_is_torch_adamw_step_bit_for_bit():
+    """`step_all` calls AdamW's kernel once for every member of one rate and decay instead of
+    `AdamW.step` per optimiser: after steps under two rates, a cosine schedule, a parameter
+    left without a gradient (a frozen layer) and a member that left, every weight and moment
+    equals torch's own optimiser's to the last bit."""
+    from s2r_ray.models.torch_family import _Optimizer, step_all
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)) for _ in range(3)]
+    twins = [torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)) for _ in range(3)]
+    for net, twin in zip(nets, twins, strict=True):
+        twin.load_state_dict(net.state_dict())
+
+    class Run:  # what `_Optimizer` reads of a member
+        def __init__(self, net, lr):
+            self.params, self.pretraining, self.n, self.bs = list(net.parameters()), False, 64, 16
+            self.plan = type("Plan", (), {"lr": lr, "weight_decay": 1e-2, "epochs": 3})
+
+    runs = [Run(net, lr) for net, lr in zip(nets, (1e-2, 1e-2, 3e-3), strict=True)]
+    mine = [_Optimizer(runs[:2], "cpu"), _Optimizer(runs[2:], "cpu")]
+    theirs = [
+        torch.optim.AdamW(list(twins[0].parameters()) + list(twins[1].parameters()), lr=1e-2,
+                          weight_decay=1e-2, fused=True),
+        torch.optim.AdamW(twins[2].parameters(), lr=3e-3, weight_decay=1e-2, fused=True),
+    ]  # fmt: skip
+    cosines = [torch.optim.lr_scheduler.CosineAnnealingLR(o, 12) for o in theirs]
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    for step in range(8):
+        if step == 5:  # the second member leaves
+            mine[0].leave(runs[1])
+            theirs[0].param_groups[0]["params"] = list(twins[0].parameters())
+        live = [0, 2] if step >= 5 else [0, 1, 2]
+        for group in (nets, twins):
+            for i in live:
+                for p in group[i].parameters():
+                    p.grad = None
+                torch.nn.functional.l1_loss(group[i](x), y).backward()
+                group[i][0].bias.grad = None if step < 3 else group[i][0].bias.grad
+        step_all(mine, pretraining=False)
+        for o, cosine in zip(theirs, cosines, strict=True):
+            o.step()
+            cosine.step()
+    for net, twin in zip(nets, twins, strict=True):
+        for p, q in zip(net.parameters(), twin.parameters(), strict=True):
+            assert torch.equal(p, q)
+    twin_of = {
+        p: q
+        for net, twin in zip(nets, twins, strict=True)
+        for p, q in zip(net.parameters(), twin.parameters(), strict=True)
+    }
+    for o, t in zip(mine, theirs, strict=True):
+        assert len(o.opt.param_groups[0]["params"]) == len(t.param_groups[0]["params"]) == 4
+        for p in o.opt.param_groups[0]["params"]:
+            a, b = o.opt.state[p], t.state[twin_of[p]]
+            assert all(torch.equal(a[k], b[k]) for k in ("step", "exp_avg", "exp_avg_sq"))

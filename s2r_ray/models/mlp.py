@@ -99,10 +99,11 @@ def forward_stacked(
     """K MLPs of one shape on (K, batch, n_in) -> (K, batch), trained together
     (`torch_family.train_members`): one batched product per layer instead of K small ones."""
     mlps = cast("list[MLP]", list(modules))
-    for i, block in enumerate(mlps[0].body):
-        x = stacked_linear([m.body[i][0] for m in mlps], x)
-        x = block[1](x)
-        x = stacked_dropout([m.body[i][2].p for m in mlps], x, noise)
+    for blocks in zip(*(m.body for m in mlps), strict=True):
+        linear, activation, dropout = zip(*blocks, strict=True)  # each member's, block by block
+        x = stacked_linear(linear, x)
+        x = activation[0](x)
+        x = stacked_dropout([d.p for d in dropout], x, noise)
     return stacked_linear([m.head for m in mlps], x).squeeze(-1)
 
 
