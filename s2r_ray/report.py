@@ -279,15 +279,16 @@ def folder_report(
     return report
 
 
-def write_report(report: dict, folder: StudyFolder) -> list[Path]:
+def write_report(report: dict, folder: StudyFolder, drawn: list[Path] | None = None) -> list[Path]:
     """report.json, the plots, and report.html (the page to mail, from the report and the
     folder's config.yaml and rejected_rows.csv) into `folder`, a study's or one that holds a
-    report alone (`s2r fit --out`); the paths written."""
+    report alone (`s2r fit --out`); the paths written. `drawn`: the plots of a report on the
+    same cells, kept (plots show the results, not the status or timing)."""
     from s2r_ray.render.html import render_html
     from s2r_ray.render.plots import render_all  # matplotlib only when writing
 
     path = folder.save_report(json_safe(report))
-    plots = render_all(report, folder.path)
+    plots = render_all(report, folder.path) if drawn is None else drawn
     config, rejected = folder.config_path(), folder.rejected_rows_path()
     page = folder.save_page(render_html(report, {p.stem: p for p in plots}, config, rejected))
     return [path, *plots, page]

@@ -101,3 +101,40 @@ def test_the_live_log_compares_a_cell_only_with_cells_of_the_same_m():
     assert size_line({"test_mae_mean": 0.21994, "test_mae_ci90": [0.21288, 0.22691]}) == (
         "MAE 0.2199 [0.2129, 0.2269]"
     )
+
+
+@pytest.mark.parametrize("late_cell", [False, True])
+def test_the_final_report_redraws_the_plots_only_for_cells_that_arrived_since(
+    ray_session, tmp_path, monkeypatch, late_cell
+):
+    """The last cell's refresh draws the plots; the final report (its status and timing new)
+    keeps them, unless a cell arrived after that draw (an interrupted study's last cells)."""
+    import ray
+
+    from s2r_ray.folder import StudyFolder
+    from s2r_ray.study import tracking
+    from s2r_ray.study.reducer import Reducer
+
+    monkeypatch.chdir(tmp_path)
+    records = _records(lambda n: 0.5 if n == 0 else 3.0 * n**-0.4 + 0.15, CFG.sizes)
+    planned = {n: 3 for n in [0, *CFG.sizes]}
+    if late_cell:  # a 4th repetition of the largest size arrives, a 5th never does (a stop)
+        planned[10000] = 5
+        records.append({**records[-1], "cell": "n10000-mall-r3", "repetition": 3})
+    folder = StudyFolder(tmp_path / "out")
+    folder.claim()
+    folder.write_config(CFG)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    ctx = tracking.start_study(uri, "t", CFG.name, CFG.model_dump(mode="json"), CFG.sizes, {})
+    reducer = Reducer.remote(CFG, str(tmp_path / "out"), ctx, planned, {"counts": {}})
+    for record in records:
+        ray.get(reducer.add_cell.remote(record))
+    plots = sorted((tmp_path / "out").glob("*.png"))
+    assert [p.name for p in plots] == ["backtest.png", "scaling.png"]
+    drawn = {p: p.stat().st_mtime_ns for p in plots}
+    report = ray.get(reducer.finish.remote("complete", {"timing": {"wall_seconds": 1.0}}))
+    assert report["status"] == "complete" and report["timing"] == {"wall_seconds": 1.0}
+    redrawn = [p.name for p in plots if p.stat().st_mtime_ns != drawn[p]]
+    assert redrawn == (["backtest.png", "scaling.png"] if late_cell else [])
+    assert '"status": "complete"' in (tmp_path / "out" / "report.json").read_text()
+    ray.kill(reducer)

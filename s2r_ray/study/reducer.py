@@ -43,6 +43,7 @@ class Reducer:
         self._complete = sorted(n for n in planned if self._arrived[n] >= planned[n])
         self._rate = Rate(sum(planned.values()), len(self._records))  # cells of this attempt
         self._report: dict = {}
+        self._drawn: tuple[tuple[int, int], list[Path]] | None = None  # plots, for which cells
         if self._records:  # a resumed study: its report and plots reflect the ledger at once
             self._refresh("running", log_fit=False)
 
@@ -132,7 +133,12 @@ class Reducer:
             }
         }
         self._report = report_from_records(self._cfg, self._records, status, extra, self._decisions)
-        paths = write_report(self._report, self._folder)
+        # the last cell's refresh drew the plots that the final report (its status and timing
+        # new) would draw again: a second of every study's end
+        cells = (len(self._records), len(self._decisions))
+        kept = self._drawn[1] if self._drawn is not None and self._drawn[0] == cells else None
+        paths = write_report(self._report, self._folder, kept)
+        self._drawn = cells, [p for p in paths if p.suffix == ".png"]
         fit = self._report.get("fit") or {}
         metrics = {k: fit.get(k) for k in ("D", "alpha", "C")}
         for k in ("alpha", "C"):
