@@ -6,8 +6,13 @@ process prints its results' digits, and they are compared.
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/optimizer_step.py --base /work/wt/base
         [--n 1000] [--rounds 3]
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/optimizer_step.py --steps
 
-One thread; each process times each training once after a short warm-up training.
+One thread; each process times each training once after a short warm-up training. `--steps`:
+one step of three demo MLPs as one batch (batch 128) four ways, ms per step, in this process:
+`Optimizer.step` per member's optimiser (the code before), one optimiser with a group per
+member, one functional call (`step_all`), and weights kept stacked as (K, out, in) leaves under
+one optimiser (the bound the per-member lists leave).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,13 +68,90 @@ def measure(n: int) -> dict:
     return {"pretrain_s": pretrain_s, "finetune_s": finetune_s, "digits": digits}
 
 
+def steps(k: int = 3, batch: int = 128, repeats: int = 2000) -> dict[str, float]:
+    import itertools
+
+    import torch
+    from torch import nn
+
+    from s2r_ray.models.mlp import MLP, forward_stacked
+    from s2r_ray.models.torch_family import _Optimizer, step_all
+
+    torch.set_num_threads(1)
+    nets = [MLP(8, [128, 64, 32]) for _ in range(k)]
+    params = [list(m.parameters()) for m in nets]
+    x, y = torch.randn(k, batch, 8), torch.randn(k, batch)
+    noise = [torch.Generator() for _ in nets]
+
+    def backward(clear: Callable[[], object] | None = None) -> None:
+        if clear is not None:  # the code before: `zero_grad` per optimiser
+            clear()
+        else:
+            for p in itertools.chain(*params):
+                p.grad = None
+        (forward_stacked(nets, x, noise) - y).abs().mean(dim=1).sum().backward()
+
+    each = [torch.optim.AdamW(ps, lr=2e-3, fused=True) for ps in params]
+    grouped = torch.optim.AdamW([{"params": ps} for ps in params], lr=2e-3, fused=True)
+
+    class Run:  # what `_Optimizer` reads of a pretraining member
+        pretraining, n, bs = True, batch, batch
+        plan = type("Plan", (), {"lr": 2e-3, "weight_decay": 1e-2, "patience": 8})
+
+    runs = []
+    for ps in params:
+        runs.append(Run())
+        runs[-1].params = ps
+    mine = [_Optimizer([r], "cpu") for r in runs]
+    layers = [[layer for block in m.body for layer in block[:1]] + [m.head] for m in nets]
+    W = [nn.Parameter(torch.stack([ls[i].weight.detach() for ls in layers])) for i in range(4)]
+    b = [nn.Parameter(torch.stack([ls[i].bias.detach() for ls in layers])) for i in range(4)]
+    leaves = torch.optim.AdamW(W + b, lr=2e-3, fused=True)
+
+    def stacked_step() -> None:
+        h = x
+        for i in range(4):
+            h = torch.baddbmm(b[i].unsqueeze(1), h, W[i].mT)
+            h = nn.functional.silu(h) if i < 3 else h
+        leaves.zero_grad(set_to_none=True)
+        (h.squeeze(-1) - y).abs().mean(dim=1).sum().backward()
+        leaves.step()
+
+    ways = {
+        "Optimizer.step per member": lambda: (
+            backward(lambda: [o.zero_grad(set_to_none=True) for o in each]),
+            [o.step() for o in each],
+        ),
+        "one optimiser, a group per member": lambda: (
+            backward(lambda: grouped.zero_grad(set_to_none=True)),
+            grouped.step(),
+        ),
+        "one functional call (step_all)": lambda: (backward(), step_all(mine, True)),
+        "stacked leaves, one optimiser": stacked_step,
+    }
+    out = {}
+    for name, step in ways.items():
+        for _ in range(100):
+            step()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        out[name] = 1e3 * (time.perf_counter() - start) / repeats
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--base", type=Path, help="a checkout of the code before (required)")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", action="store_true", help="step times, four ways, this process")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.steps:
+        for _ in range(args.rounds):
+            print({name: round(ms, 3) for name, ms in steps().items()}, flush=True)
+        return 0
     if args.one:
         print(json.dumps(measure(args.n)))
         return 0
