@@ -83,13 +83,13 @@ def steps(k: int = 3, batch: int = 128, repeats: int = 2000) -> dict[str, float]
     x, y = torch.randn(k, batch, 8), torch.randn(k, batch)
     noise = [torch.Generator() for _ in nets]
 
-    def backward(clear: Callable[[], object] | None = None) -> None:
-        if clear is not None:  # the code before: `zero_grad` per optimiser
-            clear()
-        else:
-            for p in itertools.chain(*params):
-                p.grad = None
+    def backward(clear: Callable[[], object]) -> None:
+        clear()
         (forward_stacked(nets, x, noise) - y).abs().mean(dim=1).sum().backward()
+
+    def set_none() -> None:  # as `train_members` clears gradients now
+        for p in itertools.chain(*params):
+            p.grad = None
 
     each = [torch.optim.AdamW(ps, lr=2e-3, fused=True) for ps in params]
     grouped = torch.optim.AdamW([{"params": ps} for ps in params], lr=2e-3, fused=True)
@@ -98,11 +98,10 @@ def steps(k: int = 3, batch: int = 128, repeats: int = 2000) -> dict[str, float]
         pretraining, n, bs = True, batch, batch
         plan = type("Plan", (), {"lr": 2e-3, "weight_decay": 1e-2, "patience": 8})
 
-    runs = []
-    for ps in params:
-        runs.append(Run())
-        runs[-1].params = ps
-    mine = [_Optimizer([r], "cpu") for r in runs]
+        def __init__(self, params: list[nn.Parameter]):
+            self.params = params
+
+    mine = [_Optimizer([Run(ps)], "cpu") for ps in params]
     layers = [[layer for block in m.body for layer in block[:1]] + [m.head] for m in nets]
     W = [nn.Parameter(torch.stack([ls[i].weight.detach() for ls in layers])) for i in range(4)]
     b = [nn.Parameter(torch.stack([ls[i].bias.detach() for ls in layers])) for i in range(4)]
@@ -126,7 +125,7 @@ def steps(k: int = 3, batch: int = 128, repeats: int = 2000) -> dict[str, float]
             backward(lambda: grouped.zero_grad(set_to_none=True)),
             grouped.step(),
         ),
-        "one functional call (step_all)": lambda: (backward(), step_all(mine, True)),
+        "one functional call (step_all)": lambda: (backward(set_none), step_all(mine, True)),
         "stacked leaves, one optimiser": stacked_step,
     }
     out = {}

@@ -161,7 +161,9 @@ class _Optimizer:
         self.opt = torch.optim.AdamW(
             params, lr=plan.lr, weight_decay=plan.weight_decay, fused=_fused(device) or None
         )
-        self.opt._opt_called = True  # type: ignore[attr-defined]  # its steps: `step_all`
+        # its steps are taken by `step_all`, not `opt.step`: the flag the schedules read to
+        # warn of a schedule step before any optimiser step
+        self.opt._opt_called = True  # type: ignore[attr-defined]
         if first.pretraining:
             # Halve the rate after every patience/2 stale evaluations: training stops on a
             # plateau the decayed rate could not leave, not on the first noisy one.
